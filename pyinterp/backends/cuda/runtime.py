@@ -1,0 +1,94 @@
+"""Run-time compilation (CuPy/NVRTC, cached) and launch of the ``csrc/cuda`` kernels.
+
+Kernels are ``extern "C" __global__`` functions (one per dtype, named ``<op>_<f32|f16|bf16|f64>``)
+so that nvcc compile-checks the same source that NVRTC compiles here. Tensors are passed as
+raw device pointers; every launch goes on ``torch.cuda.current_stream()``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DTYPE_SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.float64: "f64"}
+
+
+def source_dir() -> Path:
+    """Where the .cu files are: inside the installed package, else the source checkout."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "csrc" / "cuda", here.parents[3] / "csrc" / "cuda"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("csrc/cuda not found next to pyinterp (broken install?)")
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise ImportError("the cuda backend needs cupy: pip install 'pyinterp[gpu]'") from exc
+    return cupy
+
+
+def _include_dirs() -> list[str]:
+    dirs = [str(source_dir())]
+    for env in ("CUDA_PATH", "CUDA_HOME"):
+        root = os.environ.get(env)
+        if root and Path(root, "include").is_dir():
+            dirs.append(str(Path(root, "include")))
+    return dirs
+
+
+def check_nvrtc() -> None:
+    """Raise if NVRTC cannot be loaded (cupy imports without it)."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    nvrtc.getVersion()
+
+
+def _arch() -> str:
+    major, minor = torch.cuda.get_device_capability()
+    return f"-arch=sm_{major}{minor}"
+
+
+@functools.lru_cache(maxsize=None)
+def module(filename: str):
+    """The compiled ``cupy.RawModule`` for ``csrc/cuda/<filename>`` (cupy caches on disk too)."""
+    cupy = _cupy()
+    code = (source_dir() / filename).read_text()
+    options = ("-std=c++17", "--use_fast_math", _arch()) + tuple(f"-I{d}" for d in _include_dirs())
+    return cupy.RawModule(code=code, options=options, backend="nvrtc")
+
+
+def kernel(filename: str, name: str, dtype: torch.dtype | None = None):
+    """The kernel ``name`` (suffixed with the dtype's tag when ``dtype`` is given)."""
+    full = f"{name}_{DTYPE_SUFFIX[dtype]}" if dtype is not None else name
+    return module(filename).get_function(full)
+
+
+def ptr(t: torch.Tensor | None) -> np.uint64:
+    """A tensor's device pointer as a kernel argument (0 for None)."""
+    return np.uint64(0 if t is None else t.data_ptr())
+
+
+def launch(fn, grid, block, args, shared_mem: int = 0) -> None:
+    """Launch ``fn`` on torch's current CUDA stream."""
+    cupy = _cupy()
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
+    with cupy.cuda.Device(torch.cuda.current_device()), stream:
+        fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
+
+
+def i32(v: int) -> np.int32:
+    return np.int32(v)
+
+
+def i64(v: int) -> np.int64:
+    return np.int64(v)
+
+
+def f32(v: float) -> np.float32:
+    return np.float32(v)

@@ -1,0 +1,43 @@
+"""Command line: ``pyinterp info``, ``pyinterp bench`` and (from the experiments) ``pyinterp reproduce``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_info(args) -> int:
+    from pyinterp._info import info
+
+    data = info(print_out=not args.json)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from pyinterp.bench import compare
+
+    return compare.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyinterp", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="versions, devices and backend availability")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("bench", help="side-by-side kernel benchmark table (benchmarks/compare.py)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the comparison")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
