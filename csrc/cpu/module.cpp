@@ -1,0 +1,13 @@
+// pybind11 module pyinterp._C: each op family registers its functions from its own file.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace pyinterp {
+void register_solu(py::module_& m);
+}  // namespace pyinterp
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyinterp C++ CPU kernels (OpenMP); tensors are passed as data pointers";
+  pyinterp::register_solu(m);
+}
