@@ -6,3 +6,9 @@ float16 and bfloat16 (accumulating in float32) and float64 (for gradcheck).
 from pyinterp.ops.solu import solu, solu_ln
 
 __all__ = ["solu", "solu_ln"]
+from pyinterp.ops.sae import (  # noqa: E402
+    batchtopk_encode, dense_from_sparse, sparse_decode, threshold_encode, topk_encode, update_activity,
+)
+
+__all__ += ["topk_encode", "sparse_decode", "threshold_encode", "batchtopk_encode",
+            "dense_from_sparse", "update_activity"]
