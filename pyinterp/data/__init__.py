@@ -1,0 +1,33 @@
+"""Data: the default corpus, tokenizers, readers for the user's files, packed token batches
+and synthetic data sets for the papers' experiments.
+
+    from pyinterp import data
+    docs = data.default_corpus()                 # stdlib documentation text, cached
+    tok = data.get_tokenizer(vocab_size=4096)    # BPE trained on it, cached beside it
+    rows = data.packed_dataset(docs, tok, n_ctx=256)   # (N, 256) int64
+"""
+from pyinterp.data._cache import cache_dir
+from pyinterp.data.batches import TokenBatches, pack, packed_dataset, shuffled_batches, tokenize
+from pyinterp.data.corpus import default_corpus
+from pyinterp.data.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    get_tokenizer,
+    load_tokenizer,
+    train_bpe,
+)
+
+__all__ = [
+    "BPETokenizer",
+    "ByteTokenizer",
+    "TokenBatches",
+    "cache_dir",
+    "default_corpus",
+    "get_tokenizer",
+    "load_tokenizer",
+    "pack",
+    "packed_dataset",
+    "shuffled_batches",
+    "tokenize",
+    "train_bpe",
+]

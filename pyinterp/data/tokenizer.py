@@ -1,0 +1,145 @@
+"""Tokenizers: a byte-level BPE trained with ``tokenizers`` (cached beside the corpus) and a
+dependency-free byte-level fallback.
+
+Both expose ``encode(text) -> list[int]``, ``encode_batch``, ``decode(ids) -> str``,
+``vocab_size``, ``eos_token_id`` (= ``bos_token_id`` = ``pad_token_id``: one
+``<|endoftext|>`` token separates documents) and ``save(directory)``.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Union
+
+from pyinterp.data._cache import atomic_write_text
+
+EOT = "<|endoftext|>"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens 0..255, ``<|endoftext|>`` = 256 (vocab_size 257)."""
+
+    kind = "bytes"
+
+    def __init__(self):
+        self.vocab_size = 257
+        self.eos_token_id = self.bos_token_id = self.pad_token_id = 256
+
+    def encode(self, text: str) -> List[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def save(self, directory: Union[str, Path]) -> None:
+        atomic_write_text(Path(directory) / TOKENIZER_FILE,
+                          json.dumps({"pyinterp_tokenizer": "bytes"}))
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer(vocab_size=257)"
+
+
+class BPETokenizer:
+    """A trained ``tokenizers.Tokenizer`` (byte-level BPE) with a small, stable interface."""
+
+    kind = "bpe"
+
+    def __init__(self, tok):
+        self._tok = tok
+        self.vocab_size = tok.get_vocab_size()
+        eot = tok.token_to_id(EOT)
+        if eot is None:
+            raise ValueError(f"tokenizer has no {EOT} token")
+        self.eos_token_id = self.bos_token_id = self.pad_token_id = eot
+
+    @property
+    def backend(self):
+        """The underlying ``tokenizers.Tokenizer``."""
+        return self._tok
+
+    def encode(self, text: str) -> List[int]:
+        return self._tok.encode(text).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts))]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def save(self, directory: Union[str, Path]) -> None:
+        atomic_write_text(Path(directory) / TOKENIZER_FILE, self._tok.to_str())
+
+    @classmethod
+    def from_file(cls, path: Union[str, Path]) -> "BPETokenizer":
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)))
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size})"
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> BPETokenizer:
+    """Train a byte-level BPE (GPT-2 style pre-tokenisation) on ``texts``; needs ``tokenizers``."""
+    try:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    except ImportError as e:
+        raise ImportError("training a BPE tokenizer needs the 'tokenizers' package: "
+                          "pip install 'pyinterp[hf]' (or pip install tokenizers)") from e
+    if vocab_size < 257 + 1:
+        raise ValueError(f"vocab_size must be > 257 (256 bytes + {EOT}), got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return BPETokenizer(tok)
+
+
+def get_tokenizer(vocab_size: int = 4096, kind: str = "bpe",
+                  cache: Optional[Union[str, Path]] = None):
+    """The tokenizer of the default corpus.
+
+    ``kind="bpe"``: a byte-level BPE with ``vocab_size`` tokens trained on
+    :func:`pyinterp.data.default_corpus` and cached beside it (trained once, ~10 s). When the
+    ``tokenizers`` package is missing this warns and returns the :class:`ByteTokenizer`
+    (vocab 257). ``kind="bytes"``: the byte tokenizer.
+    """
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind != "bpe":
+        raise ValueError(f"kind must be 'bpe' or 'bytes', got {kind!r}")
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError:
+        warnings.warn("the 'tokenizers' package is not installed: using the byte-level "
+                      "tokenizer (vocab_size 257); pip install 'pyinterp[hf]' for BPE")
+        return ByteTokenizer()
+    from pyinterp.data.corpus import corpus_path, default_corpus
+
+    corpus = default_corpus(cache)
+    path = corpus_path(cache).with_name(corpus_path(cache).stem + f".bpe{vocab_size}.json")
+    if path.is_file():
+        return BPETokenizer.from_file(path)
+    tok = train_bpe(corpus, vocab_size=vocab_size)
+    atomic_write_text(path, tok.backend.to_str())
+    return tok
+
+
+def load_tokenizer(directory: Union[str, Path]):
+    """The tokenizer saved in ``directory`` by ``tokenizer.save``, or None if there is none."""
+    p = Path(directory) / TOKENIZER_FILE
+    if not p.is_file():
+        return None
+    text = p.read_text(encoding="utf-8")
+    if json.loads(text).get("pyinterp_tokenizer") == "bytes":
+        return ByteTokenizer()
+    return BPETokenizer.from_file(p)
