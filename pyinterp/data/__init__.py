@@ -9,6 +9,21 @@ and synthetic data sets for the papers' experiments.
 from pyinterp.data._cache import cache_dir
 from pyinterp.data.batches import TokenBatches, pack, packed_dataset, shuffled_batches, tokenize
 from pyinterp.data.corpus import default_corpus
+from pyinterp.data.prompts import (
+    ContrastivePromptSet,
+    builtin_traits,
+    contrastive_prompts,
+    format_chat,
+)
+from pyinterp.data.readers import Documents, read_documents, read_jsonl, read_parquet, read_text
+from pyinterp.data.synthetic import (
+    FiniteDataset,
+    RepeatedTokens,
+    finite_dataset,
+    importance,
+    repeated_tokens,
+    sparse_features,
+)
 from pyinterp.data.tokenizer import (
     BPETokenizer,
     ByteTokenizer,
@@ -20,9 +35,24 @@ from pyinterp.data.tokenizer import (
 __all__ = [
     "BPETokenizer",
     "ByteTokenizer",
+    "ContrastivePromptSet",
+    "Documents",
+    "FiniteDataset",
+    "RepeatedTokens",
     "TokenBatches",
+    "builtin_traits",
     "cache_dir",
+    "contrastive_prompts",
     "default_corpus",
+    "finite_dataset",
+    "format_chat",
+    "importance",
+    "read_documents",
+    "read_jsonl",
+    "read_parquet",
+    "read_text",
+    "repeated_tokens",
+    "sparse_features",
     "get_tokenizer",
     "load_tokenizer",
     "pack",

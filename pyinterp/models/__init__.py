@@ -12,11 +12,13 @@ from pyinterp.models.hooks import HookedModel, HookPoint
 from pyinterp.models.transformer import Transformer, lm_cross_entropy
 from pyinterp.models.generate import generate
 from pyinterp.models.io import load_model, save_model
+from pyinterp.models.training import TrainConfig, TrainResult, train
 
 __all__ = [
     "HookPoint",
     "HookedModel",
     "TrainConfig",
+    "TrainResult",
     "Transformer",
     "TransformerConfig",
     "from_hf",
@@ -30,11 +32,7 @@ __all__ = [
 
 
 def __getattr__(name):
-    # Lazy: training pulls tqdm; adapters need transformers / transformer_lens.
-    if name in ("train", "TrainConfig"):
-        from pyinterp.models import training as _train
-
-        return getattr(_train, name)
+    # Lazy: the adapters need transformers / transformer_lens.
     if name == "from_hf":
         from pyinterp.models.hf import from_hf
 
