@@ -23,10 +23,10 @@ INDEX_DTYPES = (torch.int64, torch.int32)
 
 # Backends implementing each op (the others raise BackendUnavailableError when named).
 SUPPORTED = {
-    "topk_encode": ("reference",),
-    "sparse_decode": ("reference",),
-    "threshold_encode": ("reference",),
-    "batchtopk_encode": ("reference",),
+    "topk_encode": ("reference", "cpu"),
+    "sparse_decode": ("reference", "cpu"),
+    "threshold_encode": ("reference", "cpu"),
+    "batchtopk_encode": ("reference", "cpu"),
 }
 
 
