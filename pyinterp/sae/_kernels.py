@@ -1,0 +1,14 @@
+"""The sparse SAE ops the dictionaries run on (one import point for the library).
+
+They live in :mod:`pyinterp.ops.sae`; pyinterp's dispatch picks the backend for the tensors'
+device (``auto``), or the one a module was given (``module.backend``).
+"""
+from pyinterp.ops.sae import (  # noqa: F401
+    activation_counts,
+    batchtopk_encode,
+    dense_from_sparse,
+    sparse_decode,
+    threshold_encode,
+    topk_encode,
+    update_activity,
+)

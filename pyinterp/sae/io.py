@@ -1,0 +1,251 @@
+"""Save and load dictionaries in SAELens's directory layout (never unpickling).
+
+A directory holds ``cfg.json`` and ``sae_weights.safetensors`` with W_enc (d_in, d_sae),
+W_dec (d_sae, d_in), b_enc (d_sae,), b_dec (d_in,) (+ ``threshold`` (d_sae,) for JumpReLU,
+``topk_threshold`` () in SAELens's BatchTopK training saves). See
+docs/decisions/sae-saelens-compatibility.md for how fields map.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from pyinterp.sae._files import (CorruptFileError, atomic_save_tensors, atomic_write_json,
+                                 load_tensors, read_json)
+from pyinterp.sae.config import SAEConfig, dtype_name, parse_dtype
+from pyinterp.sae.modules import BatchTopKSAE, JumpReLUSAE, SparseAutoencoder, build
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+SPARSITY_FILENAME = "sparsity.safetensors"
+# The SAELens config format these files follow (6.x: fields d_in, d_sae, dtype, device,
+# apply_b_dec_to_input, normalize_activations, reshape_activations, metadata, architecture).
+FORMAT_VERSION = "6.0.0"
+_SCALAR_NORMS = ("none", "expected_average_only_in")
+
+
+def _sae_lens_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sae-lens")
+    except Exception:
+        return FORMAT_VERSION
+
+
+# ---------------------------------------------------------------------------------- save
+@torch.no_grad()
+def save(sae: SparseAutoencoder, path: Union[str, Path], *,
+         feature_density: Optional[torch.Tensor] = None) -> Path:
+    """Write ``sae`` as an SAELens directory that ``sae_lens.SAE.load_from_disk`` reads.
+
+    The fixed activation scale is folded into the weights (W_enc * s, W_dec / s, b_dec / s),
+    so SAELens gives the same reconstructions from raw activations; pyinterp's own fields
+    (and the scale) go to ``metadata.pyinterp`` so :func:`load` restores the module exactly
+    up to rounding. A BatchTopK dictionary is saved, as SAELens does, as a JumpReLU with its
+    learned threshold. ``feature_density`` (d_sae,) optionally writes sparsity.safetensors
+    (log10 density, SAELens's ``sparsity`` tensor).
+    """
+    if not isinstance(sae, SparseAutoencoder):
+        raise TypeError(f"sae must be a pyinterp.sae dictionary, got {type(sae).__name__}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = sae.cfg
+    s = float(sae.input_scale)
+    dtype = sae.W_enc.dtype
+    w = {
+        "W_enc": sae.W_enc.detach().double() * s,
+        "W_dec": sae.W_dec.detach().double() / s,
+        "b_enc": sae.b_enc.detach().double(),
+        "b_dec": sae.b_dec.detach().double() / s,
+    }
+    arch = cfg.architecture
+    meta = {
+        "sae_lens_version": _sae_lens_version(),
+        "sae_lens_training_version": None,
+        "hook_name": cfg.hook_name,
+        "written_by": "pyinterp",
+        "pyinterp": {"config": cfg.to_dict(), "input_scale": s},
+    }
+    if cfg.normalize_activations != "none" and s != 1.0:
+        raise ValueError("cannot fold a fixed activation scale into a dictionary that also "
+                         f"normalises per row ({cfg.normalize_activations!r})")
+    if isinstance(sae, BatchTopKSAE):
+        arch = "jumprelu"
+        w["threshold"] = torch.full((cfg.d_sae,), float(sae.threshold), dtype=torch.float64)
+        meta["training_architecture"] = "batchtopk"
+        meta["training_architecture_details"] = {"k": cfg.k}
+    elif isinstance(sae, JumpReLUSAE):
+        w["threshold"] = sae.threshold.detach().double()
+    out_cfg = {
+        "architecture": arch,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": dtype_name(dtype),
+        "device": str(sae.W_enc.device),
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+        "normalize_activations": cfg.normalize_activations,
+        "reshape_activations": "none",
+        "hook_name": cfg.hook_name,
+        "metadata": meta,
+    }
+    if arch == "topk":
+        out_cfg["k"] = int(cfg.k)
+        out_cfg["rescale_acts_by_decoder_norm"] = False
+        out_cfg["activation_fn_kwargs"] = {"k": int(cfg.k)}
+    atomic_save_tensors(path / WEIGHTS_FILENAME, {k: v.to(dtype) for k, v in w.items()})
+    if feature_density is not None:
+        dens = feature_density.detach().double().cpu()
+        if dens.shape != (cfg.d_sae,):
+            raise ValueError(f"feature_density must have shape ({cfg.d_sae},), got {tuple(dens.shape)}")
+        atomic_save_tensors(path / SPARSITY_FILENAME,
+                            {"sparsity": dens.clamp_min(1e-10).log10().float()})
+    atomic_write_json(path / CFG_FILENAME, out_cfg)
+    return path
+
+
+# ---------------------------------------------------------------------------------- load
+def _legacy(cfg: dict) -> dict:
+    """SAELens < 6 field names (as SAELens's own loader translates them)."""
+    cfg = dict(cfg)
+    for old, new in (("hook_point", "hook_name"), ("activation_fn_str", "activation_fn")):
+        if old in cfg and new not in cfg:
+            cfg[new] = cfg[old]
+    if isinstance(cfg.get("normalize_activations"), bool):
+        cfg["normalize_activations"] = ("expected_average_only_in"
+                                        if cfg["normalize_activations"] else "none")
+    if cfg.get("normalize_activations") is None:
+        cfg["normalize_activations"] = "none"
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    if "architecture" not in cfg:
+        cfg["architecture"] = "topk" if cfg.get("activation_fn") == "topk" else "standard"
+    if cfg["architecture"] == "topk" and cfg.get("k") is None and kwargs.get("k") is not None:
+        cfg["k"] = kwargs["k"]
+    return cfg
+
+
+def _require(cfg: dict, field: str, file: Path):
+    if field not in cfg or cfg[field] is None:
+        raise CorruptFileError(f"{file} is missing the field {field!r}")
+    return cfg[field]
+
+
+def load(path: Union[str, Path], *, device="cpu", dtype=None) -> SparseAutoencoder:
+    """Read an SAELens SAE directory (written by SAELens or by :func:`save`).
+
+    Architectures: standard, topk, batchtopk (SAELens training saves), jumprelu. Honours
+    ``apply_b_dec_to_input``, ``normalize_activations`` (none / expected_average_only_in,
+    which SAELens's disk loader does not apply either / constant_norm_rescale / layer_norm)
+    and ``rescale_acts_by_decoder_norm`` (folded into the weights, same activations).
+    Errors name the file and what is missing or wrong.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CorruptFileError(f"SAE directory {path} does not exist or is not a directory")
+    cfg_file = path / CFG_FILENAME
+    weights_file = path / WEIGHTS_FILENAME
+    raw = read_json(cfg_file, "SAE config")
+    meta = raw.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise CorruptFileError(f"{cfg_file}: 'metadata' must be a JSON object")
+    version = str(raw.get("sae_lens_version") or meta.get("sae_lens_version") or "")
+    cfg = raw if version[:1].isdigit() and int(version.split(".")[0]) >= 6 else _legacy(raw)
+    arch = cfg.get("architecture", "standard")
+    d_in = _require(cfg, "d_in", cfg_file)
+    d_sae = _require(cfg, "d_sae", cfg_file)
+    if arch not in ("standard", "topk", "batchtopk", "jumprelu"):
+        raise ValueError(f"{cfg_file}: architecture {arch!r} is not supported by pyinterp.sae "
+                         "(standard, topk, batchtopk, jumprelu)")
+    if cfg.get("reshape_activations", "none") not in ("none", None):
+        raise ValueError(f"{cfg_file}: reshape_activations={cfg['reshape_activations']!r} is not "
+                         "supported; flatten (..., n_heads, d_head) inputs to (..., d_in) yourself")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm"):
+        raise ValueError(f"{cfg_file}: normalize_activations={norm!r} is not supported")
+    if norm == "expected_average_only_in":
+        warnings.warn(f"{cfg_file}: normalize_activations='expected_average_only_in' without a "
+                      "stored scaling factor; like SAELens's disk loader, no scale is applied",
+                      stacklevel=2)
+        norm = "none"
+    target_dtype = parse_dtype(dtype if dtype is not None else cfg.get("dtype", "float32"))
+
+    tensors = load_tensors(weights_file, "SAE weights")
+    needed = ["W_enc", "W_dec", "b_enc", "b_dec"] + (["threshold"] if arch == "jumprelu" else [])
+    missing = [n for n in needed if n not in tensors]
+    if missing:
+        raise CorruptFileError(f"{weights_file} is missing the tensors {missing} "
+                               f"(has {sorted(tensors)})")
+    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
+              "threshold": (d_sae,)}
+    for name in needed:
+        if tuple(tensors[name].shape) != shapes[name]:
+            raise CorruptFileError(
+                f"{weights_file}: tensor {name} has shape {tuple(tensors[name].shape)}, but "
+                f"{cfg_file} (d_in={d_in}, d_sae={d_sae}) needs {shapes[name]}")
+    if "scaling_factor" in tensors and not torch.all(tensors["scaling_factor"] == 1):
+        raise ValueError(f"{weights_file}: a finetuning scaling_factor is not supported")
+    w = {n: tensors[n].double() for n in needed}
+    if cfg.get("rescale_acts_by_decoder_norm") and arch in ("topk", "batchtopk"):
+        # SAELens scales pre-activations by ||W_dec_i|| and divides them back in decode:
+        # the same map as weights with the norms folded in.
+        n = w["W_dec"].norm(dim=1)
+        w["W_enc"] = w["W_enc"] * n
+        w["b_enc"] = w["b_enc"] * n
+        w["W_dec"] = w["W_dec"] / n[:, None]
+
+    ours = meta.get("pyinterp") if isinstance(meta.get("pyinterp"), dict) else None
+    hook_name = meta.get("hook_name", cfg.get("hook_name"))
+    if ours is not None:
+        sc = SAEConfig.from_dict(dict(ours["config"], dtype=dtype_name(target_dtype)))
+        scale = float(ours.get("input_scale", 1.0))
+        if sc.architecture == "batchtopk" and "threshold" in w:
+            threshold = w.pop("threshold")[0]
+        else:
+            threshold = w.pop("threshold", None)
+    else:
+        threshold = w.pop("threshold", None)
+        k = cfg.get("k")
+        train_arch = meta.get("training_architecture")
+        details = meta.get("training_architecture_details") or {}
+        if arch == "jumprelu" and train_arch == "batchtopk" and threshold is not None \
+                and details.get("k") is not None and bool(torch.all(threshold == threshold[0])):
+            arch, k, threshold = "batchtopk", details["k"], threshold[0]
+        elif arch == "batchtopk":
+            threshold = tensors.get("topk_threshold", torch.zeros(())).double()
+        if arch in ("topk", "batchtopk") and k is None:
+            raise CorruptFileError(f"{cfg_file} is missing the field 'k' "
+                                   f"(architecture {arch!r})")
+        sc = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae,
+                       k=k if arch in ("topk", "batchtopk") else None,
+                       apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+                       normalize_activations=norm, hook_name=hook_name,
+                       dtype=dtype_name(target_dtype))
+        scale = 1.0
+    sae = build(sc, device=device)
+    with torch.no_grad():
+        # Undo the fold that save() applied, back to the training parametrisation.
+        sae.W_enc.copy_(w["W_enc"] / scale)
+        sae.W_dec.copy_(w["W_dec"] * scale)
+        sae.b_enc.copy_(w["b_enc"])
+        sae.b_dec.copy_(w["b_dec"] * scale)
+        sae.input_scale.fill_(scale)
+        if isinstance(sae, BatchTopKSAE):
+            sae.threshold.fill_(float(threshold) if threshold is not None else 0.0)
+            sae.threshold_updates.fill_(1)
+        elif isinstance(sae, JumpReLUSAE):
+            sae.threshold.copy_(threshold)
+    return sae.eval()
+
+
+def load_sparsity(path: Union[str, Path]) -> Optional[torch.Tensor]:
+    """log10 feature densities from sparsity.safetensors, or None when the file is absent."""
+    f = Path(path) / SPARSITY_FILENAME
+    if not f.exists():
+        return None
+    t = load_tensors(f, "SAE sparsity")
+    if "sparsity" not in t:
+        raise CorruptFileError(f"{f} is missing the tensor 'sparsity' (has {sorted(t)})")
+    return t["sparsity"]

@@ -1,0 +1,416 @@
+"""Dictionary modules: ReLU+L1 ("standard"), TopK, BatchTopK and JumpReLU (inference).
+
+Every module maps activations x: (..., d_in) to a sparse code given as ``(values, indices)``,
+each (..., k) (k fixed for TopK; a per-call padded width for the threshold codes, padding
+has value 0 and index 0), and decodes with :func:`pyinterp.ops.sparse_decode`, so no
+(N, d_sae) code is built after the encoder. Parameters follow SAELens's layout:
+W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in), b_dec (d_in,).
+
+Activations are multiplied by the fixed scalar ``input_scale`` (E||s x||^2 = d_in, see
+:func:`pyinterp.sae.init.activation_scale`) before encoding and divided by it after
+decoding, so ``forward(x)`` is in the units of ``x``; ``loss(x)`` is in the normalised units.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from pyinterp.sae import _kernels as K
+from pyinterp.sae.config import SAEConfig
+from pyinterp.sae.init import geometric_median, random_directions
+
+
+@dataclass
+class SAELoss:
+    """One training loss evaluation. Tensors ``total``..``aux`` are scalars (on device).
+
+    values, indices: the code (N, k), detached; x, x_hat: normalised input and
+    reconstruction (N, d_in), detached.
+    """
+
+    total: torch.Tensor
+    mse: torch.Tensor
+    sparsity: torch.Tensor
+    aux: torch.Tensor
+    values: torch.Tensor
+    indices: torch.Tensor
+    x: torch.Tensor
+    x_hat: torch.Tensor
+
+    def components(self) -> dict[str, float]:
+        """The loss terms as Python floats (one host sync)."""
+        t = torch.stack([self.total.detach().float(), self.mse.detach().float(),
+                         self.sparsity.detach().float(), self.aux.detach().float()]).tolist()
+        return dict(zip(("loss", "mse", "sparsity", "aux"), t))
+
+
+class SparseAutoencoder(nn.Module):
+    """Base class; use :class:`ReLUSAE`, :class:`TopKSAE`, :class:`BatchTopKSAE`, :class:`JumpReLUSAE`."""
+
+    architecture: str = ""
+
+    def __init__(self, d_in: Optional[int] = None, d_sae: Optional[int] = None, *,
+                 cfg: Optional[SAEConfig] = None, device=None, seed: Optional[int] = None,
+                 backend: Optional[str] = None, **config):
+        super().__init__()
+        if cfg is None:
+            cfg = SAEConfig(architecture=self.architecture, d_in=d_in, d_sae=d_sae, **config)
+        elif d_in is not None or d_sae is not None or config:
+            raise TypeError("pass either cfg or the config fields, not both")
+        if cfg.architecture != self.architecture:
+            raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r}, "
+                             f"got cfg.architecture={cfg.architecture!r}")
+        self.cfg = cfg
+        self.backend = backend
+        # Deterministic W_dec gradient (no float atomics); the trainer can switch it on.
+        self.deterministic = False
+        dtype = cfg.torch_dtype
+        kw = dict(dtype=dtype, device=device)
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae, **kw))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))
+        # Fixed activation scale (E||s x||^2 = d_in); a buffer so checkpoints carry it.
+        self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device))
+        self.reset_parameters(seed)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def hook_name(self) -> Optional[str]:
+        return self.cfg.hook_name
+
+    def extra_repr(self) -> str:
+        k = f", k={self.cfg.k}" if self.cfg.k is not None else ""
+        return (f"d_in={self.d_in}, d_sae={self.d_sae}{k}, decoder_norm={self.cfg.decoder_norm!r}, "
+                f"hook_name={self.hook_name!r}")
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def reset_parameters(self, seed: Optional[int] = None) -> None:
+        """Random unit directions for W_dec rows (norm ``init_decoder_norm``: 1 for a unit
+        decoder, else 0.1), W_enc = W_dec^T (Gao et al.; Anthropic's April 2024 update),
+        zero biases. ``seed`` makes it reproducible without touching the global RNG."""
+        gen = None
+        if seed is not None:
+            gen = torch.Generator().manual_seed(seed)
+        norm = self.cfg.init_decoder_norm
+        if norm is None:
+            norm = 1.0 if self.cfg.decoder_norm == "unit" else 0.1
+        w = random_directions(self.d_sae, self.d_in, norm, generator=gen)
+        self.W_dec.copy_(w)
+        self.W_enc.copy_(w.T)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    @torch.no_grad()
+    def set_input_scale(self, scale: float) -> None:
+        if not scale > 0 or scale != scale or scale == float("inf"):
+            raise ValueError(f"scale must be a positive finite number, got {scale}")
+        self.input_scale.fill_(float(scale))
+
+    @torch.no_grad()
+    def init_b_dec(self, sample: torch.Tensor, method: str = "geometric_median") -> None:
+        """Set b_dec to the geometric median (Weiszfeld) or mean of a data sample.
+
+        sample: (N, d_in) raw activations (scaled here like every input)."""
+        if method not in ("geometric_median", "mean"):
+            raise ValueError(f"method must be 'geometric_median' or 'mean', got {method!r}")
+        xn, _ = self._normalize_in(self._flatten(sample, "sample"))
+        centre = geometric_median(xn) if method == "geometric_median" else xn.mean(0)
+        self.b_dec.copy_(centre.to(self.b_dec.dtype))
+
+    # ------------------------------------------------------------------ input handling
+    def _flatten(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        if x.dim() < 1 or x.shape[-1] != self.d_in:
+            raise ValueError(f"{name} must have shape (..., d_in={self.d_in}), got {tuple(x.shape)}")
+        if x.device != self.W_enc.device:
+            raise ValueError(f"{name} is on {x.device} but the dictionary is on {self.W_enc.device}")
+        return x.reshape(-1, self.d_in)
+
+    def _normalize_in(self, x2d: torch.Tensor):
+        """x2d: (N, d_in) raw -> (normalised (N, d_in) in the parameter dtype, state)."""
+        x = x2d.to(self.W_enc.dtype) * self.input_scale.to(self.W_enc.dtype)
+        mode = self.cfg.normalize_activations
+        if mode == "constant_norm_rescale":
+            coeff = (self.d_in ** 0.5) / x.norm(dim=-1, keepdim=True)
+            return x * coeff, coeff
+        if mode == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            x = x - mu
+            std = x.std(dim=-1, keepdim=True)
+            return x / (std + 1e-5), (mu, std)
+        return x, None
+
+    def _normalize_out(self, y: torch.Tensor, state) -> torch.Tensor:
+        mode = self.cfg.normalize_activations
+        if mode == "constant_norm_rescale" and state is not None:
+            y = y / state
+        elif mode == "layer_norm" and state is not None:
+            y = y * state[1] + state[0]
+        return y / self.input_scale.to(y.dtype)
+
+    def _b_dec_in(self) -> Optional[torch.Tensor]:
+        return self.b_dec if self.cfg.apply_b_dec_to_input else None
+
+    def _kw(self) -> dict:
+        return {} if self.backend is None else {"backend": self.backend}
+
+    # ------------------------------------------------------------------ the maps
+    def _encode(self, xn: torch.Tensor):
+        """xn: (N, d_in) normalised -> values, indices (N, k)."""
+        raise NotImplementedError
+
+    def _encode_train(self, xn: torch.Tensor):
+        return self._encode(xn)
+
+    def _decode(self, values, indices, check_indices: bool = False) -> torch.Tensor:
+        # Indices from our own encoders are in range: skip the check (a sync on GPU).
+        return K.sparse_decode(values, indices, self.W_dec, self.b_dec,
+                               deterministic=self.deterministic, check_indices=check_indices,
+                               **self._kw())
+
+    def encode(self, x: torch.Tensor):
+        """x: (..., d_in) -> (values, indices), each (..., k); values >= 0."""
+        lead = x.shape[:-1]
+        xn, _ = self._normalize_in(self._flatten(x))
+        values, indices = self._encode(xn)
+        return values.reshape(*lead, -1), indices.reshape(*lead, -1)
+
+    def decode(self, values: torch.Tensor, indices: torch.Tensor, norm_state=None) -> torch.Tensor:
+        """values, indices: (..., k) -> reconstruction (..., d_in) in input units.
+
+        With a per-row ``normalize_activations`` mode, pass the state from the encoding
+        (``forward`` does); without it the output stays in the normalised units."""
+        if not isinstance(values, torch.Tensor) or not isinstance(indices, torch.Tensor):
+            raise TypeError("values and indices must be torch.Tensors")
+        if values.shape != indices.shape:
+            raise ValueError(f"values {tuple(values.shape)} and indices {tuple(indices.shape)} "
+                             "must have the same shape")
+        if indices.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"indices must be int64 or int32, got {indices.dtype}")
+        if not values.is_floating_point():
+            raise TypeError(f"values must be floating point, got {values.dtype}")
+        lead = values.shape[:-1]
+        k = values.shape[-1] if values.dim() else 1
+        y = self._decode(values.reshape(-1, k).to(self.W_dec.dtype), indices.reshape(-1, k),
+                         check_indices=True)
+        return self._normalize_out(y, norm_state).reshape(*lead, self.d_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., d_in) -> reconstruction (..., d_in) in x's dtype (like SAELens's forward)."""
+        lead = x.shape[:-1]
+        xn, state = self._normalize_in(self._flatten(x))
+        values, indices = self._encode(xn)
+        y = self._normalize_out(self._decode(values, indices), state)
+        return y.reshape(*lead, self.d_in).to(x.dtype)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path, **kwargs):
+        """Write an SAELens directory (cfg.json + sae_weights.safetensors); see pyinterp.sae.io.save."""
+        from pyinterp.sae.io import save
+
+        return save(self, path, **kwargs)
+
+    @staticmethod
+    def load(path, **kwargs) -> "SparseAutoencoder":
+        """Read an SAELens directory; see pyinterp.sae.io.load."""
+        from pyinterp.sae.io import load
+
+        return load(path, **kwargs)
+
+    # ------------------------------------------------------------------ training
+    def _sparsity(self, values, indices, l1_scale) -> torch.Tensor:
+        return values.new_zeros(())
+
+    def _aux(self, xn, x_hat, dead_mask) -> torch.Tensor:
+        return xn.new_zeros(())
+
+    def loss(self, x: torch.Tensor, *, dead_mask: Optional[torch.Tensor] = None,
+             l1_scale: float = 1.0) -> SAELoss:
+        """Training loss on x: (..., d_in), in normalised units.
+
+        mse = mean over rows of ||x - x_hat||^2 (summed over d_in); plus the architecture's
+        sparsity penalty (ReLU: lambda * l1_scale * sum_i f_i ||W_dec,i||) and, given
+        ``dead_mask`` (d_sae,) bool, the AuxK loss (TopK/BatchTopK)."""
+        xn, _ = self._normalize_in(self._flatten(x))
+        values, indices = self._encode_train(xn)
+        x_hat = self._decode(values, indices)
+        mse = (x_hat.float() - xn.float()).pow(2).sum(-1).mean()
+        sparsity = self._sparsity(values, indices, l1_scale)
+        aux = self._aux(xn, x_hat, dead_mask) if dead_mask is not None else mse.new_zeros(())
+        total = mse + sparsity + aux
+        return SAELoss(total, mse, sparsity, aux, values.detach(), indices.detach(),
+                       xn.detach(), x_hat.detach())
+
+    @torch.no_grad()
+    def after_step(self, code: Optional[SAELoss] = None) -> None:
+        """Called by the trainer after each optimiser step (renormalises a unit decoder)."""
+        self.normalize_decoder()
+
+    @torch.no_grad()
+    def project_decoder_grad(self) -> None:
+        """Unit decoder: remove the gradient component parallel to each decoder row."""
+        if self.cfg.decoder_norm != "unit" or self.W_dec.grad is None:
+            return
+        w = self.W_dec
+        g = self.W_dec.grad
+        g.sub_((g * w).sum(1, keepdim=True) * w / w.pow(2).sum(1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        if self.cfg.decoder_norm == "unit":
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
+def _auxk_loss(sae: SparseAutoencoder, xn, x_hat, dead_mask) -> torch.Tensor:
+    """AuxK (Gao et al. 2024): the top-k_aux dead latents reconstruct the main residual.
+
+    No host sync: alive latents get a huge negative encoder bias so they are never picked
+    with a positive value; the loss is scaled by min(#dead / k_aux, 1) (0 when none is dead).
+    """
+    if dead_mask.shape != (sae.d_sae,) or dead_mask.dtype != torch.bool:
+        raise ValueError(f"dead_mask must be a bool tensor of shape ({sae.d_sae},), got "
+                         f"{dead_mask.dtype} {tuple(dead_mask.shape)}")
+    k_aux = sae.cfg.effective_aux_k
+    big = torch.finfo(sae.b_enc.dtype).max / 4
+    mask_bias = torch.where(dead_mask, torch.zeros((), dtype=sae.b_enc.dtype, device=dead_mask.device),
+                            torch.full((), -big, dtype=sae.b_enc.dtype, device=dead_mask.device))
+    v, i = K.topk_encode(xn, sae.W_enc, sae.b_enc + mask_bias, sae._b_dec_in(), k_aux, **sae._kw())
+    residual = (xn - x_hat).detach()
+    e_hat = K.sparse_decode(v, i, sae.W_dec, None, deterministic=sae.deterministic,
+                            check_indices=False, **sae._kw())
+    scale = (dead_mask.sum().to(torch.float32) / k_aux).clamp(max=1.0)
+    return sae.cfg.aux_coefficient * scale * (e_hat.float() - residual.float()).pow(2).sum(-1).mean()
+
+
+class ReLUSAE(SparseAutoencoder):
+    """f = ReLU(W_enc^T (x - b_dec) + b_enc), x_hat = W_dec^T f + b_dec.
+
+    decoder_norm="free" (default): L1 penalty weighted by decoder row norms (Scaling
+    Monosemanticity); "unit": rows kept at norm 1 (Towards Monosemanticity).
+    """
+
+    architecture = "standard"
+
+    def _encode(self, xn):
+        return K.threshold_encode(xn, self.W_enc, self.b_enc, self._b_dec_in(), 0.0,
+                                  **self._kw())
+
+    def _sparsity(self, values, indices, l1_scale):
+        norms = self.W_dec.norm(dim=1)
+        weighted = values.float() * norms[indices].float()
+        return self.cfg.l1_coefficient * l1_scale * weighted.sum(-1).mean()
+
+
+class TopKSAE(SparseAutoencoder):
+    """f = ReLU(TopK_k(W_enc^T (x - b_dec) + b_enc)) (Gao et al. 2024), with AuxK."""
+
+    architecture = "topk"
+
+    def _encode(self, xn):
+        return K.topk_encode(xn, self.W_enc, self.b_enc, self._b_dec_in(), int(self.cfg.k),
+                             **self._kw())
+
+    def _aux(self, xn, x_hat, dead_mask):
+        return _auxk_loss(self, xn, x_hat, dead_mask)
+
+
+class _ThresholdMixin:
+    def _threshold_code(self, xn, threshold: torch.Tensor):
+        """JumpReLU code: keep pre-activations > threshold (a scalar or (d_sae,) tensor).
+
+        As SAELens: ReLU(pre) * (pre > threshold), i.e. keep pre > max(threshold, 0)."""
+        thr = threshold.detach().to(xn.dtype).clamp_min(0).expand(self.d_sae)
+        return K.threshold_encode(xn, self.W_enc, self.b_enc, self._b_dec_in(), thr,
+                                  **self._kw())
+
+
+class BatchTopKSAE(_ThresholdMixin, SparseAutoencoder):
+    """BatchTopK (Bussmann et al. 2024): in training the top k*N activations of the batch.
+
+    At inference (``eval()``, or ``use_threshold=True``) a JumpReLU with one learned scalar
+    threshold: an EMA of the smallest selected activation per training batch.
+    """
+
+    architecture = "batchtopk"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        dev = self.W_enc.device
+        self.register_buffer("threshold", torch.zeros((), dtype=torch.float32, device=dev))
+        self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.int64, device=dev))
+        self.use_threshold: Optional[bool] = None
+
+    def _k(self) -> int:
+        k = self.cfg.k
+        if not float(k).is_integer():
+            raise ValueError(f"BatchTopK training needs an integer k, got k={k} (SAELens allows "
+                             "a fractional average k; round it)")
+        return int(k)
+
+    def _encode_train(self, xn):
+        return K.batchtopk_encode(xn, self.W_enc, self.b_enc, self._b_dec_in(), self._k(),
+                                  **self._kw())
+
+    def _encode(self, xn):
+        use = (not self.training) if self.use_threshold is None else self.use_threshold
+        if not use:
+            return self._encode_train(xn)
+        return self._threshold_code(xn, self.threshold)
+
+    def _aux(self, xn, x_hat, dead_mask):
+        return _auxk_loss(self, xn, x_hat, dead_mask)
+
+    @torch.no_grad()
+    def update_threshold(self, values: torch.Tensor) -> None:
+        """EMA of the smallest positive selected activation; no host sync."""
+        inf = torch.full((), float("inf"), device=values.device)
+        m = torch.where(values > 0, values.float(), inf).min()
+        lr = self.cfg.threshold_lr
+        ema = torch.where(self.threshold_updates == 0, m, (1 - lr) * self.threshold + lr * m)
+        ok = torch.isfinite(m)
+        self.threshold.copy_(torch.where(ok, ema, self.threshold))
+        self.threshold_updates.add_(ok.to(torch.int64))
+
+    @torch.no_grad()
+    def after_step(self, code: Optional[SAELoss] = None) -> None:
+        super().after_step(code)
+        if code is not None:
+            self.update_threshold(code.values)
+
+
+class JumpReLUSAE(_ThresholdMixin, SparseAutoencoder):
+    """Inference JumpReLU dictionary (e.g. loaded from SAELens): keep pre > threshold_i."""
+
+    architecture = "jumprelu"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.threshold = nn.Parameter(torch.zeros(self.d_sae, dtype=self.W_enc.dtype,
+                                                  device=self.W_enc.device))
+
+    def _encode(self, xn):
+        return self._threshold_code(xn, self.threshold)
+
+
+ARCHITECTURE_CLASSES = {c.architecture: c for c in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)}
+
+
+def build(cfg: SAEConfig, **kwargs) -> SparseAutoencoder:
+    """The module class for ``cfg.architecture``, constructed from ``cfg``."""
+    return ARCHITECTURE_CLASSES[cfg.architecture](cfg=cfg, **kwargs)

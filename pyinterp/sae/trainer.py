@@ -1,0 +1,439 @@
+"""Train one or several dictionaries from one pass over an activation source.
+
+    trainer = SAETrainer({"l0": TopKSAE(512, 16384, k=32, hook_name="blocks.0.hook_resid_post")},
+                         store, TrainConfig(steps=10_000, checkpoint_dir="runs/sae"))
+    trainer.run()
+    # after an interruption:
+    trainer = SAETrainer.resume("runs/sae", store)
+    trainer.run()
+
+Each dictionary has its own Adam optimiser; a batch from the source is either a tensor
+(every dictionary trains on it) or a dict ``hook_name -> (N, d_in)`` (each dictionary reads
+its own ``cfg.hook_name``). Dead-latent counters live on the device; the host reads them only
+every ``aux_check_every`` steps and at log/checkpoint steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Union
+
+import torch
+
+from pyinterp.sae import _kernels as K
+from pyinterp.sae import checkpoint as ckpt
+from pyinterp.sae._files import CorruptFileError
+from pyinterp.sae.config import SAEConfig
+from pyinterp.sae.init import activation_scale
+from pyinterp.sae.modules import ReLUSAE, SAELoss, SparseAutoencoder, build
+from pyinterp.sae.resample import resample_dead
+from pyinterp.sae.schedule import coefficient_factor, lr_factor
+
+
+class NonFiniteError(RuntimeError):
+    """NaN or Inf in activations or a loss during training; training stopped."""
+
+
+@dataclass
+class TrainConfig:
+    """Trainer settings (all saved in checkpoints).
+
+    steps: optimiser steps in total. lr/betas/eps: Adam. warmup_steps, decay_fraction,
+    final_lr_fraction: the learning-rate schedule (:func:`pyinterp.sae.schedule.lr_factor`).
+    l1_warmup_steps: ramp of the ReLU sparsity coefficient. grad_clip: max global grad norm
+    per dictionary (None: off). normalize_activations: estimate the fixed scale with
+    E||s x||^2 = d_in from the first ``init_batches`` batches; b_dec_init: "geometric_median",
+    "mean" or None, from the same batches (they are not trained on). dead_window_tokens: a
+    latent that has not fired for this many tokens is dead (AuxK, metrics).
+    aux_check_every: steps between host checks whether any latent is dead (AuxK runs only
+    then). resample_every/resample_until: dead-latent resampling for ReLU dictionaries
+    (Towards Monosemanticity); None disables it. check_finite_every: steps between NaN/Inf
+    checks (1: before every optimiser step, so weights are never corrupted).
+    """
+
+    steps: int
+    lr: float = 2e-4
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    decay_fraction: float = 0.2
+    final_lr_fraction: float = 0.0
+    l1_warmup_steps: int = 0
+    grad_clip: Optional[float] = 1.0
+    normalize_activations: bool = True
+    b_dec_init: Optional[str] = "geometric_median"
+    init_batches: int = 1
+    dead_window_tokens: int = 10_000_000
+    aux_check_every: int = 100
+    resample_every: Optional[int] = None
+    resample_until: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    checkpoint_dir: Optional[str] = None
+    keep_checkpoints: int = 2
+    check_finite_every: int = 1
+    log_every: int = 100
+    progress: bool = True
+    deterministic: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a positive int, got {self.steps!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.b_dec_init not in (None, "geometric_median", "mean"):
+            raise ValueError(f"b_dec_init must be 'geometric_median', 'mean' or None, got {self.b_dec_init!r}")
+        for name in ("aux_check_every", "check_finite_every", "log_every", "init_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every is not None and self.checkpoint_dir is None:
+            raise ValueError("checkpoint_every needs checkpoint_dir")
+        self.betas = tuple(self.betas)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**d)
+
+
+class _Feed:
+    """Draws batches from the source and remembers where it is (for exact resume)."""
+
+    def __init__(self, source):
+        self.source = source
+        self.consumed = 0
+        self._it = None
+        self._skip = 0
+
+    def state_dict(self) -> dict:
+        d = {"consumed": self.consumed}
+        if hasattr(self.source, "state_dict"):
+            d["source"] = self.source.state_dict()
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        self.consumed = int(d["consumed"])
+        if hasattr(self.source, "load_state_dict") and "source" in d:
+            self.source.load_state_dict(d["source"])
+        else:
+            warnings.warn("the activation source has no state_dict(); resuming by replaying "
+                          f"{self.consumed} batches (exact only if the source is deterministic)",
+                          stacklevel=3)
+            self._skip = self.consumed
+        self._it = None
+
+    def next(self):
+        if callable(self.source) and not hasattr(self.source, "__iter__"):
+            batch = self.source()
+        else:
+            if self._it is None:
+                self._it = iter(self.source)
+                for _ in range(self._skip):
+                    next(self._it)
+                self._skip = 0
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                raise RuntimeError(f"the activation source ran out after {self.consumed} batches") from None
+        self.consumed += 1
+        return batch
+
+
+class SAETrainer:
+    """Adam training of one or several dictionaries on one activation stream."""
+
+    def __init__(self, saes: Union[SparseAutoencoder, dict, list], source, cfg: TrainConfig,
+                 *, callback: Optional[Callable[["SAETrainer", dict], None]] = None):
+        if isinstance(saes, SparseAutoencoder):
+            saes = {"sae": saes}
+        elif isinstance(saes, (list, tuple)):
+            saes = {f"sae{i}": s for i, s in enumerate(saes)}
+        if not isinstance(saes, dict) or not saes:
+            raise TypeError("saes must be a dictionary module, a list of them or a dict name -> module")
+        for name, sae in saes.items():
+            if not isinstance(sae, SparseAutoencoder):
+                raise TypeError(f"saes[{name!r}] must be a pyinterp.sae dictionary, got {type(sae).__name__}")
+            if not str(name).replace("_", "").replace("-", "").replace(".", "").isalnum():
+                raise ValueError(f"dictionary name {name!r} must be alphanumeric (it names files)")
+        if not isinstance(cfg, TrainConfig):
+            raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.saes: dict[str, SparseAutoencoder] = dict(saes)
+        self.feed = _Feed(source)
+        self.callback = callback
+        self.step = 0
+        self.tokens = 0
+        self.initialised = False
+        self.history: list[dict] = []
+        self.last_checkpoint: Optional[Path] = None
+        self.optimizers = {}
+        self.since_fired, self.fire_counts, self.aux_on = {}, {}, {}
+        self._bad = {}
+        for name, sae in self.saes.items():
+            sae.deterministic = cfg.deterministic
+            dev = sae.W_enc.device
+            self.optimizers[name] = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                                     eps=cfg.eps, foreach=False)
+            self.since_fired[name] = torch.zeros(sae.d_sae, dtype=torch.int64, device=dev)
+            self.fire_counts[name] = torch.zeros(sae.d_sae, dtype=torch.int64, device=dev)
+            self.aux_on[name] = False
+            self._bad[name] = torch.zeros((), dtype=torch.bool, device=dev)
+
+    # -------------------------------------------------------------------- helpers
+    def _input(self, batch, name: str) -> torch.Tensor:
+        sae = self.saes[name]
+        if isinstance(batch, torch.Tensor):
+            x = batch
+        elif isinstance(batch, dict):
+            key = sae.hook_name if sae.hook_name is not None else name
+            if key not in batch:
+                raise KeyError(f"the batch has no activations for dictionary {name!r} (hook "
+                               f"{key!r}); it has {sorted(batch)}")
+            x = batch[key]
+        else:
+            raise TypeError(f"a batch must be a tensor or a dict of tensors, got {type(batch).__name__}")
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != sae.d_in:
+            raise ValueError(f"activations for dictionary {name!r} must have shape (N, {sae.d_in}), "
+                             f"got {tuple(getattr(x, 'shape', ()))}")
+        return x.reshape(-1, sae.d_in).to(sae.W_enc.device)
+
+    def _nonfinite(self, name: str, what: str, step: int):
+        where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                 else "no checkpoint had been written yet")
+        sae = self.saes[name]
+        return NonFiniteError(
+            f"non-finite {what} while training dictionary {name!r} (hook {sae.hook_name!r}) at "
+            f"step {step}; training stopped and no checkpoint of the bad state was written; {where}")
+
+    def _check_finite(self, step: int, x_by_name: Optional[dict] = None) -> None:
+        for name, flag in self._bad.items():
+            if bool(flag):
+                what = "loss"
+                if x_by_name is not None and name in x_by_name and not bool(torch.isfinite(x_by_name[name]).all()):
+                    what = "activations (NaN/Inf in the input batch)"
+                raise self._nonfinite(name, what, step)
+
+    # -------------------------------------------------------------------- phases
+    @torch.no_grad()
+    def initialise(self) -> None:
+        """Activation scale and b_dec from the first ``init_batches`` batches."""
+        if self.initialised:
+            return
+        cfg = self.cfg
+        if cfg.normalize_activations or cfg.b_dec_init:
+            batches = [self.feed.next() for _ in range(cfg.init_batches)]
+            for name, sae in self.saes.items():
+                sample = torch.cat([self._input(b, name) for b in batches])
+                if not bool(torch.isfinite(sample).all()):
+                    raise self._nonfinite(name, "activations (NaN/Inf in the initialisation sample)", 0)
+                if cfg.normalize_activations:
+                    sae.set_input_scale(activation_scale(sample.float()))
+                if cfg.b_dec_init:
+                    sae.init_b_dec(sample, cfg.b_dec_init)
+        self.initialised = True
+
+    def train_step(self, batch) -> dict[str, SAELoss]:
+        """One optimiser step of every dictionary on ``batch``; returns their losses."""
+        cfg = self.cfg
+        step = self.step
+        lr = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.decay_fraction,
+                                cfg.final_lr_fraction)
+        l1_scale = coefficient_factor(step, cfg.l1_warmup_steps)
+        check_now = (step + 1) % cfg.check_finite_every == 0
+        out, xs = {}, {}
+        for name, sae in self.saes.items():
+            x = self._input(batch, name)
+            xs[name] = x
+            sae.train()
+            opt = self.optimizers[name]
+            dead = None
+            if self.aux_on[name] and sae.cfg.architecture in ("topk", "batchtopk"):
+                dead = self.since_fired[name] >= cfg.dead_window_tokens
+            res = sae.loss(x, dead_mask=dead, l1_scale=l1_scale)
+            self._bad[name] |= ~torch.isfinite(res.total.detach())
+            if check_now:
+                self._check_finite(step + 1, xs)
+            opt.zero_grad(set_to_none=True)
+            res.total.backward()
+            sae.project_decoder_grad()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip, foreach=False)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.step()
+            sae.after_step(res)
+            n = x.shape[0]
+            K.update_activity(self.since_fired[name], res.indices, sae.d_sae, values=res.values,
+                              increment=n)
+            self.fire_counts[name] += K.activation_counts(res.values, res.indices, sae.d_sae)
+            out[name] = res
+        self.step += 1
+        self.tokens += int(next(iter(xs.values())).shape[0])
+        if self.step % cfg.aux_check_every == 0:
+            for name in self.saes:
+                self.aux_on[name] = bool((self.since_fired[name] >= cfg.dead_window_tokens).any())
+        if cfg.resample_every and self.step % cfg.resample_every == 0 and \
+                (cfg.resample_until is None or self.step <= cfg.resample_until):
+            for name, sae in self.saes.items():
+                if isinstance(sae, ReLUSAE):
+                    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+                    resample_dead(sae, self.fire_counts[name] == 0, xs[name],
+                                  self.optimizers[name], generator=gen)
+                    self.fire_counts[name].zero_()
+        return out
+
+    def _log(self, losses: dict[str, SAELoss]) -> dict:
+        rec: dict[str, Any] = {"step": self.step, "tokens": self.tokens}
+        for name, res in losses.items():
+            comp = res.components()
+            l0 = float((res.values > 0).sum(-1).float().mean())
+            dead = float((self.since_fired[name] >= self.cfg.dead_window_tokens).float().mean())
+            var = (res.x.float() - res.x.float().mean(0)).pow(2).sum(-1).mean()
+            fvu = float(comp["mse"] / max(float(var), 1e-30))
+            rec[name] = dict(comp, l0=l0, fvu=fvu, dead_fraction=dead)
+        self.history.append(rec)
+        return rec
+
+    def run(self, steps: Optional[int] = None) -> list[dict]:
+        """Train until ``cfg.steps`` (or ``steps`` more steps); returns the log records.
+
+        Checkpoints every ``checkpoint_every`` steps and at the end (when a directory is set).
+        """
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        end = cfg.steps if steps is None else min(cfg.steps, self.step + steps)
+        self.initialise()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress,
+                   desc="SAE training", unit="step")
+        try:
+            while self.step < end:
+                losses = self.train_step(self.feed.next())
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == end:
+                    self._check_finite(self.step)
+                    rec = self._log(losses)
+                    first = rec[next(iter(self.saes))]
+                    bar.set_postfix(loss=f"{first['loss']:.4g}", l0=f"{first['l0']:.1f}",
+                                    fvu=f"{first['fvu']:.3f}")
+                    if self.callback is not None:
+                        self.callback(self, rec)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        if cfg.checkpoint_dir is not None and (self.last_checkpoint is None or
+                                               not self.last_checkpoint.name.endswith(f"{self.step:08d}")):
+            self.save_checkpoint()
+        return self.history
+
+    # -------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, root: Optional[Union[str, Path]] = None) -> Path:
+        """Write the full training state (atomic); refuses to save a non-finite state."""
+        root = Path(root or self.cfg.checkpoint_dir or "")
+        if not str(root):
+            raise ValueError("no checkpoint directory: set TrainConfig.checkpoint_dir or pass root")
+        self._check_finite(self.step)
+        files: dict[str, dict[str, torch.Tensor]] = {}
+        saes_meta = {}
+        state = {"rng_cpu": torch.get_rng_state()}
+        for name, sae in self.saes.items():
+            files[f"sae_{name}.safetensors"] = dict(sae.state_dict())
+            tensors, opt_meta = ckpt.optimizer_to_tensors(self.optimizers[name])
+            files[f"optim_{name}.safetensors"] = tensors
+            state[f"{name}.since_fired"] = self.since_fired[name]
+            state[f"{name}.fire_counts"] = self.fire_counts[name]
+            saes_meta[name] = {"config": sae.cfg.to_dict(), "optimizer": opt_meta,
+                               "aux_on": self.aux_on[name], "device": str(sae.W_enc.device)}
+        files["state.safetensors"] = state
+        meta = ckpt.jsonable({
+            "format": "pyinterp-sae-checkpoint-1",
+            "step": self.step,
+            "tokens": self.tokens,
+            "initialised": self.initialised,
+            "train_config": self.cfg.to_dict(),
+            "saes": saes_meta,
+            "feed": self.feed.state_dict(),
+            "history": self.history,
+        })
+        self.last_checkpoint = ckpt.write(root, self.step, meta, files, keep=self.cfg.keep_checkpoints)
+        return self.last_checkpoint
+
+    def load_checkpoint(self, path: Union[str, Path]) -> None:
+        """Restore the state saved by :meth:`save_checkpoint` into this trainer."""
+        path = Path(path)
+        meta, files = ckpt.read(path)
+        trainer_file = path / ckpt.TRAINER
+        if set(meta["saes"]) != set(self.saes):
+            raise CorruptFileError(f"{trainer_file} holds dictionaries {sorted(meta['saes'])}, "
+                                   f"this trainer has {sorted(self.saes)}")
+        state = files["state.safetensors"]
+        for name, sae in self.saes.items():
+            wfile = f"sae_{name}.safetensors"
+            weights = files[wfile]
+            missing = sorted(set(sae.state_dict()) - set(weights))
+            if missing:
+                raise CorruptFileError(f"{path / wfile} is missing the tensors {missing}")
+            sae.load_state_dict(weights)
+            m = meta["saes"][name]
+            ckpt.optimizer_from_tensors(self.optimizers[name], files[f"optim_{name}.safetensors"],
+                                        m["optimizer"], path / f"optim_{name}.safetensors")
+            for key, target in (("since_fired", self.since_fired), ("fire_counts", self.fire_counts)):
+                t = state.get(f"{name}.{key}")
+                if t is None:
+                    raise CorruptFileError(f"{path / 'state.safetensors'} is missing {name}.{key}")
+                target[name] = t.to(sae.W_enc.device)
+            self.aux_on[name] = bool(m["aux_on"])
+        if "rng_cpu" in state:
+            torch.set_rng_state(state["rng_cpu"])
+        self.step = int(meta["step"])
+        self.tokens = int(meta["tokens"])
+        self.initialised = bool(meta["initialised"])
+        self.history = list(meta.get("history", []))
+        self.feed.load_state_dict(meta["feed"])
+        self.last_checkpoint = path
+
+    @classmethod
+    def resume(cls, checkpoint_dir: Union[str, Path], source, *, device=None,
+               callback=None, **overrides) -> "SAETrainer":
+        """A trainer rebuilt from the newest checkpoint under ``checkpoint_dir``.
+
+        ``overrides`` replace TrainConfig fields (e.g. ``steps`` to train longer,
+        ``progress``)."""
+        root = Path(checkpoint_dir)
+        path = ckpt.latest(root)
+        if path is None:
+            raise CorruptFileError(f"no complete checkpoint under {root} "
+                                   f"(expected {root}/{ckpt.LATEST} or step_* directories)")
+        from pyinterp.sae._files import read_json
+
+        meta = read_json(path / ckpt.TRAINER, "checkpoint state")
+        for field in ("saes", "train_config"):
+            if field not in meta:
+                raise CorruptFileError(f"{path / ckpt.TRAINER} is missing the field {field!r}")
+        tc = dict(meta["train_config"], **overrides)
+        tc.setdefault("checkpoint_dir", str(root))
+        saes = {}
+        for name, m in meta["saes"].items():
+            saes[name] = build(SAEConfig.from_dict(m["config"]), device=device or m.get("device", "cpu"))
+        trainer = cls(saes, source, TrainConfig.from_dict(tc), callback=callback)
+        trainer.load_checkpoint(path)
+        return trainer
+
+
+def train(saes, source, cfg: Optional[TrainConfig] = None, **kwargs) -> SAETrainer:
+    """Build a :class:`SAETrainer` (``cfg`` or TrainConfig(**kwargs)), run it, return it."""
+    if cfg is None:
+        cfg = TrainConfig(**kwargs)
+    elif kwargs:
+        cfg = dataclasses.replace(cfg, **kwargs)
+    trainer = SAETrainer(saes, source, cfg)
+    trainer.run()
+    return trainer
