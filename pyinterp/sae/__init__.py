@@ -1,5 +1,20 @@
-"""Dictionary learning (sparse autoencoders) on pyinterp's sparse SAE ops."""
+"""Dictionary learning (sparse autoencoders) on pyinterp's sparse SAE ops.
+
+    from pyinterp.sae import TopKSAE, SAETrainer, TrainConfig, ActivationStore
+    sae = TopKSAE(d_in=512, d_sae=16384, k=32, hook_name="blocks.0.hook_resid_post")
+    SAETrainer(sae, store, TrainConfig(steps=10_000, checkpoint_dir="runs/sae")).run()
+    sae.save("out/sae")                  # SAELens layout: cfg.json + sae_weights.safetensors
+    sae2 = pyinterp.sae.load("out/sae")  # also reads directories written by SAELens
+
+Modules: :class:`ReLUSAE` ("standard", L1 weighted by decoder norms; ``decoder_norm="unit"``
+for Towards Monosemanticity's unit-norm decoder), :class:`TopKSAE`, :class:`BatchTopKSAE`,
+:class:`JumpReLUSAE` (inference). Each has ``encode(x) -> (values, indices)``,
+``decode(values, indices)``, ``forward(x) -> reconstruction`` and ``loss(x)``.
+"""
+from pyinterp.sae._files import CorruptFileError
+from pyinterp.sae.accelerate import accelerate, restore
 from pyinterp.sae.config import SAEConfig
+from pyinterp.sae.io import load, save
 from pyinterp.sae.modules import (
     BatchTopKSAE,
     JumpReLUSAE,
@@ -9,6 +24,13 @@ from pyinterp.sae.modules import (
     TopKSAE,
     build,
 )
+from pyinterp.sae.store import ActivationStore, collect, stream
+from pyinterp.sae.trainer import NonFiniteError, SAETrainer, TrainConfig, train
+from pyinterp.sae import metrics
 
-__all__ = ["BatchTopKSAE", "JumpReLUSAE", "ReLUSAE", "SAEConfig", "SAELoss",
-           "SparseAutoencoder", "TopKSAE", "build"]
+__all__ = [
+    "ActivationStore", "BatchTopKSAE", "CorruptFileError", "JumpReLUSAE", "NonFiniteError",
+    "ReLUSAE", "SAEConfig", "SAELoss", "SAETrainer", "SparseAutoencoder", "TopKSAE",
+    "TrainConfig", "accelerate", "build", "collect", "load", "metrics", "restore", "save",
+    "stream", "train",
+]

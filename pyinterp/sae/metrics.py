@@ -1,0 +1,197 @@
+"""Dictionary quality metrics: L0, fraction of variance unexplained, loss recovered,
+dead / dense latent fractions, latent density histograms.
+
+Definitions (docs/decisions/sae-metrics.md): FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2
+over a batch; loss recovered (Towards Monosemanticity) =
+(L_zero_ablation - L_with_dictionary) / (L_zero_ablation - L_clean).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Union
+
+import torch
+
+from pyinterp.sae import _kernels as K
+
+
+def l0(values: torch.Tensor) -> torch.Tensor:
+    """Mean number of active (non-zero) latents per row. values: (..., k) -> scalar tensor."""
+    return (values != 0).sum(-1).float().mean()
+
+
+def fraction_variance_unexplained(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2. x, x_hat: (..., d) -> scalar tensor."""
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x {tuple(x.shape)} and x_hat {tuple(x_hat.shape)} must have the same shape")
+    x2 = x.reshape(-1, x.shape[-1]).double()
+    r = x_hat.reshape(-1, x.shape[-1]).double()
+    num = (x2 - r).pow(2).sum()
+    den = (x2 - x2.mean(0)).pow(2).sum()
+    return (num / den).float()
+
+
+def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    return 1.0 - fraction_variance_unexplained(x, x_hat)
+
+
+def mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the squared error summed over the last dim."""
+    return (x.double() - x_hat.double()).pow(2).sum(-1).mean().float()
+
+
+class DensityTracker:
+    """Counts, on the device, how many rows activate each latent (no host sync per update)."""
+
+    def __init__(self, d_sae: int, device="cpu"):
+        self.d_sae = d_sae
+        self.counts = torch.zeros(d_sae, dtype=torch.int64, device=device)
+        self.rows = 0
+
+    def update(self, values: torch.Tensor, indices: torch.Tensor) -> None:
+        k = values.shape[-1]
+        v = values.reshape(-1, k)
+        self.counts += K.activation_counts(v, indices.reshape(-1, k), self.d_sae)
+        self.rows += v.shape[0]
+
+    def density(self) -> torch.Tensor:
+        """Fraction of rows on which each latent fired: (d_sae,) float64."""
+        return self.counts.double() / max(self.rows, 1)
+
+
+def dead_fraction(density: torch.Tensor, threshold: float = 0.0) -> float:
+    """Fraction of latents whose density is <= threshold (0: never fired)."""
+    return float((density <= threshold).double().mean())
+
+
+def dense_fraction(density: torch.Tensor, threshold: float = 0.1) -> float:
+    """Fraction of latents firing on more than ``threshold`` of rows (dense latents)."""
+    return float((density > threshold).double().mean())
+
+
+def density_histogram(density: torch.Tensor, bins: int = 50, low: float = -8.0,
+                      high: float = 0.0) -> dict:
+    """Histogram of log10 latent densities (Towards Monosemanticity's feature-density plots).
+
+    Returns ``{"edges": [...], "counts": [...], "dead": n}`` with never-firing latents counted
+    apart (log10 0 is -inf).
+    """
+    d = density.detach().double().cpu()
+    alive = d[d > 0]
+    logd = alive.log10().clamp(low, high)
+    counts = torch.histc(logd, bins=bins, min=low, max=high) if logd.numel() else torch.zeros(bins)
+    edges = torch.linspace(low, high, bins + 1)
+    return {"edges": edges.tolist(), "counts": [int(c) for c in counts.tolist()],
+            "dead": int((d <= 0).sum())}
+
+
+def plot_density_histogram(density: torch.Tensor, path: Union[str, Path], *, bins: int = 50,
+                           title: str = "latent density") -> Path:
+    """Write the log10-density histogram as a PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = density_histogram(density, bins)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    e = h["edges"]
+    ax.bar(e[:-1], h["counts"], width=[b - a for a, b in zip(e[:-1], e[1:])], align="edge")
+    ax.set_xlabel("log10 density")
+    ax.set_ylabel("latents")
+    ax.set_title(f"{title} ({h['dead']} never fired)")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    import os
+
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- loss recovered
+def _splice_hook(sae, mode: str):
+    def hook(act, hook=None):
+        if mode == "zero":
+            return torch.zeros_like(act)
+        return sae(act).to(act.dtype)
+    return hook
+
+
+def loss_recovered(model, inputs: Union[torch.Tensor, Iterable], sae=None, hook_name=None, *,
+                   loss_fn: Optional[Callable] = None) -> dict:
+    """Loss recovered by splicing a dictionary's reconstruction into a model.
+
+    Either ``model`` with ``run_with_hooks(input, fwd_hooks=[(hook_name, fn)],
+    return_type="loss")`` (pyinterp.models.Transformer, TransformerLens), or ``loss_fn(input,
+    hook)`` with ``hook`` None (clean) or a function ``activation -> replacement``. ``inputs``
+    is one batch or an iterable of batches (losses averaged over batches).
+    Returns ``{"clean", "zero_ablation", "spliced", "loss_recovered"}``.
+    """
+    if sae is None:
+        raise ValueError("sae is required")
+    hook_name = hook_name or getattr(sae, "hook_name", None)
+    if loss_fn is None:
+        if not hasattr(model, "run_with_hooks"):
+            raise TypeError("model must have run_with_hooks(..., return_type='loss'), or pass loss_fn")
+        if hook_name is None:
+            raise ValueError("hook_name is required (the dictionary has no cfg.hook_name)")
+
+        def loss_fn(batch, replace):
+            # replace(activation, hook) -> tensor: the hook-function signature TL uses.
+            hooks = [] if replace is None else [(hook_name, replace)]
+            return model.run_with_hooks(batch, fwd_hooks=hooks, return_type="loss")
+    batches = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+    if not batches:
+        raise ValueError("inputs is empty")
+    tot = {"clean": 0.0, "zero_ablation": 0.0, "spliced": 0.0}
+    was_training = sae.training
+    sae.eval()
+    try:
+        with torch.no_grad():
+            for b in batches:
+                tot["clean"] += float(loss_fn(b, None))
+                tot["zero_ablation"] += float(loss_fn(b, _splice_hook(sae, "zero")))
+                tot["spliced"] += float(loss_fn(b, _splice_hook(sae, "sae")))
+    finally:
+        sae.train(was_training)
+    out = {k: v / len(batches) for k, v in tot.items()}
+    gap = out["zero_ablation"] - out["clean"]
+    out["loss_recovered"] = (out["zero_ablation"] - out["spliced"]) / gap if gap != 0 else float("nan")
+    return out
+
+
+@torch.no_grad()
+def evaluate(sae, batches: Iterable, *, dense_threshold: float = 0.1) -> dict:
+    """L0, FVU, MSE, dead/dense fractions and the density histogram over ``batches``
+    ((N, d_in) tensors, or dicts read at ``sae.hook_name``)."""
+    tracker = DensityTracker(sae.d_sae, sae.W_enc.device)
+    num = den = 0.0
+    l0_sum, rows = 0.0, 0
+    sum_x = sum_x2 = None
+    was_training = sae.training
+    sae.eval()
+    try:
+        for b in batches:
+            x = b[sae.hook_name] if isinstance(b, dict) else b
+            x = x.reshape(-1, sae.d_in).to(sae.W_enc.device)
+            v, i = sae.encode(x)
+            x_hat = sae.decode(v, i) if sae.cfg.normalize_activations == "none" else sae(x)
+            tracker.update(v, i)
+            xd = x.double()
+            num += float((xd - x_hat.double()).pow(2).sum())
+            sum_x = xd.sum(0) if sum_x is None else sum_x + xd.sum(0)
+            sum_x2 = float(xd.pow(2).sum()) + (sum_x2 or 0.0)
+            l0_sum += float((v != 0).sum())
+            rows += x.shape[0]
+    finally:
+        sae.train(was_training)
+    if rows == 0:
+        raise ValueError("batches is empty")
+    den = sum_x2 - float(sum_x.pow(2).sum()) / rows
+    dens = tracker.density()
+    return {"l0": l0_sum / rows, "fvu": num / den, "mse": num / rows,
+            "dead_fraction": dead_fraction(dens), "dense_fraction": dense_fraction(dens, dense_threshold),
+            "density": dens, "histogram": density_histogram(dens)}
