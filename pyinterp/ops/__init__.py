@@ -12,3 +12,6 @@ from pyinterp.ops.sae import (  # noqa: E402
 
 __all__ += ["topk_encode", "sparse_decode", "threshold_encode", "batchtopk_encode",
             "dense_from_sparse", "update_activity"]
+from pyinterp.ops.attention import AttentionStats, attention_pattern, attention_stats  # noqa: E402
+
+__all__ += ["attention_stats", "attention_pattern", "AttentionStats"]
