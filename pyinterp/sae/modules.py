@@ -186,8 +186,9 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor):
         """x: (..., d_in) -> (values, indices), each (..., k); values >= 0."""
+        x2 = self._flatten(x)
         lead = x.shape[:-1]
-        xn, _ = self._normalize_in(self._flatten(x))
+        xn, _ = self._normalize_in(x2)
         values, indices = self._encode(xn)
         return values.reshape(*lead, -1), indices.reshape(*lead, -1)
 
@@ -213,8 +214,9 @@ class SparseAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., d_in) -> reconstruction (..., d_in) in x's dtype (like SAELens's forward)."""
+        x2 = self._flatten(x)
         lead = x.shape[:-1]
-        xn, state = self._normalize_in(self._flatten(x))
+        xn, state = self._normalize_in(x2)
         values, indices = self._encode(xn)
         y = self._normalize_out(self._decode(values, indices), state)
         return y.reshape(*lead, self.d_in).to(x.dtype)

@@ -1,0 +1,205 @@
+"""pyinterp.sae trainer: exact resume, NaN stop, several dictionaries, checkpoint errors."""
+import json
+
+import pytest
+import torch
+
+from sae_testing import sparse_data
+from pyinterp.sae import (ActivationStore, BatchTopKSAE, CorruptFileError, NonFiniteError, ReLUSAE,
+                          SAETrainer, TopKSAE, TrainConfig, collect, train)
+from pyinterp.sae.schedule import coefficient_factor, lr_factor
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _two_hook_batches(n=24, rows=32):
+    out = []
+    for i in range(n):
+        a = sparse_data(rows, 16, seed=i)
+        out.append({"h.a": a, "h.b": a[:, :8] * 2 - 0.1})
+    return out
+
+
+def _saes():
+    return {
+        "topk": TopKSAE(16, 48, k=3, seed=0, hook_name="h.a", aux_k=4),
+        "btk": BatchTopKSAE(16, 32, k=2, seed=1, hook_name="h.a"),
+        "relu": ReLUSAE(8, 24, seed=2, hook_name="h.b", l1_coefficient=0.5),
+    }
+
+
+def _cfg(root, **kw):
+    base = dict(steps=14, lr=3e-3, warmup_steps=3, decay_fraction=0.3, l1_warmup_steps=4,
+                grad_clip=0.5, checkpoint_every=4, checkpoint_dir=str(root), log_every=2,
+                dead_window_tokens=64, aux_check_every=2, resample_every=5, progress=False,
+                init_batches=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _state(trainer):
+    out = {}
+    for name, sae in trainer.saes.items():
+        for k, v in sae.state_dict().items():
+            out[f"{name}.{k}"] = v.clone()
+        for pid, st in trainer.optimizers[name].state_dict()["state"].items():
+            for k, v in st.items():
+                out[f"{name}.opt{pid}.{k}"] = v.clone()
+        out[f"{name}.since_fired"] = trainer.since_fired[name].clone()
+        out[f"{name}.fire_counts"] = trainer.fire_counts[name].clone()
+    return out
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path):
+    collect(tmp_path / "acts", _two_hook_batches(), shard_rows=64, progress=False)
+
+    def store():
+        return ActivationStore(tmp_path / "acts", batch_size=24, seed=5, mix_shards=2)
+
+    full = SAETrainer(_saes(), store(), _cfg(tmp_path / "full"))
+    full.run()
+    assert full.step == 14
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_10(trainer, rec):
+        if trainer.step == 10:
+            raise Crash()
+
+    part = SAETrainer(_saes(), store(), _cfg(tmp_path / "part"), callback=crash_at_10)
+    with pytest.raises(Crash):
+        part.run()
+    assert json.loads((tmp_path / "part" / "latest.json").read_text())["step"] == 8
+    resumed = SAETrainer.resume(tmp_path / "part", store())
+    assert resumed.step == 8 and resumed.initialised
+    resumed.run()
+    a, b = _state(full), _state(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["step"] for r in resumed.history] == [r["step"] for r in full.history]
+    # the aux loss and resampling actually ran in this scenario
+    assert any(r["topk"]["aux"] > 0 for r in full.history)
+
+
+def test_nan_in_activations_stops_and_keeps_last_good_checkpoint(tmp_path):
+    good = [sparse_data(32, 16, seed=i) for i in range(12)]
+    bad = list(good)
+    bad[7] = bad[7].clone()
+    bad[7][3, 5] = float("nan")
+    sae = TopKSAE(16, 32, k=3, seed=0)
+    cfg = TrainConfig(steps=10, lr=1e-3, checkpoint_every=2, checkpoint_dir=str(tmp_path),
+                      progress=False, log_every=1)
+    trainer = SAETrainer(sae, bad, cfg)
+    with pytest.raises(NonFiniteError, match=r"activations.*step 7.*step_00000006"):
+        trainer.run()
+    assert json.loads((tmp_path / "latest.json").read_text())["step"] == 6
+    assert not (tmp_path / "step_00000007").exists()
+    for p in sae.parameters():          # the bad batch never reached the optimiser
+        assert torch.isfinite(p).all()
+    with pytest.warns(UserWarning, match="replaying 7 batches"):
+        resumed = SAETrainer.resume(tmp_path, good)
+    assert resumed.step == 6
+    resumed.run()
+    assert resumed.step == 10
+
+
+def test_nan_in_loss_before_any_checkpoint(tmp_path):
+    sae = TopKSAE(16, 32, k=3, seed=0)
+    with torch.no_grad():
+        sae.W_dec[:] = float("inf")
+    trainer = SAETrainer(sae, [sparse_data(16, 16, seed=i) for i in range(4)],
+                         TrainConfig(steps=3, checkpoint_dir=str(tmp_path), progress=False,
+                                     normalize_activations=False, b_dec_init=None))
+    with pytest.raises(NonFiniteError, match="non-finite loss.*no checkpoint had been written"):
+        trainer.run()
+    assert not (tmp_path / "latest.json").exists()
+
+
+def test_several_dictionaries_train_as_if_alone(tmp_path):
+    data = [sparse_data(32, 16, seed=i) for i in range(10)]
+    cfg = TrainConfig(steps=8, lr=2e-3, progress=False, init_batches=1, aux_check_every=1,
+                      dead_window_tokens=32)
+    together = SAETrainer({"a": TopKSAE(16, 32, k=2, seed=0), "b": TopKSAE(16, 64, k=4, seed=1)},
+                          data, cfg)
+    together.run()
+    alone_a = train(TopKSAE(16, 32, k=2, seed=0), data, cfg)
+    alone_b = train(TopKSAE(16, 64, k=4, seed=1), data, cfg)
+    for name, alone in (("a", alone_a), ("b", alone_b)):
+        for k, v in alone.saes["sae"].state_dict().items():
+            assert torch.equal(together.saes[name].state_dict()[k], v), (name, k)
+    assert together.optimizers["a"] is not together.optimizers["b"]
+
+
+def test_training_learns_and_normalises(tmp_path):
+    data = [sparse_data(128, 16, seed=i) * 7.0 for i in range(81)]
+    sae = TopKSAE(16, 64, k=4, seed=0)
+    tr = train(sae, data, steps=80, lr=4e-3, log_every=10, progress=False)
+    sample = data[0]
+    assert abs(float((sample * sae.input_scale).pow(2).sum(1).mean()) / 16 - 1) < 1e-4
+    fvus = [r["sae"]["fvu"] for r in tr.history]
+    assert fvus[-1] < 0.5 * fvus[0]
+    assert tr.history[-1]["sae"]["l0"] <= 4
+
+
+def test_schedules():
+    assert lr_factor(0, 100, warmup=10) == pytest.approx(0.1)
+    assert lr_factor(9, 100, warmup=10) == pytest.approx(1.0)
+    assert lr_factor(50, 100, warmup=10, decay_fraction=0.2) == 1.0
+    assert lr_factor(99, 100, decay_fraction=0.2) == pytest.approx(0.0)
+    assert lr_factor(89, 100, decay_fraction=0.2) == pytest.approx(0.5)
+    assert coefficient_factor(4, 10) == pytest.approx(0.5)
+    assert coefficient_factor(20, 10) == 1.0
+
+
+def test_corrupt_or_incomplete_checkpoint_names_the_file(tmp_path):
+    data = [sparse_data(16, 16, seed=i) for i in range(8)]
+    cfg = TrainConfig(steps=3, checkpoint_dir=str(tmp_path), progress=False)
+    SAETrainer(TopKSAE(16, 32, k=2, seed=0), data, cfg).run()
+    step = tmp_path / "step_00000003"
+    w = step / "sae_sae.safetensors"
+    raw = w.read_bytes()
+    w.write_bytes(raw[:-8])
+    with pytest.raises(CorruptFileError, match=r"sae_sae\.safetensors is corrupt"):
+        SAETrainer.resume(tmp_path, data)
+    w.write_bytes(raw)
+    (step / "optim_sae.safetensors").unlink()
+    with pytest.raises(CorruptFileError, match=r"optim_sae\.safetensors is missing"):
+        SAETrainer.resume(tmp_path, data)
+    meta = json.loads((step / "trainer.json").read_text())
+    del meta["saes"]
+    (step / "trainer.json").write_text(json.dumps(meta))
+    with pytest.raises(CorruptFileError, match=r"trainer\.json is missing the field 'saes'"):
+        SAETrainer.resume(tmp_path, data)
+    with pytest.raises(CorruptFileError, match="no complete checkpoint"):
+        SAETrainer.resume(tmp_path / "nothing", data)
+
+
+def test_bad_trainer_arguments():
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        TrainConfig(steps=3, checkpoint_every=1)
+    with pytest.raises(TypeError, match="dictionary"):
+        SAETrainer({"a": torch.nn.Linear(2, 2)}, [], TrainConfig(steps=1))
+    sae = TopKSAE(16, 32, k=2, hook_name="h")
+    tr = SAETrainer(sae, [{"other": torch.zeros(4, 16)}], TrainConfig(steps=1, progress=False))
+    with pytest.raises(KeyError, match="no activations for dictionary 'sae'"):
+        tr.run()
+    tr = SAETrainer(TopKSAE(16, 32, k=2), [torch.zeros(4, 15)], TrainConfig(steps=1, progress=False))
+    with pytest.raises(ValueError, match=r"shape \(N, 16\)"):
+        tr.run()
+    tr = SAETrainer(TopKSAE(16, 32, k=2), [torch.randn(4, 16)], TrainConfig(steps=2, progress=False,
+                                                                             init_batches=1))
+    with pytest.raises(RuntimeError, match="ran out after 1 batches"):
+        tr.run()
+    tr = SAETrainer(TopKSAE(16, 32, k=2), [torch.zeros(4, 16)] * 3, TrainConfig(steps=2, progress=False))
+    with pytest.raises(ValueError, match="cannot normalise activations"):
+        tr.run()
