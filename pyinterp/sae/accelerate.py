@@ -104,8 +104,8 @@ def accelerate(sae):
     def decode_sparse(self, values, indices):
         k = values.shape[-1]
         out = _decode_sparse(self, values.reshape(-1, k), indices.reshape(-1, k))
-        out = self.run_time_activation_norm_fn_out(out)
-        return out.reshape(*values.shape[:-1], out.shape[-1])
+        # (un)normalise with the input's leading shape: SAELens keeps per-row state so shaped
+        return self.run_time_activation_norm_fn_out(out.reshape(*values.shape[:-1], out.shape[-1]))
 
     def encode(self, x):
         if not _plain(self):
@@ -127,15 +127,14 @@ def accelerate(sae):
         i = torch.topk(f2.abs(), width, dim=-1).indices
         v = f2.gather(-1, i)
         out = _decode_sparse(self, v, i)
-        out = self.run_time_activation_norm_fn_out(out)
-        return out.reshape(*lead, out.shape[-1])
+        return self.run_time_activation_norm_fn_out(out.reshape(*lead, out.shape[-1]))
 
     def forward(self, x):
         if not _plain(self):
             return orig["forward"](x)
         v, i, lead = _sparse_code(self, x)
-        out = self.run_time_activation_norm_fn_out(_decode_sparse(self, v, i))
-        return out.reshape(*lead, out.shape[-1])
+        out = _decode_sparse(self, v, i)
+        return self.run_time_activation_norm_fn_out(out.reshape(*lead, out.shape[-1]))
 
     sae.encode_sparse = types.MethodType(encode_sparse, sae)
     sae.decode_sparse = types.MethodType(decode_sparse, sae)
