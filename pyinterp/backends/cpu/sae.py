@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pyinterp.backends.cpu import dtype_code, ext, num_threads
+from pyinterp.backends.sae_select import group_rows
 
 # Pre-activation chunk: at most CHUNK_ELEMS float32 values (16 MiB), rows first.
 COL_CHUNK = 16384
@@ -127,30 +128,7 @@ def _batchtopk_forward(x, W_enc, b_enc, b_dec, k):
             buf = pre.chunk(r0, rr, c0, cc)
             C.sae_topk_update_batch(buf.data_ptr(), cc, rr, cc, r0 * d_sae + c0, d_sae, m,
                                     hv.data_ptr(), hi.data_ptr(), cnt.data_ptr(), pcode)
-    return _group_rows(hv, hi, n, d_sae, x.dtype)
-
-
-def _group_rows(vals, flat, n, d_sae, dtype):
-    """Scatter batch-selected (value, flat index) pairs into per-row codes sorted by the tie
-    rule, keeping positive values, padded with 0 / 0. Returns values, indices, mask."""
-    keep = vals > 0
-    vals, flat = vals[keep], flat[keep]
-    flat, o = torch.sort(flat)                       # (row, col) ascending
-    vals = vals[o]
-    o = torch.sort(vals, descending=True, stable=True).indices
-    vals, flat = vals[o], flat[o]
-    rows = torch.div(flat, d_sae, rounding_mode="floor")
-    o = torch.sort(rows, stable=True).indices         # rows ascending, (value desc, col asc) inside
-    vals, flat, rows = vals[o], flat[o], rows[o]
-    counts = torch.bincount(rows, minlength=n)
-    width = max(1, int(counts.max())) if counts.numel() else 1
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(rows.numel()) - starts[rows]
-    values = torch.zeros(n, width, dtype=dtype)
-    indices = torch.zeros(n, width, dtype=torch.int64)
-    values[rows, pos] = vals.to(dtype)
-    indices[rows, pos] = flat - rows * d_sae
-    return values, indices, torch.arange(width) < counts.unsqueeze(1)
+    return group_rows(hv, hi, n, d_sae, x.dtype)
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,0 +1,428 @@
+"""Triton kernels of the sparse SAE ops (family ``sae``).
+
+- ``topk_encode``: the top-k is fused into the GEMM epilogue. Each program owns BLOCK_M rows
+  and a range of columns; it computes (BLOCK_M, BLOCK_N) pre-activation tiles with ``tl.dot``,
+  packs each value with its column into one order-preserving int64 key (value desc, then
+  column asc: the tie rule), takes the tile's top-KP with ``tl.topk`` and merges it into a
+  running top-KP held in registers. Only (N, splits, KP) keys reach memory; a merge kernel
+  reduces the splits and a finalize kernel unpacks values/indices. The (N, d_sae)
+  pre-activation is never written. Centring uses (x - b_dec) @ W = x @ W - b_dec @ W, so the
+  dot reads x and W_enc in their own dtype (tensor cores for bf16/fp16) and b_dec folds into
+  the bias once per call.
+- ``sparse_decode``: a gather kernel (k rows of W_dec per output row).
+- backward: gathered dot products for grad values, a gather over W_enc's columns for grad x,
+  and the scatter of rows by latent for grad W_dec / W_enc / b_enc: float atomics by default,
+  or (``deterministic=True`` or ``torch.use_deterministic_algorithms``) a sort-based segment
+  sum where each latent sums its entries in a fixed order.
+
+Not fused (documented in docs/decisions/sae-triton-coverage.md): k above MAX_FUSED_K, float64,
+and the data-dependent-width encoders (threshold/JumpReLU, BatchTopK) select with torch over
+row chunks of the pre-activation (pyinterp.backends.sae_select); their backward uses the
+kernels here.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from pyinterp.backends import sae_select as S
+
+MAX_FUSED_K = 256
+_MIN_KEY = -(2 ** 63)
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _cd(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------
+# key packing: int64 key = (order-preserving int32 of the float32 value) << 32 | (2^32-1 - col)
+
+
+@triton.jit
+def _pack(v, cols):
+    v = v + 0.0  # -0.0 -> +0.0 so that it ties with +0.0 like the reference
+    b = v.to(tl.int32, bitcast=True)
+    k32 = tl.where(b >= 0, b, b ^ 0x7FFFFFFF)
+    return (k32.to(tl.int64) << 32) | (4294967295 - cols.to(tl.int64))
+
+
+@triton.jit
+def _unpack(key):
+    k32 = (key >> 32).to(tl.int32)
+    b = tl.where(k32 >= 0, k32, k32 ^ 0x7FFFFFFF)
+    v = b.to(tl.float32, bitcast=True)
+    col = 4294967295 - (key & 4294967295)
+    return v, col
+
+
+@triton.jit
+def _topk_partial_kernel(X, W, BIAS, CAND, N, D_IN, D_SAE, cols_per_split, n_splits,
+                         stride_xn, stride_wi, stride_wl, min_key,
+                         KP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr, CAST_F32: tl.constexpr, IEEE: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < N
+    best = tl.full((BLOCK_M, KP), min_key, tl.int64)
+    c_start = pid_s * cols_per_split
+    c_end = tl.minimum(c_start + cols_per_split, D_SAE)
+    for c0 in range(c_start, c_end, BLOCK_N):
+        cols = c0 + tl.arange(0, BLOCK_N)
+        cmask = cols < c_end
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, D_IN, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < D_IN
+            a = tl.load(X + rows[:, None] * stride_xn + ks[None, :],
+                        mask=rmask[:, None] & kmask[None, :], other=0.0)
+            b = tl.load(W + ks[:, None] * stride_wi + cols[None, :] * stride_wl,
+                        mask=kmask[:, None] & cmask[None, :], other=0.0)
+            if CAST_F32:  # the interpreter's bf16/fp16 dot is wrong: compute in fp32 there
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            if IEEE:
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+        acc += tl.load(BIAS + cols, mask=cmask, other=0.0)[None, :]
+        keys = _pack(acc, cols)
+        keys = tl.where(cmask[None, :], keys, min_key)
+        tile_top = tl.topk(keys, KP)
+        both = tl.reshape(tl.join(best, tile_top), (BLOCK_M, 2 * KP))
+        best = tl.topk(both, KP)
+    slot = tl.arange(0, KP)
+    tl.store(CAND + (rows[:, None] * n_splits + pid_s) * KP + slot[None, :], best,
+             mask=rmask[:, None])
+
+
+@triton.jit
+def _topk_merge_kernel(CAND, OUT, n_in, n_out, min_key, KP: tl.constexpr, G: tl.constexpr):
+    row = tl.program_id(0)
+    grp = tl.program_id(1)
+    offs = tl.arange(0, G * KP)
+    src = grp * G * KP + offs
+    keys = tl.load(CAND + row.to(tl.int64) * n_in * KP + src, mask=src < n_in * KP, other=min_key)
+    top = tl.topk(keys, KP)
+    tl.store(OUT + (row.to(tl.int64) * n_out + grp) * KP + tl.arange(0, KP), top)
+
+
+@triton.jit
+def _topk_finalize_kernel(CAND, VALS, IDX, N, k, KP: tl.constexpr, BLOCK_M: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    slot = tl.arange(0, KP)
+    m = (rows[:, None] < N) & (slot[None, :] < k)
+    keys = tl.load(CAND + rows[:, None] * KP + slot[None, :], mask=m, other=0)
+    v, col = _unpack(keys)
+    v = tl.maximum(v, 0.0)
+    tl.store(VALS + rows[:, None] * k + slot[None, :], v.to(VALS.dtype.element_ty), mask=m)
+    tl.store(IDX + rows[:, None] * k + slot[None, :], col, mask=m)
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, (v - 1).bit_length())
+
+
+def _topk_fused(x, W_enc, b_enc, b_dec, k):
+    n, d_in = x.shape
+    d_sae = W_enc.shape[1]
+    dev = x.device
+    bias = b_enc.float()
+    if b_dec is not None:  # (x - b_dec) @ W + b = x @ W + (b - b_dec @ W)
+        bias = bias - b_dec.float() @ W_enc.float()
+    bias = bias.contiguous()
+    KP = _next_pow2(k)
+    interp = _interpreted()
+    BLOCK_M = 16 if interp else 64
+    BLOCK_N = max(KP, 32 if interp else 128)
+    BLOCK_K = 32 if interp else 64
+    m_blocks = triton.cdiv(n, BLOCK_M)
+    n_tiles = triton.cdiv(d_sae, BLOCK_N)
+    sms = 1 if interp else torch.cuda.get_device_properties(dev).multi_processor_count
+    n_splits = max(1, min(n_tiles, triton.cdiv(2 * sms, m_blocks)))
+    cols_per_split = triton.cdiv(n_tiles, n_splits) * BLOCK_N
+    n_splits = triton.cdiv(d_sae, cols_per_split)
+    cand = torch.empty(n, n_splits, KP, dtype=torch.int64, device=dev)
+    if n:
+        _topk_partial_kernel[(m_blocks, n_splits)](
+            x, W_enc, bias, cand, n, d_in, d_sae, cols_per_split, n_splits,
+            x.stride(0), W_enc.stride(0), W_enc.stride(1), _MIN_KEY,
+            KP=KP, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+            CAST_F32=interp and x.dtype != torch.float32, IEEE=x.dtype == torch.float32)
+    G = max(2, 2048 // KP) if not interp else 4
+    while cand.shape[1] > 1 and n:
+        n_in = cand.shape[1]
+        n_out = triton.cdiv(n_in, G)
+        nxt = torch.empty(n, n_out, KP, dtype=torch.int64, device=dev)
+        _topk_merge_kernel[(n, n_out)](cand, nxt, n_in, n_out, _MIN_KEY, KP=KP, G=G)
+        cand = nxt
+    values = torch.empty(n, k, dtype=x.dtype, device=dev)
+    indices = torch.empty(n, k, dtype=torch.int64, device=dev)
+    if n:
+        FM = 16
+        _topk_finalize_kernel[(triton.cdiv(n, FM),)](cand, values, indices, n, k, KP=KP, BLOCK_M=FM)
+    return values, indices, values > 0
+
+
+# ----------------------------------------------------------------------------------------
+# gather / scatter kernels (W addressed by strides: W_dec (d_sae, d) or W_enc (d, d_sae))
+
+
+@triton.jit
+def _gather_kernel(COEF, IDX, W, BIAS, OUT, K, D, stride_wl, stride_wd, HAS_BIAS: tl.constexpr,
+                   ACC_F64: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = ds < D
+    acc_t = tl.float64 if ACC_F64 else tl.float32
+    acc = tl.zeros((BLOCK_D,), dtype=acc_t)
+    for j0 in range(0, K, BLOCK_J):
+        js = j0 + tl.arange(0, BLOCK_J)
+        jm = js < K
+        c = tl.load(COEF + n * K + js, mask=jm, other=0.0).to(acc_t)
+        lat = tl.load(IDX + n * K + js, mask=jm, other=0)
+        w = tl.load(W + lat[:, None] * stride_wl + ds[None, :] * stride_wd,
+                    mask=jm[:, None] & dmask[None, :], other=0.0).to(acc_t)
+        acc += tl.sum(c[:, None] * w, axis=0)
+    if HAS_BIAS:
+        acc += tl.load(BIAS + ds, mask=dmask, other=0.0).to(acc_t)
+    tl.store(OUT + n * D + ds, acc.to(OUT.dtype.element_ty), mask=dmask)
+
+
+@triton.jit
+def _gather_dot_kernel(G, IDX, W, OUT, K, D, stride_wl, stride_wd, ACC_F64: tl.constexpr,
+                       BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    js = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
+    jm = js < K
+    acc_t = tl.float64 if ACC_F64 else tl.float32
+    lat = tl.load(IDX + n * K + js, mask=jm, other=0)
+    acc = tl.zeros((BLOCK_J,), dtype=acc_t)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        dmask = ds < D
+        g = tl.load(G + n * D + ds, mask=dmask, other=0.0).to(acc_t)
+        w = tl.load(W + lat[:, None] * stride_wl + ds[None, :] * stride_wd,
+                    mask=jm[:, None] & dmask[None, :], other=0.0).to(acc_t)
+        acc += tl.sum(w * g[None, :], axis=1)
+    tl.store(OUT + n * K + js, acc.to(OUT.dtype.element_ty), mask=jm)
+
+
+@triton.jit
+def _scatter_atomic_kernel(COEF, IDX, X, OUT, COLSUM, K, D, stride_ol, stride_od,
+                           HAS_COLSUM: tl.constexpr, BLOCK_D: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = ds < D
+    x = tl.load(X + n * D + ds, mask=dmask, other=0.0)
+    for j in range(0, K):
+        c = tl.load(COEF + n * K + j)
+        lat = tl.load(IDX + n * K + j)
+        tl.atomic_add(OUT + lat * stride_ol + ds * stride_od, c * x, mask=dmask)
+        if HAS_COLSUM:
+            if pid_d == 0:
+                tl.atomic_add(COLSUM + lat, c)
+
+
+@triton.jit
+def _scatter_segment_kernel(COEF, ORDER, OFFSETS, X, OUT, COLSUM, K, D, stride_ol, stride_od,
+                            HAS_COLSUM: tl.constexpr, ACC_F64: tl.constexpr,
+                            BLOCK_D: tl.constexpr):
+    lat = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = ds < D
+    acc_t = tl.float64 if ACC_F64 else tl.float32
+    start = tl.load(OFFSETS + lat)
+    end = tl.load(OFFSETS + lat + 1)
+    acc = tl.zeros((BLOCK_D,), dtype=acc_t)
+    cs = tl.zeros((1,), dtype=acc_t)
+    for p in range(start, end):
+        e = tl.load(ORDER + p)
+        c = tl.load(COEF + e).to(acc_t)
+        x = tl.load(X + (e // K) * D + ds, mask=dmask, other=0.0).to(acc_t)
+        acc += c * x
+        cs += c
+    tl.store(OUT + lat * stride_ol + ds * stride_od, acc.to(OUT.dtype.element_ty), mask=dmask)
+    if HAS_COLSUM:
+        if pid_d == 0:
+            tl.store(COLSUM + lat + tl.arange(0, 1), cs.to(COLSUM.dtype.element_ty))
+
+
+def _blocks(d):
+    return (32 if _interpreted() else 128), min(triton.next_power_of_2(max(d, 1)), 64 if _interpreted() else 256)
+
+
+def gather(coef, idx, W, stride_l, stride_d, d, bias, out_dtype):
+    """out[n] = bias + sum_j coef[n, j] * W[idx[n, j], :] (W addressed by strides)."""
+    n, k = idx.shape
+    out = torch.empty(n, d, dtype=out_dtype, device=coef.device)
+    if n:
+        BJ, BD = 16, _blocks(d)[1]
+        _gather_kernel[(n, triton.cdiv(d, BD))](
+            coef, idx, W, bias if bias is not None else coef, out, k, d, stride_l, stride_d,
+            HAS_BIAS=bias is not None, ACC_F64=coef.dtype == torch.float64, BLOCK_J=BJ, BLOCK_D=BD)
+    return out
+
+
+def gather_dot(g, idx, W, stride_l, stride_d):
+    """out[n, j] = dot(g[n], W[idx[n, j], :]); g (N, d) in the compute dtype."""
+    n, k = idx.shape
+    d = g.shape[1]
+    out = torch.empty(n, k, dtype=g.dtype, device=g.device)
+    if n:
+        BJ, BD = 16, _blocks(d)[1]
+        _gather_dot_kernel[(n, triton.cdiv(k, BJ))](g, idx, W, out, k, d, stride_l, stride_d,
+                                                    ACC_F64=g.dtype == torch.float64,
+                                                    BLOCK_J=BJ, BLOCK_D=BD)
+    return out
+
+
+def deterministic_wanted(flag: bool) -> bool:
+    return bool(flag) or torch.are_deterministic_algorithms_enabled()
+
+
+def segments(idx, d_sae):
+    """Entries grouped by latent: (order, offsets), stable (entries keep their order)."""
+    flat = idx.reshape(-1)
+    order = torch.sort(flat, stable=True).indices
+    offsets = torch.zeros(d_sae + 1, dtype=torch.int64, device=idx.device)
+    offsets[1:] = torch.cumsum(torch.bincount(flat, minlength=d_sae), 0)
+    return order, offsets
+
+
+def scatter_rows(coef, idx, X, d_sae, out_dtype, transposed, want_colsum, deterministic):
+    """out[l] = sum over entries e with idx e == l of coef[e] * X[row(e)]: (d_sae, d), or its
+    transpose (d, d_sae). coef (N, k), X (N, d) in the compute dtype. Also the per-latent sum
+    of coef when ``want_colsum``."""
+    n, k = idx.shape
+    d = X.shape[1]
+    dev = X.device
+    cd = coef.dtype
+    shape = (d, d_sae) if transposed else (d_sae, d)
+    BD = _blocks(d)[1]
+    if deterministic_wanted(deterministic):
+        out = torch.empty(shape, dtype=out_dtype, device=dev)
+        colsum = torch.empty(d_sae, dtype=cd, device=dev) if want_colsum else None
+        order, offsets = segments(idx, d_sae)
+        so_l, so_d = (1, d_sae) if transposed else (d, 1)
+        _scatter_segment_kernel[(d_sae, triton.cdiv(d, BD))](
+            coef, order, offsets, X, out, colsum if want_colsum else coef, k, d, so_l, so_d,
+            HAS_COLSUM=want_colsum, ACC_F64=cd == torch.float64, BLOCK_D=BD)
+        return out, colsum
+    acc = torch.zeros(shape, dtype=cd, device=dev)
+    colsum = torch.zeros(d_sae, dtype=cd, device=dev) if want_colsum else None
+    so_l, so_d = (1, d_sae) if transposed else (d, 1)
+    if n:
+        _scatter_atomic_kernel[(n, triton.cdiv(d, BD))](
+            coef, idx, X, acc, colsum if want_colsum else coef, k, d, so_l, so_d,
+            HAS_COLSUM=want_colsum, BLOCK_D=BD)
+    return acc.to(out_dtype), colsum
+
+
+# ----------------------------------------------------------------------------------------
+# autograd
+
+
+class _Encode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, b_dec, kind, arg, max_active):
+        if kind == "topk":
+            if arg <= MAX_FUSED_K and x.dtype != torch.float64:
+                values, indices, mask = _topk_fused(x, W_enc, b_enc, b_dec, arg)
+            else:
+                values, indices, mask = S.topk_chunked(x, W_enc, b_enc, b_dec, arg)
+        elif kind == "threshold":
+            values, indices, mask = S.threshold_chunked(x, W_enc, b_enc, b_dec, arg, max_active)
+        else:
+            values, indices, mask = S.batchtopk_chunked(x, W_enc, b_enc, b_dec, arg)
+        ctx.has_b_dec = b_dec is not None
+        ctx.save_for_backward(x, W_enc, b_dec if b_dec is not None else x.new_zeros(0), indices,
+                              mask)
+        ctx.mark_non_differentiable(indices)
+        return values, indices
+
+    @staticmethod
+    def backward(ctx, grad_values, grad_indices):
+        x, W_enc, b_dec, indices, mask = ctx.saved_tensors
+        cd = _cd(x.dtype)
+        d_in, d_sae = W_enc.shape
+        g = (grad_values.to(cd) * mask).contiguous()
+        need_x, need_W, need_be, need_bd = ctx.needs_input_grad[:4]
+        need_bd = need_bd and ctx.has_b_dec
+        gx = gW = gbe = gbd = None
+        if need_W or need_be:
+            xc = x.to(cd)
+            if ctx.has_b_dec:
+                xc = xc - b_dec.to(cd)
+            if need_W:
+                gW, colsum = scatter_rows(g, indices, xc.contiguous(), d_sae, W_enc.dtype, True,
+                                          need_be, False)
+            else:
+                colsum = torch.zeros(d_sae, dtype=cd, device=x.device).index_add_(
+                    0, indices.reshape(-1), g.reshape(-1))
+            if need_be:
+                gbe = colsum.to(W_enc.dtype)
+        if need_x or need_bd:
+            # grad (x - b_dec)[n] = sum_j g[n, j] * W_enc[:, idx[n, j]]: gather W_enc's columns
+            gxc = gather(g, indices, W_enc, W_enc.stride(1), W_enc.stride(0), d_in, None, cd)
+            if need_x:
+                gx = gxc.to(x.dtype)
+            if need_bd:
+                gbd = (-gxc.sum(0)).to(x.dtype)
+        return gx, gW, gbe, gbd, None, None, None
+
+
+def topk_encode(x, W_enc, b_enc, b_dec, k):
+    return _Encode.apply(x.contiguous(), W_enc, b_enc, b_dec, "topk", k, None)
+
+
+def threshold_encode(x, W_enc, b_enc, b_dec, threshold, max_active):
+    return _Encode.apply(x.contiguous(), W_enc, b_enc, b_dec, "threshold", threshold, max_active)
+
+
+def batchtopk_encode(x, W_enc, b_enc, b_dec, k):
+    return _Encode.apply(x.contiguous(), W_enc, b_enc, b_dec, "batchtopk", k, None)
+
+
+class _Decode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, indices, W_dec, b_dec, deterministic):
+        cd = _cd(W_dec.dtype)
+        coef = values.to(cd).contiguous()
+        d_in = W_dec.shape[1]
+        out = gather(coef, indices, W_dec, W_dec.stride(0), W_dec.stride(1), d_in,
+                     None if b_dec is None else b_dec.contiguous(), W_dec.dtype)
+        ctx.save_for_backward(coef, indices, W_dec)
+        ctx.has_b_dec = b_dec is not None
+        ctx.values_dtype = values.dtype
+        ctx.deterministic = deterministic
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        coef, indices, W = ctx.saved_tensors
+        g = grad_out.to(coef.dtype).contiguous()
+        need_v, _, need_W, need_b = ctx.needs_input_grad[:4]
+        gv = gW = gb = None
+        if need_v:
+            gv = gather_dot(g, indices, W, W.stride(0), W.stride(1)).to(ctx.values_dtype)
+        if need_W:
+            gW, _ = scatter_rows(coef, indices, g, W.shape[0], W.dtype, False, False,
+                                 ctx.deterministic)
+        if need_b and ctx.has_b_dec:
+            gb = g.sum(0).to(W.dtype)
+        return gv, None, gW, gb, None
+
+
+def sparse_decode(values, indices, W_dec, b_dec, deterministic):
+    return _Decode.apply(values, indices.contiguous(), W_dec, b_dec, deterministic)
