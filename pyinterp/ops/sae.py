@@ -23,10 +23,10 @@ INDEX_DTYPES = (torch.int64, torch.int32)
 
 # Backends implementing each op (the others raise BackendUnavailableError when named).
 SUPPORTED = {
-    "topk_encode": ("reference", "cpu", "triton"),
-    "sparse_decode": ("reference", "cpu", "triton"),
-    "threshold_encode": ("reference", "cpu", "triton"),
-    "batchtopk_encode": ("reference", "cpu", "triton"),
+    "topk_encode": ("reference", "cpu", "triton", "cuda"),
+    "sparse_decode": ("reference", "cpu", "triton", "cuda"),
+    "threshold_encode": ("reference", "cpu", "triton", "cuda"),
+    "batchtopk_encode": ("reference", "cpu", "triton", "cuda"),
 }
 
 

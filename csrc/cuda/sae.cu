@@ -1,0 +1,258 @@
+// Sparse SAE kernels (CUDA C++, compiled at run time by NVRTC through CuPy). Same interface as
+// csrc/cpu/sae.cpp and triton_kernels/sae.py; see docs/decisions/sae-topk-ties.md and
+// sae-deterministic-scatter.md.
+//
+// sae_topk_chunk_<t>: the top-k epilogue. torch (cuBLAS) produces a float32 chunk of
+//   pre-activations (rows x cols, leading dim ld); one block per row folds the chunk into the
+//   row's running top-k, kept in global memory as k packed int64 keys sorted descending
+//   (key = order-preserving int32 of the value << 32 | (2^32 - 1 - column): value desc, then
+//   column asc, the tie rule). The block stages the running keys and every chunk element
+//   that beats the current k-th key in shared memory (CAP slots); when the buffer could
+//   overflow it bitonic-sorts it and keeps the best k. Keys are unique, so the result does
+//   not depend on the order threads append. k <= KMAX.
+// sae_topk_unpack_<t>: keys -> ReLU(value) in the output dtype and int64 column.
+// sae_gather_<t>:      out[n] = bias + sum_j coef[n, j] W[idx[n, j], :] (W by strides).
+// sae_gather_dot_<t>:  out[n, j] = dot(g[n], W[idx[n, j], :]), one warp per (n, j).
+// sae_scatter_atomic_<acc>: out[idx[e], :] += coef[e] x[row(e), :] with float atomics.
+// sae_scatter_segment_<t>: deterministic: latent l sums its entries (sorted by latent,
+//   stable) in order; one block per (latent, 256 columns); writes every row (zeros if empty).
+//
+// fp16/bf16 are read as raw 16-bit words and converted in registers (no headers under NVRTC);
+// accumulation in float (double for float64).
+
+typedef long long i64;
+struct f16_t { unsigned short bits; };
+struct bf16_t { unsigned short bits; };
+
+template <typename T> struct Acc { typedef float type; };
+template <> struct Acc<double> { typedef double type; };
+
+__device__ __forceinline__ float ld_acc(const float* p) { return __ldg(p); }
+__device__ __forceinline__ double ld_acc(const double* p) { return __ldg(p); }
+__device__ __forceinline__ float ld_acc(const f16_t* p) {
+  unsigned short h = __ldg(reinterpret_cast<const unsigned short*>(p));
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+__device__ __forceinline__ float ld_acc(const bf16_t* p) {
+  unsigned short h = __ldg(reinterpret_cast<const unsigned short*>(p));
+  return __uint_as_float(static_cast<unsigned int>(h) << 16);
+}
+
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void st(double* p, double v) { *p = v; }
+__device__ __forceinline__ void st(f16_t* p, float v) {
+  unsigned short h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+  p->bits = h;
+}
+__device__ __forceinline__ void st(bf16_t* p, float v) {
+  unsigned int u = __float_as_uint(v);
+  unsigned short h;
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    h = static_cast<unsigned short>((u >> 16) | 0x40u);  // quiet NaN
+  } else {
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    h = static_cast<unsigned short>(u >> 16);
+  }
+  p->bits = h;
+}
+
+#define KMAX 1024
+#define CAP 2048
+#define MIN_KEY (-9223372036854775807LL - 1LL)
+
+__device__ __forceinline__ i64 pack_key(float v, i64 col) {
+  v = v + 0.0f;  // -0.0 -> +0.0: ties with +0.0 like the reference
+  int b = __float_as_int(v);
+  int k32 = b >= 0 ? b : (b ^ 0x7fffffff);
+  return (static_cast<i64>(k32) << 32) | (0xffffffffLL - col);
+}
+
+__device__ __forceinline__ void unpack_key(i64 key, float* v, i64* col) {
+  int k32 = static_cast<int>(key >> 32);
+  int b = k32 >= 0 ? k32 : (k32 ^ 0x7fffffff);
+  *v = __int_as_float(b);
+  *col = 0xffffffffLL - (key & 0xffffffffLL);
+}
+
+// Bitonic sort of buf[0, CAP) descending; all threads of the block take part.
+__device__ void sort_desc(i64* buf) {
+  for (int size = 2; size <= CAP; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int t = threadIdx.x; t < CAP / 2; t += blockDim.x) {
+        int lo = 2 * t - (t & (stride - 1));
+        int hi = lo + stride;
+        bool desc = ((lo & size) == 0);
+        i64 a = buf[lo], b = buf[hi];
+        if ((a < b) == desc) {
+          buf[lo] = b;
+          buf[hi] = a;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// Sort, keep the best k at the front, refill the tail with MIN_KEY; returns the k-th key.
+__device__ i64 compact(i64* buf, int* count, int k) {
+  for (int t = threadIdx.x; t < CAP; t += blockDim.x) {
+    if (t >= *count) buf[t] = MIN_KEY;
+  }
+  __syncthreads();
+  sort_desc(buf);
+  __syncthreads();
+  if (threadIdx.x == 0) *count = k;
+  __syncthreads();
+  return buf[k - 1];
+}
+
+__device__ void topk_chunk(const float* __restrict__ pre, i64 ld, i64 cols, i64 col0, int k,
+                           i64* __restrict__ state) {
+  __shared__ i64 buf[CAP];
+  __shared__ int count;
+  const i64 row = blockIdx.x;
+  const float* p = pre + row * ld;
+  i64* s = state + row * k;
+  for (int t = threadIdx.x; t < k; t += blockDim.x) buf[t] = s[t];
+  if (threadIdx.x == 0) count = k;
+  __syncthreads();
+  i64 thr = buf[k - 1];  // state is sorted descending
+  for (i64 c0 = 0; c0 < cols; c0 += blockDim.x) {
+    if (count + static_cast<int>(blockDim.x) > CAP) thr = compact(buf, &count, k);
+    i64 c = c0 + threadIdx.x;
+    if (c < cols) {
+      i64 key = pack_key(p[c], col0 + c);
+      if (key > thr) {
+        int pos = atomicAdd(&count, 1);  // integer atomic: the kept set is order-free
+        buf[pos] = key;
+      }
+    }
+    __syncthreads();
+  }
+  compact(buf, &count, k);
+  for (int t = threadIdx.x; t < k; t += blockDim.x) s[t] = buf[t];
+}
+
+template <typename T>
+__device__ void topk_unpack(const i64* __restrict__ state, i64 rows, int k, T* __restrict__ vals,
+                            i64* __restrict__ idx) {
+  i64 e = static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= rows * k) return;
+  float v;
+  i64 col;
+  unpack_key(state[e], &v, &col);
+  st(vals + e, static_cast<typename Acc<T>::type>(v > 0.0f ? v : 0.0f));
+  idx[e] = col;
+}
+
+template <typename T>
+__device__ void gather(const typename Acc<T>::type* __restrict__ coef, const i64* __restrict__ idx,
+                       const T* __restrict__ W, i64 sl, i64 sd, const T* __restrict__ bias,
+                       T* __restrict__ out, int k, int d) {
+  typedef typename Acc<T>::type A;
+  const i64 n = blockIdx.x;
+  const int i = blockIdx.y * blockDim.x + threadIdx.x;
+  if (i >= d) return;
+  A acc = bias ? ld_acc(bias + i) : A(0);
+  for (int j = 0; j < k; ++j) {
+    const A c = coef[n * k + j];
+    if (c != A(0)) acc += c * ld_acc(W + idx[n * k + j] * sl + static_cast<i64>(i) * sd);
+  }
+  st(out + n * d + i, acc);
+}
+
+template <typename T>
+__device__ void gather_dot(const typename Acc<T>::type* __restrict__ g, const i64* __restrict__ idx,
+                           const T* __restrict__ W, i64 sl, i64 sd,
+                           typename Acc<T>::type* __restrict__ out, i64 nnz, int k, int d) {
+  typedef typename Acc<T>::type A;
+  const i64 e = (static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (e >= nnz) return;
+  const i64 n = e / k;
+  const T* w = W + idx[e] * sl;
+  A s = 0;
+  for (int i = lane; i < d; i += 32) s += g[n * d + i] * ld_acc(w + static_cast<i64>(i) * sd);
+  for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
+  if (lane == 0) out[e] = s;
+}
+
+template <typename A>
+__device__ void scatter_atomic(const A* __restrict__ coef, const i64* __restrict__ idx,
+                               const A* __restrict__ x, A* __restrict__ out, i64 sl, i64 sd,
+                               A* __restrict__ colsum, int k, int d) {
+  const i64 n = blockIdx.x;
+  const int i = blockIdx.y * blockDim.x + threadIdx.x;
+  const A xv = i < d ? x[n * d + i] : A(0);
+  for (int j = 0; j < k; ++j) {
+    const A c = coef[n * k + j];
+    const i64 l = idx[n * k + j];
+    if (i < d) atomicAdd(out + l * sl + static_cast<i64>(i) * sd, c * xv);
+    if (colsum && blockIdx.y == 0 && threadIdx.x == 0) atomicAdd(colsum + l, c);
+  }
+}
+
+template <typename T>
+__device__ void scatter_segment(const typename Acc<T>::type* __restrict__ coef,
+                                const i64* __restrict__ order, const i64* __restrict__ offsets,
+                                const typename Acc<T>::type* __restrict__ x, T* __restrict__ out,
+                                i64 sl, i64 sd, typename Acc<T>::type* __restrict__ colsum, int k,
+                                int d) {
+  typedef typename Acc<T>::type A;
+  const i64 l = blockIdx.x;
+  const int i = blockIdx.y * blockDim.x + threadIdx.x;
+  const i64 start = offsets[l], end = offsets[l + 1];
+  A acc = 0, cs = 0;
+  for (i64 p = start; p < end; ++p) {
+    const i64 e = order[p];
+    const A c = coef[e];
+    cs += c;
+    if (i < d) acc += c * x[(e / k) * d + i];
+  }
+  if (i < d) st(out + l * sl + static_cast<i64>(i) * sd, acc);
+  if (colsum && blockIdx.y == 0 && threadIdx.x == 0) colsum[l] = cs;
+}
+
+extern "C" {
+
+__global__ void sae_topk_chunk_f32(const float* pre, i64 ld, i64 cols, i64 col0, int k,
+                                   i64* state) {
+  topk_chunk(pre, ld, cols, col0, k, state);
+}
+
+#define SAE_TYPED(SUF, T)                                                                        \
+  __global__ void sae_topk_unpack_##SUF(const i64* state, i64 rows, int k, T* vals, i64* idx) {   \
+    topk_unpack<T>(state, rows, k, vals, idx);                                                   \
+  }                                                                                              \
+  __global__ void sae_gather_##SUF(const Acc<T>::type* coef, const i64* idx, const T* W, i64 sl,  \
+                                   i64 sd, const T* bias, T* out, int k, int d) {                 \
+    gather<T>(coef, idx, W, sl, sd, bias, out, k, d);                                            \
+  }                                                                                              \
+  __global__ void sae_gather_dot_##SUF(const Acc<T>::type* g, const i64* idx, const T* W, i64 sl, \
+                                       i64 sd, Acc<T>::type* out, i64 nnz, int k, int d) {        \
+    gather_dot<T>(g, idx, W, sl, sd, out, nnz, k, d);                                            \
+  }                                                                                              \
+  __global__ void sae_scatter_segment_##SUF(const Acc<T>::type* coef, const i64* order,           \
+                                            const i64* offsets, const Acc<T>::type* x, T* out,    \
+                                            i64 sl, i64 sd, Acc<T>::type* colsum, int k, int d) { \
+    scatter_segment<T>(coef, order, offsets, x, out, sl, sd, colsum, k, d);                      \
+  }
+
+SAE_TYPED(f32, float)
+SAE_TYPED(f16, f16_t)
+SAE_TYPED(bf16, bf16_t)
+SAE_TYPED(f64, double)
+
+__global__ void sae_scatter_atomic_f32(const float* coef, const i64* idx, const float* x,
+                                       float* out, i64 sl, i64 sd, float* colsum, int k, int d) {
+  scatter_atomic<float>(coef, idx, x, out, sl, sd, colsum, k, d);
+}
+__global__ void sae_scatter_atomic_f64(const double* coef, const i64* idx, const double* x,
+                                       double* out, i64 sl, i64 sd, double* colsum, int k, int d) {
+  scatter_atomic<double>(coef, idx, x, out, sl, sd, colsum, k, d);
+}
+
+}  // extern "C"
