@@ -238,3 +238,29 @@ def test_build_and_dtypes():
     bf = TopKSAE(8, 16, k=2, dtype="bfloat16", seed=0)
     y = bf(torch.randn(4, 8))
     assert y.dtype == torch.float32 and torch.isfinite(y).all()
+
+
+def test_resampling_dead_latents():
+    from pyinterp.sae.resample import resample_dead
+
+    sae = _randomise(ReLUSAE(8, 16, seed=0))
+    x = torch.randn(40, 8)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    sae.loss(x).total.backward()
+    opt.step()
+    dead = torch.zeros(16, dtype=torch.bool)
+    dead[[2, 9]] = True
+    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    n = resample_dead(sae, dead, x, opt, generator=torch.Generator().manual_seed(0))
+    assert n == 2
+    torch.testing.assert_close(sae.W_dec[dead].norm(dim=1), torch.ones(2))
+    # each new decoder row is a (centred, normalised) input row
+    cand = x - sae.b_dec.detach()
+    cand = cand / cand.norm(dim=1, keepdim=True)
+    for row in sae.W_dec[dead].detach():
+        assert float((cand @ row).max()) == pytest.approx(1.0, abs=1e-5)
+    assert bool((sae.b_enc[dead] == 0).all())
+    assert torch.equal(sae.W_dec[~dead], before["W_dec"][~dead])
+    assert bool((opt.state[sae.W_dec]["exp_avg"][dead] == 0).all())
+    assert bool((opt.state[sae.W_enc]["exp_avg_sq"][:, dead] == 0).all())
+    assert resample_dead(sae, torch.zeros(16, dtype=torch.bool), x) == 0

@@ -43,11 +43,21 @@ def run(args) -> list[Row]:
     ours_step = _step_fn(sae, lambda t: sae.loss(t).total, x)
     t_base = median_time(base_step, device=device, warmup=1, repeat=repeat)
     t_ours = median_time(ours_step, device=device, warmup=1, repeat=repeat)
+    # The library's whole step: also gradient clipping and the dead-latent counters.
+    from pyinterp.sae import SAETrainer, TrainConfig
+
+    trainer = SAETrainer(TopKSAE(d_in, d_sae, k=k, seed=0, device=device), [],
+                         TrainConfig(steps=10**9, lr=1e-5, progress=False))
+    trainer.initialised = True
+    t_trainer = median_time(lambda: trainer.train_step(x), device=device, warmup=1, repeat=repeat)
     rows = [
         Row("sae_train_step", shape, "float32", "torch dense (reference module)", t_base,
             peak_bytes=peak_memory(base_step, device)),
         Row("sae_train_step", shape, "float32", f"pyinterp TopKSAE [{backend}]", t_ours,
             baseline="torch dense", baseline_seconds=t_base,
             peak_bytes=peak_memory(ours_step, device), extra={"backend": backend}),
+        Row("sae_train_step", shape, "float32", f"pyinterp SAETrainer.train_step [{backend}]",
+            t_trainer, baseline="torch dense", baseline_seconds=t_base,
+            extra={"backend": backend, "includes": "grad clipping, dead-latent counters"}),
     ]
     return rows
