@@ -220,6 +220,10 @@ class SAETrainer:
                     what = "activations (NaN/Inf in the input batch)"
                 raise self._nonfinite(name, what, step)
 
+    def _after_backward(self, name: str, sae: SparseAutoencoder) -> None:
+        """Called after each dictionary's backward, before gradient projection and clipping;
+        a no-op here. pyinterp.distributed's data-parallel trainer all-reduces gradients here."""
+
     # -------------------------------------------------------------------- phases
     @torch.no_grad()
     def initialise(self) -> None:
@@ -262,6 +266,7 @@ class SAETrainer:
                 self._check_finite(step + 1, xs)
             opt.zero_grad(set_to_none=True)
             res.total.backward()
+            self._after_backward(name, sae)
             sae.project_decoder_grad()
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip, foreach=False)
