@@ -157,11 +157,12 @@ def _scatter_rows(coef, X, indices, d_sae, out_dtype, transposed, want_colsum=Fa
     return out, colsum
 
 
-def _gather(coef, indices, W, bias, out_dtype):
-    """out[n] = bias + sum_j coef[n, j] * W[indices[n, j]]; coef in the compute dtype."""
+def _gather(coef, indices, W, bias):
+    """out[n] = bias + sum_j coef[n, j] * W[indices[n, j]] in W's dtype; coef in the compute
+    dtype."""
     n, k = indices.shape
     d = W.shape[1]
-    out = torch.empty(n, d, dtype=out_dtype)
+    out = torch.empty(n, d, dtype=W.dtype)
     if n:
         ext().sae_gather(coef.data_ptr(), indices.data_ptr(), W.data_ptr(), _p(bias), out.data_ptr(),
                          n, k, d, dtype_code(W), num_threads())
@@ -199,8 +200,8 @@ def encoder_backward(ctx, grad_values):
         gbe = torch.zeros(d_sae, dtype=cd).index_add_(0, indices.reshape(-1), g.reshape(-1))
         gbe = gbe.to(W_enc.dtype)
     if need_x or need_bd:
-        WT = W_enc.t().contiguous()
-        gxc = _gather(g, indices, WT, None, cd)
+        WT = W_enc.t().to(cd).contiguous()  # (d_sae, d_in): rows gathered contiguously
+        gxc = _gather(g, indices, WT, None)
         if need_x:
             gx = gxc.to(x.dtype)
         if need_bd:
@@ -247,7 +248,7 @@ class _Decode(torch.autograd.Function):
         cd = _cd(W_dec.dtype)
         W = W_dec.contiguous()
         coef = values.to(cd).contiguous()
-        out = _gather(coef, indices, W, None if b_dec is None else b_dec.contiguous(), W.dtype)
+        out = _gather(coef, indices, W, None if b_dec is None else b_dec.contiguous())
         ctx.save_for_backward(coef, indices, W)
         ctx.has_b_dec = b_dec is not None
         ctx.values_dtype = values.dtype
