@@ -214,6 +214,8 @@ def test_bad_inputs_raise_naming_the_problem():
         sae(torch.ones(3, 8, dtype=torch.int64))
     with pytest.raises(TypeError, match="torch.Tensor"):
         sae.encode([1.0] * 8)
+    with pytest.raises(ValueError, match="is on meta but the dictionary is on cpu"):
+        sae(torch.empty(3, 8, device="meta"))
     v, i = sae.encode(torch.randn(3, 8))
     with pytest.raises(ValueError, match="indices"):
         sae.decode(v, i + 100)
