@@ -1,0 +1,550 @@
+"""Adapter: TransformerLens hook points on Hugging Face ``transformers`` causal LMs.
+
+    model = pyinterp.models.from_hf("path/to/local/model")   # or an already built model
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: "resid_post" in n)
+
+Supported families: GPT-2 (``gpt2``) and the Llama layout (``llama``, ``mistral``, ``qwen2``,
+``qwen3``). Hook points and shapes are those of :class:`pyinterp.models.Transformer`;
+``blocks.{i}.hook_resid_post`` is exactly the model's own hidden state after block i.
+
+How: module-boundary activations (embeddings, residual stream, attention and MLP outputs,
+MLP neurons) use PyTorch forward hooks that are attached only while a pyinterp hook is
+registered on them. q/k/v after rotary embeddings, the pattern and z live inside the attention
+function, so the adapter wraps ``transformers``' attention functions (``sdpa``, ``eager``) in
+the library's ``AttentionInterface``: the wrapper calls the original function unchanged for
+modules of models that are not adapted or have no attention hook, so SDPA stays SDPA. With
+grouped-query attention hook_k/hook_v have ``n_key_value_heads`` heads (as in TransformerLens).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Union
+
+import torch
+from torch import nn
+
+from pyinterp.models.hooks import HookedModel, HookPoint
+from pyinterp.models.transformer import lm_cross_entropy
+
+GPT2_FAMILIES = ("gpt2",)
+LLAMA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_FAMILIES = GPT2_FAMILIES + LLAMA_FAMILIES
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _require_transformers():
+    try:
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ImportError("pyinterp.models.from_hf needs Hugging Face transformers: "
+                          "pip install 'pyinterp[hf]'") from e
+    return transformers
+
+
+@dataclass
+class AdapterConfig:
+    """What pyinterp needs to know about a wrapped model (TransformerLens field names)."""
+
+    family: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: Optional[int]
+    d_vocab: int
+    n_ctx: int
+    n_key_value_heads: int
+    act_fn: Optional[str]
+    positional: str
+    normalization: str
+    tied_embeddings: bool
+
+    @property
+    def attn_only(self) -> bool:
+        return False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- hook-point containers (their module paths give the TransformerLens names) ------------------
+class _LNHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_normalized = HookPoint()
+
+
+class _AttnHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hook_q = HookPoint()
+        self.hook_k = HookPoint()
+        self.hook_v = HookPoint()
+        self.hook_attn_scores = HookPoint()
+        self.hook_pattern = HookPoint()
+        self.hook_z = HookPoint()
+
+    @property
+    def active(self) -> bool:
+        return (self.hook_q.active or self.hook_k.active or self.hook_v.active or self.hook_z.active
+                or self.hook_attn_scores.active or self.hook_pattern.active)
+
+
+class _MLPHooks(nn.Module):
+    def __init__(self, gated: bool):
+        super().__init__()
+        self.hook_pre = HookPoint()
+        if gated:
+            self.hook_pre_linear = HookPoint()
+        self.hook_post = HookPoint()
+
+
+class _BlockHooks(nn.Module):
+    def __init__(self, gated: bool):
+        super().__init__()
+        self.hook_resid_pre = HookPoint()
+        self.ln1 = _LNHooks()
+        self.attn = _AttnHooks()
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.ln2 = _LNHooks()
+        self.mlp = _MLPHooks(gated)
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+
+# -- lazily attached torch hooks ------------------------------------------------------------------
+class _Site:
+    """One PyTorch hook on one module, attached while any of its hook points is active."""
+
+    def __init__(self, module: nn.Module, kind: str, fn: Callable):
+        self.module, self.kind, self.fn = module, kind, fn
+        self.users = 0
+        self.handle = None
+
+    def acquire(self):
+        self.users += 1
+        if self.handle is None:
+            if self.kind == "pre":
+                self.handle = self.module.register_forward_pre_hook(self.fn, with_kwargs=True)
+            else:
+                self.handle = self.module.register_forward_hook(self.fn)
+
+    def release(self):
+        self.users = max(0, self.users - 1)
+        if self.users == 0 and self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+def _bind(point: HookPoint, sites: List[_Site]) -> None:
+    def on_change(active: bool):
+        for s in sites:
+            s.acquire() if active else s.release()
+    point._on_change = on_change
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output, new):
+    if isinstance(output, tuple):
+        return (new,) + tuple(output[1:])
+    return new
+
+
+def _output_hook(point: HookPoint):
+    def fn(module, args, output):
+        if not point.active:
+            return None
+        x = _first(output)
+        y = point(x)
+        return None if y is x else _replace_first(output, y)
+    return fn
+
+
+def _input_hook(point: HookPoint):
+    """Pre-hook replacing the module's first input (positional or ``hidden_states=``)."""
+    def fn(module, args, kwargs):
+        if not point.active:
+            return None
+        if args:
+            x = args[0]
+            y = point(x)
+            return None if y is x else ((y,) + tuple(args[1:]), kwargs)
+        x = kwargs["hidden_states"]
+        y = point(x)
+        if y is x:
+            return None
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = y
+        return args, kwargs
+    return fn
+
+
+class _StopForward(Exception):
+    def __init__(self, value):
+        self.value = value
+
+
+# -- attention-function wrapper --------------------------------------------------------------------
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, H_kv, S, d) -> (B, H_kv * n_rep, S, d)."""
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def _wrap_attention(orig: Optional[Callable], name: str) -> Callable:
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        fn = orig
+        if fn is None:  # eager: each model file defines its own eager_attention_forward
+            fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+        hooks: Optional[_AttnHooks] = getattr(module, "_pyinterp_attn_hooks", None)
+        if hooks is None or not hooks.active:
+            return fn(module, query, key, value, attention_mask, *args, **kwargs)
+        return _hooked_attention(hooks, fn, module, query, key, value, attention_mask, *args, **kwargs)
+    attention._pyinterp_orig = orig
+    attention.__name__ = f"pyinterp_hooked_{name}"
+    return attention
+
+
+def _hook_new(point: HookPoint, x: torch.Tensor, T: int) -> torch.Tensor:
+    """Run ``point`` on the last T positions of x: (B, H, S, d); hook sees (B, T, H, d)."""
+    if not point.active:
+        return x
+    new = x[:, :, -T:]
+    y = point(new.transpose(1, 2))
+    y = y.transpose(1, 2)
+    if x.shape[2] == T:
+        return y
+    return torch.cat([x[:, :, :-T], y.to(x.dtype)], 2)
+
+
+def _hooked_attention(hooks: _AttnHooks, fn, module, query, key, value, attention_mask,
+                      *args, **kwargs):
+    # query: (B, H, T, d) after rotary; key/value: (B, H_kv, S, d), past + new (after rotary).
+    T = query.shape[2]
+    if hooks.hook_q.active:
+        query = hooks.hook_q(query.transpose(1, 2)).transpose(1, 2)
+    key = _hook_new(hooks.hook_k, key, T)
+    value = _hook_new(hooks.hook_v, value, T)
+    if hooks.hook_attn_scores.active or hooks.hook_pattern.active:
+        n_rep = query.shape[1] // key.shape[1]
+        k, v = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+        scaling = kwargs.get("scaling")
+        if scaling is None:
+            scaling = getattr(module, "scaling", query.shape[-1] ** -0.5)
+        scores = torch.matmul(query, k.transpose(2, 3)) * scaling  # (B, H, T, S)
+        S = k.shape[2]
+        if attention_mask is None:
+            causal = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(S - T)
+            scores = scores.masked_fill(~causal, float("-inf"))
+        elif attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask[..., :S], float("-inf"))
+        else:
+            scores = scores + attention_mask[..., :S]
+        scores = hooks.hook_attn_scores(scores)
+        pattern = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+        pattern = hooks.hook_pattern(pattern)
+        z = torch.matmul(pattern, v).transpose(1, 2)  # (B, T, H, d)
+        weights = pattern
+    else:
+        z, weights = fn(module, query, key, value, attention_mask, *args, **kwargs)
+    z = hooks.hook_z(z)
+    return z, weights
+
+
+def _install_attention_wrappers() -> None:
+    from transformers.modeling_utils import AttentionInterface
+
+    mapping = AttentionInterface._global_mapping
+    for name in ("sdpa", "eager"):
+        cur = mapping.get(name)
+        if cur is not None and getattr(cur, "__name__", "").startswith("pyinterp_hooked_"):
+            continue
+        AttentionInterface.register(name, _wrap_attention(cur, name))
+
+
+# -- the adapter ----------------------------------------------------------------------------------
+class HookedHF(HookedModel, nn.Module):
+    """A Hugging Face causal LM with pyinterp's hook points (see the module docstring).
+
+    ``model(tokens, return_type=...)``, ``loss``, ``run_with_cache``, ``run_with_hooks``,
+    ``hooks``, ``generate`` behave as on :class:`pyinterp.models.Transformer`. The wrapped
+    model is ``.model``; ``.tokenizer`` is set when one was found or given.
+    """
+
+    def __init__(self, hf_model: nn.Module, tokenizer=None):
+        super().__init__()
+        family = _family(hf_model)
+        self.model = hf_model
+        self.family = family
+        self.tokenizer = tokenizer
+        c = hf_model.config
+        gpt2 = family in GPT2_FAMILIES
+        n_heads = c.num_attention_heads if not gpt2 else c.n_head
+        d_model = c.hidden_size if not gpt2 else c.n_embd
+        self.cfg = AdapterConfig(
+            family=family,
+            n_layers=c.num_hidden_layers if not gpt2 else c.n_layer,
+            d_model=d_model,
+            n_heads=n_heads,
+            d_head=getattr(c, "head_dim", None) or d_model // n_heads,
+            d_mlp=(c.intermediate_size if not gpt2 else (c.n_inner or 4 * d_model)),
+            d_vocab=c.vocab_size,
+            n_ctx=(c.n_positions if gpt2 else c.max_position_embeddings),
+            n_key_value_heads=(getattr(c, "num_key_value_heads", None) or n_heads) if not gpt2 else n_heads,
+            act_fn=(c.activation_function if gpt2 else c.hidden_act),
+            positional="learned" if gpt2 else "rotary",
+            normalization="ln" if gpt2 else "rms",
+            tied_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+        )
+        if gpt2:
+            base = hf_model.transformer
+            self._embed, self._pos, self._layers, self._norm = base.wte, base.wpe, base.h, base.ln_f
+        else:
+            base = hf_model.model
+            self._embed, self._pos, self._layers, self._norm = base.embed_tokens, None, base.layers, base.norm
+        self.hook_embed = HookPoint()
+        if gpt2:
+            self.hook_pos_embed = HookPoint()
+        self.blocks = nn.ModuleList(_BlockHooks(gated=not gpt2) for _ in range(self.cfg.n_layers))
+        self.ln_final = _LNHooks()
+        self._resid_pre: dict = {}
+        self._bind_sites(gpt2)
+        _install_attention_wrappers()
+        self.setup_hooks()
+        self.train(hf_model.training)  # the wrapper's mode is the wrapped model's
+
+    @property
+    def config(self) -> AdapterConfig:
+        return self.cfg
+
+    @property
+    def pad_token_id(self) -> Optional[int]:
+        tok = self.tokenizer
+        for v in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None),
+                  getattr(self.model.config, "pad_token_id", None),
+                  getattr(self.model.config, "eos_token_id", None)):
+            if isinstance(v, int) and 0 <= v < self.cfg.d_vocab:
+                return v
+        return 0
+
+    @property
+    def max_context(self) -> Optional[int]:
+        return self.cfg.n_ctx if self.cfg.positional == "learned" else None
+
+    @property
+    def W_E(self) -> torch.Tensor:
+        return self._embed.weight
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """(d_model, d_vocab)."""
+        return self.model.get_output_embeddings().weight.T
+
+    def _bind_sites(self, gpt2: bool) -> None:
+        _bind(self.hook_embed, [_Site(self._embed, "fwd", _output_hook(self.hook_embed))])
+        if gpt2:
+            _bind(self.hook_pos_embed, [_Site(self._pos, "fwd", _output_hook(self.hook_pos_embed))])
+        _bind(self.ln_final.hook_normalized,
+              [_Site(self._norm, "fwd", _output_hook(self.ln_final.hook_normalized))])
+        for i, (layer, hb) in enumerate(zip(self._layers, self.blocks)):
+            attn = layer.attn if gpt2 else layer.self_attn
+            mlp = layer.mlp
+            ln1 = layer.ln_1 if gpt2 else layer.input_layernorm
+            ln2 = layer.ln_2 if gpt2 else layer.post_attention_layernorm
+            # Plain attribute (not a registered submodule): the HF module tree stays unchanged.
+            attn.__dict__["_pyinterp_attn_hooks"] = hb.attn
+            pre_site = _Site(layer, "pre", self._resid_pre_hook(i, hb))
+            attn_site = _Site(attn, "fwd", self._attn_out_hook(i, hb))
+            _bind(hb.hook_resid_pre, [pre_site])
+            _bind(hb.hook_attn_out, [attn_site])
+            _bind(hb.hook_resid_mid, [pre_site, attn_site])
+            _bind(hb.ln1.hook_normalized, [_Site(ln1, "fwd", _output_hook(hb.ln1.hook_normalized))])
+            _bind(hb.ln2.hook_normalized, [_Site(ln2, "fwd", _output_hook(hb.ln2.hook_normalized))])
+            _bind(hb.hook_mlp_out, [_Site(mlp, "fwd", _output_hook(hb.hook_mlp_out))])
+            _bind(hb.hook_resid_post, [_Site(layer, "fwd", _output_hook(hb.hook_resid_post))])
+            if gpt2:
+                _bind(hb.mlp.hook_pre, [_Site(mlp.c_fc, "fwd", _output_hook(hb.mlp.hook_pre))])
+                _bind(hb.mlp.hook_post, [_Site(mlp.c_proj, "pre", _input_hook(hb.mlp.hook_post))])
+            else:
+                _bind(hb.mlp.hook_pre, [_Site(mlp.gate_proj, "fwd", _output_hook(hb.mlp.hook_pre))])
+                _bind(hb.mlp.hook_pre_linear,
+                      [_Site(mlp.up_proj, "fwd", _output_hook(hb.mlp.hook_pre_linear))])
+                _bind(hb.mlp.hook_post, [_Site(mlp.down_proj, "pre", _input_hook(hb.mlp.hook_post))])
+
+    def _resid_pre_hook(self, i: int, hb: _BlockHooks):
+        inner = _input_hook(hb.hook_resid_pre)
+
+        def fn(module, args, kwargs):
+            res = inner(module, args, kwargs)
+            if hb.hook_resid_mid.active:  # the attention hook needs it to form resid_mid
+                a, kw = res if res is not None else (args, kwargs)
+                self._resid_pre[i] = a[0] if a else kw["hidden_states"]
+            return res
+        return fn
+
+    def _attn_out_hook(self, i: int, hb: _BlockHooks):
+        def fn(module, args, output):
+            a = _first(output)
+            new = hb.hook_attn_out(a)
+            if hb.hook_resid_mid.active:
+                pre = self._resid_pre.pop(i)
+                mid = pre + new  # the same sum the block computes next
+                mid2 = hb.hook_resid_mid(mid)
+                if mid2 is not mid:
+                    new = mid2 - pre
+            return None if new is a else _replace_first(output, new)
+        return fn
+
+    # -- forward ---------------------------------------------------------------------------------
+    def _position_ids(self, attention_mask, past_len: int, T: int):
+        if attention_mask is None:
+            return None
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return pos[:, past_len:past_len + T]
+
+    def _check_tokens(self, tokens):
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape (batch, seq), got {tuple(tokens.shape)}")
+        if self.max_context is not None and tokens.shape[1] > self.max_context:
+            raise ValueError(f"sequence length {tokens.shape[1]} exceeds the model's context "
+                             f"n_ctx={self.max_context}")
+        return tokens.long()
+
+    def forward(self, tokens: torch.Tensor, return_type: Optional[str] = "logits",
+                attention_mask: Optional[torch.Tensor] = None, stop_at_layer: Optional[int] = None,
+                loss_per_token: bool = False):
+        """tokens: (B, T) -> logits (B, T, d_vocab) | loss | (logits, loss) | None;
+        ``stop_at_layer=i`` returns the residual stream entering block i."""
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        tokens = self._check_tokens(tokens)
+        kw = dict(input_ids=tokens, attention_mask=attention_mask, use_cache=False,
+                  position_ids=self._position_ids(attention_mask, 0, tokens.shape[1]))
+        if stop_at_layer is not None:
+            return self._run_until(stop_at_layer, kw)
+        logits = self.model(**kw).logits
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = lm_cross_entropy(logits, tokens, attention_mask, per_token=loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    def _run_until(self, layer: int, kw):
+        if not 0 <= layer <= self.cfg.n_layers:
+            raise ValueError(f"stop_at_layer must be in [0, {self.cfg.n_layers}], got {layer}")
+        if layer == self.cfg.n_layers:
+            def grab(module, args, kwargs):
+                raise _StopForward(args[0] if args else kwargs["hidden_states"])
+            h = self._norm.register_forward_pre_hook(grab, with_kwargs=True)
+        else:
+            def grab(module, args, kwargs):
+                raise _StopForward(args[0] if args else kwargs["hidden_states"])
+            h = self._layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            # Registered after the user's pre-hooks, so it sees hook_resid_pre's replacement.
+            self.model(**kw)
+        except _StopForward as stop:
+            return stop.value
+        finally:
+            h.remove()
+        raise RuntimeError("stop_at_layer: the forward pass ended before the requested layer")
+
+    def loss(self, tokens, per_token: bool = False, attention_mask=None):
+        """Next-token cross entropy: scalar mean, or (B, T-1) with ``per_token=True``."""
+        return self(tokens, return_type="loss", attention_mask=attention_mask, loss_per_token=per_token)
+
+    def _decode_step(self, tokens, attention_mask, cache):
+        past = 0 if cache is None else cache.get_seq_length()
+        out = self.model(input_ids=tokens, attention_mask=attention_mask, use_cache=True,
+                         position_ids=self._position_ids(attention_mask, past, tokens.shape[1]),
+                         **{self._cache_kw: cache})
+        new = out.get("cache") if "cache" in out else out.get("past_key_values")
+        return out.logits, new
+
+    @property
+    def _cache_kw(self) -> str:
+        # transformers 5.x renamed past_key_values to cache (the old name warns)
+        import inspect
+
+        params = inspect.signature(self.model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    def generate(self, inputs, max_new_tokens: int = 20, **kwargs):
+        """Sample with hooks active; see :func:`pyinterp.models.generate`."""
+        from pyinterp.models.generate import generate
+
+        return generate(self, inputs, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def _family(model: nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    mt = getattr(cfg, "model_type", None)
+    if mt not in SUPPORTED_FAMILIES:
+        raise ValueError(f"unsupported architecture {mt!r} ({type(model).__name__}); "
+                         f"pyinterp.models.from_hf supports the families {list(SUPPORTED_FAMILIES)}")
+    if model.get_output_embeddings() is None:
+        raise ValueError(f"{type(model).__name__} has no language-model head: pass a causal LM "
+                         "(e.g. AutoModelForCausalLM), not the base model")
+    return mt
+
+
+def _check_dir(path: Path) -> None:
+    import json
+
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory {str(path)!r} does not exist")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{str(path)!r} has no config.json: not a Hugging Face model directory")
+    mt = json.loads(cfg.read_text()).get("model_type")
+    if mt not in SUPPORTED_FAMILIES:
+        raise ValueError(f"{str(path)!r} holds an unsupported architecture {mt!r}; "
+                         f"pyinterp.models.from_hf supports the families {list(SUPPORTED_FAMILIES)}")
+    if not any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir() if p.is_file()):
+        raise FileNotFoundError(f"{str(path)!r} has no weights (*.safetensors or *.bin files)")
+
+
+def from_hf(model_or_path: Union[str, Path, nn.Module], tokenizer=None,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None) -> HookedHF:
+    """Wrap a Hugging Face causal LM (a model object or a local directory) with pyinterp hooks.
+
+    A directory is loaded offline (``local_files_only``) with ``AutoModelForCausalLM``; its
+    tokenizer is loaded too when present. Raises a clear error for missing directories, missing
+    weights and unsupported families (supported: gpt2, llama, mistral, qwen2, qwen3).
+    """
+    transformers = _require_transformers()
+    if isinstance(model_or_path, (str, Path)):
+        path = Path(model_or_path)
+        _check_dir(path)
+        kw = {"local_files_only": True}
+        if dtype is not None:
+            kw["dtype"] = dtype
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kw)
+        if tokenizer is None and any((path / f).is_file() for f in
+                                     ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+            try:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            except Exception:  # a model without a usable tokenizer is still a model
+                tokenizer = None
+    elif isinstance(model_or_path, nn.Module):
+        model = model_or_path
+        if dtype is not None:
+            model = model.to(dtype)
+    else:
+        raise TypeError("from_hf takes a transformers model or a local directory path, got "
+                        f"{type(model_or_path).__name__}")
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    return HookedHF(model, tokenizer=tokenizer)
