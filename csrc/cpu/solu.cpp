@@ -28,16 +28,15 @@ namespace pyinterp {
 namespace {
 
 // ---------------------------------------------------------------------------------------
-// exp that vectorises: Cephes-style range reduction + degree-6 polynomial (rel. err ~1e-7).
-// NaN propagates; x below the float range gives exactly 0 (so -inf * exp(-inf) = NaN, as in
-// torch); x above it gives +inf.
-#pragma omp declare simd
-static inline float vexp(float x) {
-  const float hi = 88.3762626647949f;
-  const float lo = -87.3365478515625f;  // below: result would be subnormal; flush to 0
-  float xc = x > hi ? hi : x;
-  xc = xc < lo ? lo : xc;
-  // n = round(x / ln2) with the 1.5 * 2^23 trick (exact for |n| < 2^22, no rounding mode calls)
+// exp of a non-positive argument that vectorises (glibc expf does not): Cephes-style range
+// reduction x = n ln2 + r, degree-6 polynomial for e^r (max rel. err ~1e-7 on [-87, 0]),
+// and 2^n added straight into the exponent bits. Softmax only needs x <= 0 (x - max).
+// NaN propagates (comparisons with NaN are false, so it passes the clamp); x below -87
+// gives exactly 0, so exp(-inf) = 0 and -inf * exp(-inf) = NaN as in torch.
+static inline float vexp_neg(float x) {
+  const float lo = -87.0f;
+  float xc = x < lo ? lo : x;
+  // n = round(x / ln2): adding 1.5 * 2^23 leaves n in the low mantissa bits of t.
   const float magic = 12582912.0f;
   float t = xc * 1.44269504088896341f + magic;
   float n = t - magic;
@@ -51,47 +50,30 @@ static inline float vexp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
-  int32_t ni = static_cast<int32_t>(n);
-  int32_t bits = (ni + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  float res = p * scale;
-  res = x < lo ? 0.0f : res;
-  res = x > hi ? std::numeric_limits<float>::infinity() : res;
-  return res;
+  int32_t tb, pb;
+  std::memcpy(&tb, &t, 4);
+  std::memcpy(&pb, &p, 4);
+  pb += tb << 23;  // multiply by 2^n (n >= -126 here, and p >= 1 when n = -126: no underflow)
+  float res;
+  std::memcpy(&res, &pb, 4);
+  return x < lo ? 0.0f : res;
 }
 
-static inline double vexp(double x) { return std::exp(x); }
+static inline double vexp_neg(double x) { return std::exp(x); }
+
+// Inner loops: 8 lanes (one AVX2 register of floats); `omp simd` allows the reductions to be
+// reordered, which plain -O3 (no -ffast-math) would not.
+#define PYINTERP_SIMD _Pragma("omp simd simdlen(8)")
+#define PYINTERP_SIMD_REDUCE(...) _Pragma(PYINTERP_STR(omp simd simdlen(8) reduction(__VA_ARGS__)))
+#define PYINTERP_STR(x) #x
 
 template <typename A>
-static inline A row_max(const A* x, int64_t d) {
+static inline A row_max(const A* __restrict x, int64_t d) {
   A m = -std::numeric_limits<A>::infinity();
-#pragma omp simd reduction(max : m)
+  // NaN is skipped here but reappears in exp(x - m), so a NaN row still ends up NaN.
+  PYINTERP_SIMD_REDUCE(max : m)
   for (int64_t i = 0; i < d; ++i) m = x[i] > m ? x[i] : m;
   return m;
-}
-
-// e[i] = exp(x[i] - m); returns sum(e). NaN anywhere in x makes the sum NaN.
-template <typename A>
-static inline A exp_shift_sum(const A* x, A m, A* e, int64_t d) {
-  A s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < d; ++i) {
-    A v = vexp(x[i] - m);
-    e[i] = v;
-    s += v;
-  }
-  return s;
-}
-
-// Softmax statistics of a row: (max, log-sum-exp); e[] receives exp(x - max).
-template <typename A>
-static inline A softmax_lse(const A* x, A* e, int64_t d, A* inv_sum) {
-  // All -inf, or any +inf: x - m is NaN somewhere, so the row is NaN, as in torch's softmax.
-  A m = row_max(x, d);
-  A s = exp_shift_sum(x, m, e, d);
-  *inv_sum = A(1) / s;
-  return m + std::log(s);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -143,7 +125,8 @@ static inline int clamp_threads(int nthreads, int64_t rows) {
 }
 
 // ---------------------------------------------------------------------------------------
-// solu
+// solu. Per row: max; u = x * exp(x - max) and its sum; y = u / sum(exp). Saves lse.
+// A row of all -inf, or with +inf, makes x - max NaN somewhere: the row is NaN, as in torch.
 
 template <typename T>
 void solu_forward_impl(const T* x, T* y, acc_t<T>* lse, int64_t rows, int64_t d, int nthreads) {
@@ -154,22 +137,29 @@ void solu_forward_impl(const T* x, T* y, acc_t<T>* lse, int64_t rows, int64_t d,
     int t = omp_get_thread_num();
     int64_t r0, r1;
     row_range(rows, t, nt, &r0, &r1);
-    std::vector<A> xbuf(std::is_same_v<T, A> ? 0 : d), ebuf(d);
+    std::vector<A> xbuf(std::is_same_v<T, A> ? 0 : d), ubuf(d);
     for (int64_t r = r0; r < r1; ++r) {
-      const A* xr = load_row<T, A>(x + r * d, xbuf.data(), d);
-      A* e = ebuf.data();
-      A inv;
-      A l = softmax_lse(xr, e, d, &inv);
-      if (lse) lse[r] = l;
-      A* o = out_buf<T, A>(y + r * d, e);
-#pragma omp simd
-      for (int64_t i = 0; i < d; ++i) o[i] = xr[i] * (e[i] * inv);
+      const A* __restrict xr = load_row<T, A>(x + r * d, xbuf.data(), d);
+      A* __restrict u = ubuf.data();
+      const A m = row_max(xr, d);
+      A s = 0;
+      PYINTERP_SIMD_REDUCE(+ : s)
+      for (int64_t i = 0; i < d; ++i) {
+        A e = vexp_neg(xr[i] - m);
+        u[i] = xr[i] * e;
+        s += e;
+      }
+      if (lse) lse[r] = m + std::log(s);
+      const A inv = A(1) / s;
+      A* __restrict o = out_buf<T, A>(y + r * d, u);
+      PYINTERP_SIMD
+      for (int64_t i = 0; i < d; ++i) o[i] = u[i] * inv;
       store_row<T, A>(y + r * d, o, d);
     }
   }
 }
 
-// dx = p * (g * (1 + x) - S),  S = sum_i g_i * h_i,  h = x * p,  p = exp(x - lse).
+// gx = p * (g * (1 + x) - S),  S = sum_i g_i h_i,  h = x p,  p = exp(x - lse).
 template <typename T>
 void solu_backward_impl(const T* x, const acc_t<T>* lse, const T* gy, T* gx, int64_t rows,
                         int64_t d, int nthreads) {
@@ -183,19 +173,19 @@ void solu_backward_impl(const T* x, const acc_t<T>* lse, const T* gy, T* gx, int
     const bool conv = !std::is_same_v<T, A>;
     std::vector<A> xbuf(conv ? d : 0), gbuf(conv ? d : 0), pbuf(d);
     for (int64_t r = r0; r < r1; ++r) {
-      const A* xr = load_row<T, A>(x + r * d, xbuf.data(), d);
-      const A* gr = load_row<T, A>(gy + r * d, gbuf.data(), d);
-      A* p = pbuf.data();
+      const A* __restrict xr = load_row<T, A>(x + r * d, xbuf.data(), d);
+      const A* __restrict gr = load_row<T, A>(gy + r * d, gbuf.data(), d);
+      A* __restrict p = pbuf.data();
       const A l = lse[r];
       A S = 0;
-#pragma omp simd reduction(+ : S)
+      PYINTERP_SIMD_REDUCE(+ : S)
       for (int64_t i = 0; i < d; ++i) {
-        A pi = vexp(xr[i] - l);
+        A pi = vexp_neg(xr[i] - l);
         p[i] = pi;
         S += gr[i] * (xr[i] * pi);
       }
-      A* o = out_buf<T, A>(gx + r * d, p);
-#pragma omp simd
+      A* __restrict o = out_buf<T, A>(gx + r * d, p);
+      PYINTERP_SIMD
       for (int64_t i = 0; i < d; ++i) o[i] = p[i] * (gr[i] * (A(1) + xr[i]) - S);
       store_row<T, A>(gx + r * d, o, d);
     }
@@ -203,7 +193,10 @@ void solu_backward_impl(const T* x, const acc_t<T>* lse, const T* gy, T* gx, int
 }
 
 // ---------------------------------------------------------------------------------------
-// solu_ln. stats[r] = (lse, mean, rstd).
+// solu_ln. stats[r] = (lse, mean, rstd) of row r.
+// Per row: pass 1 max (the one read of x from memory), pass 2 u = x exp(x - max) with
+// sum(exp) and sum(u) (the mean), pass 3 variance about the mean over the cached row
+// (two-pass: no cancellation), pass 4 the output (and pre-LN value if asked).
 
 template <typename T>
 void solu_ln_forward_impl(const T* x, const acc_t<T>* w, const acc_t<T>* b, T* y, T* pre,
@@ -218,57 +211,60 @@ void solu_ln_forward_impl(const T* x, const acc_t<T>* w, const acc_t<T>* b, T* y
     int64_t r0, r1;
     row_range(rows, t, nt, &r0, &r1);
     const bool conv = !std::is_same_v<T, A>;
-    std::vector<A> xbuf(conv ? d : 0), hbuf(d), obuf(conv ? d : 0);
+    std::vector<A> xbuf(conv ? d : 0), ubuf(d), obuf(conv ? d : 0), one(w ? 0 : d, A(1)),
+        zero(b ? 0 : d, A(0));
+    const A* __restrict wv = w ? w : one.data();
+    const A* __restrict bv = b ? b : zero.data();
     for (int64_t r = r0; r < r1; ++r) {
-      const A* xr = load_row<T, A>(x + r * d, xbuf.data(), d);
-      A* h = hbuf.data();
-      A inv;
-      A l = softmax_lse(xr, h, d, &inv);
-      A sh = 0;
-#pragma omp simd reduction(+ : sh)
+      const A* __restrict xr = load_row<T, A>(x + r * d, xbuf.data(), d);
+      A* __restrict u = ubuf.data();
+      const A m = row_max(xr, d);
+      A s = 0, su = 0;
+      PYINTERP_SIMD_REDUCE(+ : s, su)
       for (int64_t i = 0; i < d; ++i) {
-        A v = xr[i] * (h[i] * inv);
-        h[i] = v;
-        sh += v;
+        A e = vexp_neg(xr[i] - m);
+        A ui = xr[i] * e;
+        u[i] = ui;
+        s += e;
+        su += ui;
       }
-      const A mean = sh * inv_d;
-      A sv = 0;  // two-pass variance over the cached row: no cancellation
-#pragma omp simd reduction(+ : sv)
+      const A inv = A(1) / s;
+      const A mean = su * inv * inv_d;
+      A sv = 0;
+      PYINTERP_SIMD_REDUCE(+ : sv)
       for (int64_t i = 0; i < d; ++i) {
-        A c = h[i] - mean;
+        A c = u[i] * inv - mean;
         sv += c * c;
       }
       const A rstd = A(1) / std::sqrt(sv * inv_d + aeps);
       if (stats) {
-        stats[3 * r] = l;
+        stats[3 * r] = m + std::log(s);
         stats[3 * r + 1] = mean;
         stats[3 * r + 2] = rstd;
       }
-      if (pre) store_row<T, A>(pre + r * d, h, d);
-      A* o = out_buf<T, A>(y + r * d, obuf.data());
-      if (w && b) {
-#pragma omp simd
-        for (int64_t i = 0; i < d; ++i) o[i] = (h[i] - mean) * rstd * w[i] + b[i];
-      } else if (w) {
-#pragma omp simd
-        for (int64_t i = 0; i < d; ++i) o[i] = (h[i] - mean) * rstd * w[i];
-      } else if (b) {
-#pragma omp simd
-        for (int64_t i = 0; i < d; ++i) o[i] = (h[i] - mean) * rstd + b[i];
-      } else {
-#pragma omp simd
-        for (int64_t i = 0; i < d; ++i) o[i] = (h[i] - mean) * rstd;
+      if (pre) {
+        T* pr = pre + r * d;
+        A* __restrict po = out_buf<T, A>(pr, obuf.data());
+        PYINTERP_SIMD
+        for (int64_t i = 0; i < d; ++i) po[i] = u[i] * inv;
+        store_row<T, A>(pr, po, d);
       }
+      // y = (u inv - mean) rstd w + b = (u a + c) w + b
+      const A a = inv * rstd, c = -mean * rstd;
+      A* __restrict o = out_buf<T, A>(y + r * d, obuf.data());
+      PYINTERP_SIMD
+      for (int64_t i = 0; i < d; ++i) o[i] = (u[i] * a + c) * wv[i] + bv[i];
       store_row<T, A>(y + r * d, o, d);
     }
   }
 }
 
-// Backward of y = LN(h) * w + b with h = SoLU(x), plus an extra gradient gpre on h.
-//   xhat = (h - mean) * rstd,  gx̂ = gy * w,  a = mean(gx̂),  c = mean(gx̂ * xhat)
-//   g_h = rstd * (gx̂ - a - xhat * c) + gpre
-//   gx = p * (g_h * (1 + x) - S),  S = sum g_h * h (closed form from the pass-1 sums below)
-// Pass 1 recomputes p, h, xhat and gathers the row sums; pass 2 writes gx.
+// Backward of y = LN(h) w + b with h = SoLU(x), plus an extra gradient gpre on h.
+//   xhat = (h - mean) rstd,  g^ = gy w,  a = mean(g^),  c = mean(g^ xhat)
+//   g_h = rstd (g^ - a - xhat c) + gpre
+//   gx = p (g_h (1 + x) - S),  S = sum g_h h  (closed form over the pass-1 sums, below)
+// Pass 1 reads x, gy, gpre once, recomputes p, h, xhat, gathers the row sums and the
+// weight/bias partials; pass 2 writes gx from the cached row.
 template <typename T>
 void solu_ln_backward_impl(const T* x, const acc_t<T>* w, const acc_t<T>* stats, const T* gy,
                            const T* gpre, T* gx, acc_t<T>* gw, acc_t<T>* gb, int64_t rows,
@@ -278,8 +274,9 @@ void solu_ln_backward_impl(const T* x, const acc_t<T>* w, const acc_t<T>* stats,
   const A inv_d = A(1) / A(d);
   const bool want_w = gw != nullptr && gy != nullptr;
   const bool want_b = gb != nullptr && gy != nullptr;
-  std::vector<A> partial_w(want_w ? static_cast<size_t>(nt) * d : 0);
-  std::vector<A> partial_b(want_b ? static_cast<size_t>(nt) * d : 0);
+  // Per-thread partial sums (zero-initialised), reduced in thread order below.
+  std::vector<A> partial_w(static_cast<size_t>(nt) * d, A(0));
+  std::vector<A> partial_b(static_cast<size_t>(nt) * d, A(0));
 #pragma omp parallel num_threads(nt)
   {
     int t = omp_get_thread_num();
@@ -287,72 +284,59 @@ void solu_ln_backward_impl(const T* x, const acc_t<T>* w, const acc_t<T>* stats,
     row_range(rows, t, nt, &r0, &r1);
     const bool conv = !std::is_same_v<T, A>;
     std::vector<A> xbuf(conv ? d : 0), gbuf(conv ? d : 0), qbuf(conv ? d : 0);
-    std::vector<A> pbuf(d), xhbuf(d), zero(gy && gpre ? 0 : d, A(0));
-    A* pw = want_w ? partial_w.data() + static_cast<size_t>(t) * d : nullptr;
-    A* pb = want_b ? partial_b.data() + static_cast<size_t>(t) * d : nullptr;
-    if (pw) std::fill(pw, pw + d, A(0));
-    if (pb) std::fill(pb, pb + d, A(0));
+    std::vector<A> pbuf(d), xhbuf(d), zero(gy && gpre ? 0 : d, A(0)), one(w ? 0 : d, A(1));
+    const A* __restrict wv = w ? w : one.data();
+    A* __restrict pw = partial_w.data() + static_cast<size_t>(t) * d;
+    A* __restrict pb = partial_b.data() + static_cast<size_t>(t) * d;
     for (int64_t r = r0; r < r1; ++r) {
-      const A* xr = load_row<T, A>(x + r * d, xbuf.data(), d);
-      const A* gyr = gy ? load_row<T, A>(gy + r * d, gbuf.data(), d) : zero.data();
-      const A* gpr = gpre ? load_row<T, A>(gpre + r * d, qbuf.data(), d) : zero.data();
+      const A* __restrict xr = load_row<T, A>(x + r * d, xbuf.data(), d);
+      const A* __restrict gyr = gy ? load_row<T, A>(gy + r * d, gbuf.data(), d) : zero.data();
+      const A* __restrict gpr = gpre ? load_row<T, A>(gpre + r * d, qbuf.data(), d) : zero.data();
       const A l = stats[3 * r], mean = stats[3 * r + 1], rstd = stats[3 * r + 2];
-      A* p = pbuf.data();
-      A* xh = xhbuf.data();
+      A* __restrict p = pbuf.data();
+      A* __restrict xh = xhbuf.data();
       A sa = 0, sc = 0, sx = 0, sxx = 0, sgh = 0;
-#pragma omp simd reduction(+ : sa, sc, sx, sxx, sgh)
+      PYINTERP_SIMD_REDUCE(+ : sa, sc, sx, sxx, sgh)
       for (int64_t i = 0; i < d; ++i) {
-        A pi = vexp(xr[i] - l);
+        A pi = vexp_neg(xr[i] - l);
         A hi = xr[i] * pi;
         A xhi = (hi - mean) * rstd;
-        A g = w ? gyr[i] * w[i] : gyr[i];
+        A gyi = gyr[i];
+        A g = gyi * wv[i];
         p[i] = pi;
         xh[i] = xhi;
+        pw[i] += gyi * xhi;
+        pb[i] += gyi;
         sa += g;
         sc += g * xhi;
         sx += xhi;
         sxx += xhi * xhi;
         sgh += gpr[i] * hi;
       }
-      if (pw) {
-#pragma omp simd
-        for (int64_t i = 0; i < d; ++i) pw[i] += gyr[i] * xh[i];
-      }
-      if (pb) {
-#pragma omp simd
-        for (int64_t i = 0; i < d; ++i) pb[i] += gyr[i];
-      }
       const A a = sa * inv_d, c = sc * inv_d;
-      // S = sum_i g_h,i * h_i with h = mean + xhat / rstd, expanded over the pass-1 sums.
+      // S = sum_i g_h,i h_i with h = mean + xhat / rstd, expanded over the pass-1 sums.
       const A S = sc - a * sx - c * sxx - rstd * mean * c * sx + sgh;
-      A* o = out_buf<T, A>(gx + r * d, xh);
-#pragma omp simd
+      A* __restrict o = out_buf<T, A>(gx + r * d, xh);
+      PYINTERP_SIMD
       for (int64_t i = 0; i < d; ++i) {
-        A g = w ? gyr[i] * w[i] : gyr[i];
-        A gh = rstd * (g - a - xh[i] * c) + gpr[i];
+        A gh = rstd * (gyr[i] * wv[i] - a - xh[i] * c) + gpr[i];
         o[i] = p[i] * (gh * (A(1) + xr[i]) - S);
       }
       store_row<T, A>(gx + r * d, o, d);
     }
   }
-  // Reduce the per-thread partials in thread order (deterministic), parallel over columns.
-  if (want_w || want_b) {
+  // Reduce the partials in thread order (deterministic for a thread count), parallel over d.
+  if (gw || gb) {
 #pragma omp parallel for num_threads(std::max(1, nthreads)) schedule(static)
     for (int64_t i = 0; i < d; ++i) {
-      if (want_w) {
-        A s = 0;
-        for (int t = 0; t < nt; ++t) s += partial_w[static_cast<size_t>(t) * d + i];
-        gw[i] = s;
+      A sw = 0, sb = 0;
+      for (int t = 0; t < nt; ++t) {
+        sw += partial_w[static_cast<size_t>(t) * d + i];
+        sb += partial_b[static_cast<size_t>(t) * d + i];
       }
-      if (want_b) {
-        A s = 0;
-        for (int t = 0; t < nt; ++t) s += partial_b[static_cast<size_t>(t) * d + i];
-        gb[i] = s;
-      }
+      if (gw) gw[i] = want_w ? sw : A(0);
+      if (gb) gb[i] = want_b ? sb : A(0);
     }
-  } else {
-    if (gw) std::fill(gw, gw + d, A(0));
-    if (gb) std::fill(gb, gb + d, A(0));
   }
 }
 
