@@ -2,7 +2,7 @@
 the pre-activation, followed by the multi-threaded C++ epilogue in ``csrc/cpu/sae.cpp``
 (running per-row top-k, threshold selection), the gather decoder and the sparse backward.
 
-The (N, d_sae) pre-activation never exists: at most ``ROW_CHUNK x COL_CHUNK`` of it at a time
+The (N, d_sae) pre-activation never exists: at most ``CHUNK_ELEMS`` of it at a time
 (docs/decisions/sae-cpu-chunked-epilogue.md). Every kernel here is deterministic (no atomics;
 scatters sum each latent's entries in a fixed order), so ``deterministic`` changes nothing.
 """
@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from pyinterp.backends.cpu import dtype_code, ext, num_threads
 from pyinterp.backends.sae_select import group_rows
 
-# Pre-activation chunk: at most CHUNK_ELEMS float32 values (16 MiB), rows first.
-COL_CHUNK = 16384
+# Pre-activation chunk: at most CHUNK_ELEMS values (16 MiB in float32). Rows are favoured
+# over columns (MKL's GEMM is markedly slower on short row blocks), then columns fill the rest:
+# N=4096, d_sae=16384 gives (4096, 1024) chunks; the running per-row top-k lives across them.
 CHUNK_ELEMS = 1 << 22
-MAX_ROW_CHUNK = 256
+MIN_COLS = 256
 
 
 def _cd(dtype: torch.dtype) -> torch.dtype:
@@ -31,9 +32,15 @@ def _p(t: Optional[torch.Tensor]) -> int:
 
 
 def _chunks(n: int, d_sae: int, k_state: int = 0, full_rows: bool = False):
-    cols = d_sae if full_rows else min(d_sae, COL_CHUNK)
-    rows = CHUNK_ELEMS // max(cols, k_state, 1)
-    return max(1, min(MAX_ROW_CHUNK, rows, n)), cols
+    """(rows, cols) of one pre-activation chunk."""
+    if full_rows:
+        cols = d_sae
+    else:
+        cols = min(d_sae, max(MIN_COLS, CHUNK_ELEMS // max(n, 1)))
+    rows = CHUNK_ELEMS // max(cols, 1)
+    if k_state:  # keep the running top-k state (rows x k) within the same budget
+        rows = min(rows, max(1, CHUNK_ELEMS // k_state))
+    return max(1, min(rows, n)), cols
 
 
 class _Pre:
