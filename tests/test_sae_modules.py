@@ -46,10 +46,11 @@ def _dense_recon(sae, code):
 @pytest.mark.parametrize("backend", NATIVE_BACKENDS)
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 def test_topk_matches_dense(backend, apply_b_dec):
-    require(backend)
-    sae = _randomise(TopKSAE(12, 40, k=5, seed=0, apply_b_dec_to_input=apply_b_dec, backend=backend))
+    device = require(backend)
+    sae = _randomise(TopKSAE(12, 40, k=5, seed=0, apply_b_dec_to_input=apply_b_dec, backend=backend,
+                             device=device))
     sae.set_input_scale(1.7)
-    x = torch.randn(3, 7, 12)
+    x = torch.randn(3, 7, 12).to(device)
     values, indices = sae.encode(x)
     assert values.shape == indices.shape == (3, 7, 5)
     pre = _dense_pre(sae, x)
@@ -62,10 +63,10 @@ def test_topk_matches_dense(backend, apply_b_dec):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_topk_training_gradients_match_dense_reference(backend):
-    require(backend)
-    sae = _randomise(TopKSAE(10, 30, k=4, seed=1, backend=backend))
+    device = require(backend)
+    sae = _randomise(TopKSAE(10, 30, k=4, seed=1, backend=backend, device=device))
     ref = DenseTopKSAE.like(sae)
-    x = torch.randn(25, 10)
+    x = torch.randn(25, 10).to(device)
     res = sae.loss(x)
     res.total.backward()
     ref.loss(x).backward()
@@ -76,13 +77,13 @@ def test_topk_training_gradients_match_dense_reference(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_relu_code_and_weighted_l1(backend):
-    require(backend)
-    sae = _randomise(ReLUSAE(8, 24, seed=0, l1_coefficient=0.7, backend=backend))
-    x = torch.randn(9, 8)
+    device = require(backend)
+    sae = _randomise(ReLUSAE(8, 24, seed=0, l1_coefficient=0.7, backend=backend, device=device))
+    x = torch.randn(9, 8).to(device)
     pre = _dense_pre(sae, x)
     code = pre.relu()
     values, indices = sae.encode(x)
-    dense = torch.zeros(9, 24).scatter_add(-1, indices, values)
+    dense = torch.zeros(9, 24, device=device).scatter_add(-1, indices, values)
     torch.testing.assert_close(dense, code, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sae(x), _dense_recon(sae, code), atol=1e-5, rtol=1e-5)
     res = sae.loss(x, l1_scale=0.5)
