@@ -6,6 +6,7 @@ namespace py = pybind11;
 namespace pyinterp {
 void register_solu(py::module_& m);
 void register_sae(py::module_& m);
+void register_persona(py::module_& m);
 void register_attention(py::module_& m);
 }  // namespace pyinterp
 
@@ -14,4 +15,5 @@ PYBIND11_MODULE(_C, m) {
   pyinterp::register_solu(m);
   pyinterp::register_attention(m);
   pyinterp::register_sae(m);
+  pyinterp::register_persona(m);
 }

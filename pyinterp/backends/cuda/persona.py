@@ -1,0 +1,80 @@
+"""Persona projections on the CUDA backend (``csrc/cuda/persona.cu``): the two launchers that
+:mod:`pyinterp.ops._persona_plan` wraps in its autograd Functions. Same interface as
+``pyinterp.backends.cpu.persona``.
+
+Layers are passed as device tables of data pointers and element strides (one small host-to-device
+copy of 4*L int64 values per call), so views of a model's residual stream are read in place.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from pyinterp.backends.cuda import runtime
+
+_FILE = "persona.cu"
+_POOL_THREADS = 256
+_TOKENS_WARPS = 8
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tables(layers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    device = layers[0].device
+    ptrs = torch.tensor([h.data_ptr() for h in layers], dtype=torch.int64).to(device, non_blocking=True)
+    strides = torch.tensor([s for h in layers for s in h.stride()], dtype=torch.int64)
+    return ptrs, strides.to(device, non_blocking=True)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
+                 index: Optional[torch.Tensor]) -> torch.Tensor:
+    """layers: L x (B, T, D); weights: (B, T) contiguous compute-dtype, or index: (B,) int64.
+    Returns hbar (L, B, D) in the compute dtype."""
+    h0 = layers[0]
+    L, (B, T, D) = len(layers), h0.shape
+    acc = _acc(h0.dtype)
+    table, strides = _tables(layers)
+    n_d = _cdiv(D, _POOL_THREADS)
+    if index is not None:
+        out = torch.empty(L, B, D, dtype=acc, device=h0.device)
+        fn = runtime.kernel(_FILE, "persona_gather", h0.dtype)
+        runtime.launch(fn, (L * B, n_d, 1), (_POOL_THREADS, 1, 1),
+                       (runtime.ptr(table), runtime.ptr(strides), runtime.ptr(index.contiguous()),
+                        runtime.ptr(out), runtime.i32(B), runtime.i32(D)))
+        return out
+    # Split the tokens when (L*B x column blocks) would leave SMs idle; partial rows summed after.
+    sms = torch.cuda.get_device_properties(h0.device).multi_processor_count
+    splits = max(1, min(_cdiv(T, 64), (4 * sms) // (L * B * n_d)))
+    per_split = _cdiv(T, splits)
+    splits = _cdiv(T, per_split)
+    out = torch.empty(splits, L, B, D, dtype=acc, device=h0.device)
+    fn = runtime.kernel(_FILE, "persona_pool", h0.dtype)
+    runtime.launch(fn, (L * B, n_d, splits), (_POOL_THREADS, 1, 1),
+                   (runtime.ptr(table), runtime.ptr(strides), runtime.ptr(weights), runtime.ptr(out),
+                    runtime.i32(L), runtime.i32(B), runtime.i32(T), runtime.i32(D),
+                    runtime.i32(per_split)))
+    return out[0] if splits == 1 else out.sum(dim=0)
+
+
+def persona_tokens(layers: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """layers: L x (B, T, D); w: (L, P, D) compute dtype (rows of each layer contiguous; a
+    stride-0 layer dim for shared directions). Returns (L, B, T, P) in the compute dtype."""
+    h0 = layers[0]
+    L, (B, T, D) = len(layers), h0.shape
+    P = w.shape[1]
+    if not w[0].is_contiguous():
+        w = w.contiguous()
+    table, strides = _tables(layers)
+    out = torch.empty(L, B, T, P, dtype=w.dtype, device=h0.device)
+    fn = runtime.kernel(_FILE, "persona_tokens", h0.dtype)
+    runtime.launch(fn, (L * B, _cdiv(T, _TOKENS_WARPS), 1), (32 * _TOKENS_WARPS, 1, 1),
+                   (runtime.ptr(table), runtime.ptr(strides), runtime.ptr(w), runtime.i64(w.stride(0)),
+                    runtime.ptr(out), runtime.i32(B), runtime.i32(T), runtime.i32(D), runtime.i32(P)))
+    return out

@@ -1,0 +1,62 @@
+"""Persona-vector projections, reference (Chen et al. 2025, "Persona Vectors").
+
+The projection of a hidden state a onto a persona direction v is a·v/|v| (``normalize``)
+or a·v. For each layer l, token t and direction p, proj[l, b, t, p] = h[l, b, t] · u[l, p];
+``reduce`` then takes the masked mean (or sum) over tokens, the last selected token, or keeps
+every token. Written the obvious way (per layer, project every token, then reduce): this is
+the oracle the fused kernels are tested against, not a fast path.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+Hidden = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def last_index(mask: Optional[torch.Tensor], B: int, T: int, device) -> torch.Tensor:
+    """(B,) int64: the last token with mask != 0 per row, -1 where a row selects nothing."""
+    if mask is None:
+        return torch.full((B,), T - 1, dtype=torch.int64, device=device)
+    pos = torch.arange(T, device=device).expand(B, T)
+    return torch.where(mask != 0, pos, torch.full_like(pos, -1)).amax(dim=1)
+
+
+def persona_project(hidden: Hidden, vectors: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                    reduce: str = "mean", normalize: bool = True) -> torch.Tensor:
+    """hidden: (L, B, T, D) or L x (B, T, D); vectors: (L, P, D) or (P, D); mask: (B, T) or None.
+
+    Returns (L, B, P) for reduce in {"mean", "sum", "last"}, (L, B, T, P) for "none", in the
+    hidden states' dtype. Rows whose mask selects no token give NaN for "mean" and "last".
+    """
+    layers = list(hidden.unbind(0)) if isinstance(hidden, torch.Tensor) else list(hidden)
+    B, T, _ = layers[0].shape
+    cd = compute_dtype(layers[0].dtype)
+    device = layers[0].device
+    m = None if mask is None else mask.to(cd)
+    outs = []
+    for l, h in enumerate(layers):
+        v = (vectors if vectors.dim() == 2 else vectors[l]).to(cd)
+        if normalize:
+            v = v / v.norm(dim=-1, keepdim=True)
+        proj = h.to(cd) @ v.T  # (B, T, P)
+        if reduce == "none":
+            out = proj if m is None else proj * (m != 0).to(cd)[..., None]
+        elif reduce in ("mean", "sum"):
+            w = torch.ones(B, T, dtype=cd, device=device) if m is None else m
+            out = (proj * w[..., None]).sum(dim=1)
+            if reduce == "mean":
+                out = out / w.sum(dim=1, keepdim=True)
+        elif reduce == "last":
+            idx = last_index(mask, B, T, device)
+            out = proj[torch.arange(B, device=device), idx.clamp(min=0)]
+            out = torch.where((idx >= 0)[:, None], out, torch.full_like(out, float("nan")))
+        else:
+            raise ValueError(f"reduce must be one of ('mean', 'sum', 'last', 'none'), got {reduce!r}")
+        outs.append(out)
+    return torch.stack(outs).to(layers[0].dtype)
