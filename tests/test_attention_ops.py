@@ -105,21 +105,23 @@ def test_reference_by_hand():
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-def test_pattern_matches_reference(backend, dtype):
+@pytest.mark.parametrize("T", [1, 7, 64, 130])
+def test_pattern_matches_reference(backend, dtype, T):
     device = require(backend)
-    T = 70
     q, k, _ = _inputs(2, 4, 2, T, 16, dtype, device)
     kpm = (torch.rand(2, T) < 0.2).to(device)
-    kw = dict(heads=[3, 0], queries=slice(5, 45), key_padding_mask=kpm)
+    kpm[:, 0] = False  # every query keeps at least key 0 (the softmax check below needs a key)
+    a, b = T // 4, max(T // 4 + 1, 3 * T // 4)
+    kw = dict(heads=[3, 0], queries=slice(a, b), key_padding_mask=kpm)
     got = ops.attention_pattern(q, k, backend=backend, **kw)
     want = ops.attention_pattern(q.cpu(), k.cpu(), backend="reference",
                                  **{**kw, "key_padding_mask": kpm.cpu()})
-    assert got.shape == (2, 2, 40, T)
+    assert got.shape == (2, 2, b - a, T)
     torch.testing.assert_close(got.cpu(), want, **_tol(dtype))
     # the rows are the full softmax restricted to the chosen heads and queries
     s = (q.cpu().double() @ k.cpu().double().repeat_interleave(2, 1).transpose(-1, -2)) / math.sqrt(16)
     mask = torch.ones(T, T, dtype=torch.bool).tril()[None, None] & ~kpm.cpu()[:, None, None, :]
-    full = torch.softmax(s.masked_fill(~mask, float("-inf")), -1)[:, [3, 0], 5:45]
+    full = torch.softmax(s.masked_fill(~mask, float("-inf")), -1)[:, [3, 0], a:b]
     torch.testing.assert_close(got.cpu().double(), full, atol=1e-4 if dtype != torch.float64 else 1e-9,
                                rtol=1e-3)
 

@@ -10,7 +10,7 @@
 //   H = log l - a / l) and the token-rule sums (duplicate, induction), all rescaled when m
 //   grows. Single-key rules (offset, first) are one dot product per query after the loop.
 // attention_pattern_<t>: out[b, h, i, j] = exp(s_ij - lse_i) on attended keys, 0 elsewhere;
-//   one thread per output element, the query row staged in shared memory per block row.
+//   one thread per output element, the query row staged in shared memory per block.
 //
 // fp16/bf16 are read as raw 16-bit words and converted in registers (no headers under NVRTC);
 // accumulation in float (double for float64); outputs in the accumulation type.
@@ -161,11 +161,13 @@ __device__ void pattern(const T* __restrict__ q, const T* __restrict__ k,
   typedef typename Acc<T>::type A;
   extern __shared__ unsigned char smem_raw[];
   A* sq = reinterpret_cast<A*>(smem_raw);  // the query row, D values
-  const i64 bh = blockIdx.z;
+  // blockIdx.x = i * n_key_blocks + key block (x has no 65535 limit); blockIdx.y = b * H + h
+  const i64 bh = blockIdx.y;
   const i64 b = bh / H, h = bh % H;
   const int Hkv = H / group;
-  const int i = blockIdx.y;
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  const int nkb = (Tk + blockDim.x - 1) / blockDim.x;
+  const int i = blockIdx.x / nkb;
+  const int j = (blockIdx.x % nkb) * blockDim.x + threadIdx.x;
   const T* qr = q + (bh * Tq + i) * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) sq[d] = to_acc(qr + d) * static_cast<A>(scale_f);
   __syncthreads();

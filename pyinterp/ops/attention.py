@@ -257,8 +257,8 @@ def attention_pattern(
 
     Returns the pattern (B, Hs, Q, T) in float32 (float64 for float64 inputs), rows summing to
     1 over attended keys; or, with ``top_m=m``, ``(values, indices)`` each (B, Hs, Q, m): the m
-    largest probabilities per query in descending order and their key positions (-1 and 0 where
-    a query attends to fewer than m keys). Top-m computes the pattern a query chunk at a time,
+    largest probabilities per query in descending order and their key positions (value 0 and
+    index -1 where a query attends to fewer than m keys, or a probability underflows to 0). Top-m computes the pattern a query chunk at a time,
     so its memory stays bounded for long contexts. Forward only.
     """
     B, H, T, d = _check_qk(q, k)

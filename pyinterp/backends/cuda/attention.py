@@ -69,7 +69,7 @@ def attention_pattern(q, k, lse, causal, kpm, scale, q_offset):
     pad = kpm.contiguous().view(torch.uint8) if kpm is not None else None
     threads = 128
     fn = rt.kernel(_FILE, "attention_pattern", q.dtype)
-    grid = ((Tk + threads - 1) // threads, Tq, B * H)
+    grid = (Tq * ((Tk + threads - 1) // threads), B * H, 1)
     rt.launch(fn, grid, (threads, 1, 1), (
         rt.ptr(q), rt.ptr(k), rt.ptr(pad), rt.ptr(lse), rt.ptr(out), rt.i32(H), rt.i32(H // Hkv),
         rt.i32(Tq), rt.i32(Tk), rt.i32(D), rt.i32(q_offset), rt.i32(int(causal)), np.float64(scale),
