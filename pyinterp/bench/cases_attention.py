@@ -108,6 +108,29 @@ def _stats_rows(device, B, H, T, d, repeat, run_baseline=True):
     if not run_baseline:
         rows.append(Row("attention_stats", shape, "float32", "torch materialising (T,T)",
                         float("nan"), extra={"infeasible_bytes": need}))
+    if device.type == "cuda":
+        rows += _gpu_extra_rows(q, k, tokens, scale, shape, backend, t_base, repeat)
+    return rows
+
+
+def _gpu_extra_rows(q, k, tokens, scale, shape, auto_backend, t_base, repeat):
+    """GPU: the other GPU backend, and the issue's yardstick: SDPA forward on the same q, k."""
+    from pyinterp import ops
+
+    device = q.device
+    rows = []
+    for name in ("triton", "cuda"):
+        if name == auto_backend or not _backend.availability(name)[0]:
+            continue
+        fn = lambda: ops.attention_stats(q, k, tokens, RULES, scale=scale, backend=name)  # noqa: E731
+        t = median_time(fn, device=device, warmup=1, repeat=repeat)
+        rows.append(Row("attention_stats", shape, "float32", f"pyinterp attention_stats [{name}]", t,
+                        baseline="torch materialising", baseline_seconds=t_base,
+                        peak_bytes=peak_memory(fn, device)))
+    sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True)  # noqa: E731
+    t = median_time(sdpa, device=device, warmup=1, repeat=repeat)
+    rows.append(Row("attention_stats", shape, "float32", "torch SDPA forward (v = k), yardstick", t,
+                    peak_bytes=peak_memory(sdpa, device)))
     return rows
 
 
