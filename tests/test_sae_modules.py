@@ -270,3 +270,21 @@ def test_resampling_dead_latents():
     assert bool((opt.state[sae.W_dec]["exp_avg"][dead] == 0).all())
     assert bool((opt.state[sae.W_enc]["exp_avg_sq"][:, dead] == 0).all())
     assert resample_dead(sae, torch.zeros(16, dtype=torch.bool), x) == 0
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, id=b) for b in ("reference", "cpu")])
+@pytest.mark.parametrize("cls", [TopKSAE, ReLUSAE])
+def test_loss_gradcheck_float64(backend, cls):
+    device = require(backend)
+    kw = {"k": 3} if cls is TopKSAE else {"l1_coefficient": 0.3}
+    sae = _randomise(cls(5, 9, seed=0, dtype="float64", backend=backend, device=device, **kw))
+    x = torch.randn(6, 5, dtype=torch.float64, device=device)
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+    inputs = [p.detach().clone().requires_grad_(True) for p in params]
+
+    def g(*ps):  # the loss as a function of the four parameter tensors
+        sae2 = cls(5, 9, dtype="float64", backend=backend, device=device, **kw)
+        del sae2.W_enc, sae2.b_enc, sae2.W_dec, sae2.b_dec
+        sae2.W_enc, sae2.b_enc, sae2.W_dec, sae2.b_dec = ps
+        return sae2.loss(x).total
+    assert torch.autograd.gradcheck(g, inputs, eps=1e-6, atol=1e-5)

@@ -252,7 +252,8 @@ class SparseAutoencoder(nn.Module):
         xn, _ = self._normalize_in(self._flatten(x))
         values, indices = self._encode_train(xn)
         x_hat = self._decode(values, indices)
-        mse = (x_hat.float() - xn.float()).pow(2).sum(-1).mean()
+        cd = torch.float64 if xn.dtype == torch.float64 else torch.float32  # accumulate >= fp32
+        mse = (x_hat.to(cd) - xn.to(cd)).pow(2).sum(-1).mean()
         sparsity = self._sparsity(values, indices, l1_scale)
         aux = self._aux(xn, x_hat, dead_mask) if dead_mask is not None else mse.new_zeros(())
         total = mse + sparsity + aux
@@ -309,13 +310,15 @@ class ReLUSAE(SparseAutoencoder):
 
     architecture = "standard"
 
+    # The active set's width is data-dependent: each encode costs one device->host sync.
     def _encode(self, xn):
         return K.threshold_encode(xn, self.W_enc, self.b_enc, self._b_dec_in(), 0.0,
                                   **self._kw())
 
     def _sparsity(self, values, indices, l1_scale):
+        cd = torch.float64 if values.dtype == torch.float64 else torch.float32
         norms = self.W_dec.norm(dim=1)
-        weighted = values.float() * norms[indices].float()
+        weighted = values.to(cd) * norms[indices].to(cd)
         return self.cfg.l1_coefficient * l1_scale * weighted.sum(-1).mean()
 
 
