@@ -81,4 +81,37 @@ def run(args) -> list[Row]:
             t_trainer, baseline="torch dense", baseline_seconds=t_base,
             extra={"backend": backend, "includes": "grad clipping, dead-latent counters"}),
     ]
+    rows += _saelens_rows(x, N, d_in, d_sae, k, repeat, device)
     return rows
+
+
+def _saelens_rows(x, N, d_in, d_sae, k, repeat, device) -> list[Row]:
+    """SAELens TopKSAE.forward, plain vs pyinterp.sae.accelerate(), when sae-lens is installed."""
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import sae_lens
+    except ImportError:
+        return []
+    from pyinterp.sae import accelerate
+
+    plain = sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, device=str(device)))
+    fast = sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, device=str(device)))
+    fast.load_state_dict(plain.state_dict())
+    accelerate(fast)
+
+    def fwd(m):
+        def f():
+            with torch.no_grad():
+                m(x)
+        return f
+    t = _interleaved({"plain": fwd(plain), "fast": fwd(fast)}, repeat, device)
+    shape = f"N={N} d_in={d_in} d_sae={d_sae} k={k}"
+    return [
+        Row("saelens_topk_forward", shape, "float32", f"sae_lens {sae_lens.__version__}",
+            t["plain"]),
+        Row("saelens_topk_forward", shape, "float32", "pyinterp.sae.accelerate(sae_lens)",
+            t["fast"], baseline="sae_lens", baseline_seconds=t["plain"]),
+    ]
