@@ -289,8 +289,9 @@ class SAETrainer:
             for name, sae in self.saes.items():
                 if isinstance(sae, ReLUSAE):
                     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
-                    resample_dead(sae, self.fire_counts[name] == 0, xs[name],
-                                  self.optimizers[name], generator=gen)
+                    dead = self.fire_counts[name] == 0
+                    resample_dead(sae, dead, xs[name], self.optimizers[name], generator=gen)
+                    self.since_fired[name].masked_fill_(dead, 0)  # a fresh latent is not dead
                     self.fire_counts[name].zero_()
         return out
 
