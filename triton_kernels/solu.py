@@ -1,0 +1,442 @@
+"""SoLU Triton kernels: ``solu(x) = x * softmax(x)`` and the fused ``solu_ln = LN(solu(x))``.
+
+One program per row (x viewed as (rows, d), contiguous). A row that fits in one block
+(``d <= MAX_BLOCK``) is loaded once and kept in registers; a longer row takes the
+multi-block path: an online-softmax sweep for (max, sum exp), a sweep for the LayerNorm
+moments (Chan's parallel merge of per-block mean/M2), and a sweep that writes the output.
+
+Saved for backward: x and per-row statistics only, (lse,) for solu and (lse, mean, rstd)
+for solu_ln; backward recomputes p = exp(x - lse) and the pre-LN row. Weight/bias gradients
+come from per-program partial sums (a persistent grid), summed by torch: no atomics.
+
+``MAX_BLOCK`` is a module attribute so tests can force the multi-block path on small rows.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+# Longest row kept in registers by one program; longer rows loop over blocks of this size.
+MAX_BLOCK = 8192
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+# ---------------------------------------------------------------------------------------
+# kernels
+
+
+@triton.jit
+def _online_lse(x_ptr, n_cols, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """log-sum-exp of a long row in one sweep (running max, rescaled running sum)."""
+    cols = tl.arange(0, BLOCK)
+    m = tl.full((), float("-inf"), ACC)
+    s = tl.zeros((), ACC)
+    for start in range(0, n_cols, BLOCK):
+        c = start + cols
+        mask = c < n_cols
+        x = tl.load(x_ptr + c, mask=mask, other=float("-inf")).to(ACC)
+        m_new = tl.maximum(m, tl.max(x, 0))
+        # While every value so far is -inf, shift by 0 so exp(-inf - shift) = 0, not NaN.
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new).to(ACC)
+        e = tl.where(mask, tl.exp(x - shift), 0.0).to(ACC)
+        s = s * tl.exp(m - shift) + tl.sum(e, 0)
+        m = m_new
+    # An all -inf row gives -inf + log(0) = -inf: then exp(x - lse) is NaN, as in torch.
+    return m + tl.log(s)
+
+
+@triton.jit
+def _solu_fwd_kernel(X, Y, LSE, n_cols, BLOCK: tl.constexpr, SINGLE: tl.constexpr,
+                     ACC: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_ptr = X + row * n_cols
+    y_ptr = Y + row * n_cols
+    cols = tl.arange(0, BLOCK)
+    if SINGLE:
+        mask = cols < n_cols
+        x = tl.load(x_ptr + cols, mask=mask, other=float("-inf")).to(ACC)
+        m = tl.max(x, 0)
+        e = tl.where(mask, tl.exp(x - m), 0.0).to(ACC)
+        s = tl.sum(e, 0)
+        y = x * (e / s)
+        tl.store(y_ptr + cols, y.to(Y.dtype.element_ty), mask=mask)
+        tl.store(LSE + row, m + tl.log(s))
+    else:
+        lse = _online_lse(x_ptr, n_cols, BLOCK, ACC)
+        tl.store(LSE + row, lse)
+        for start in range(0, n_cols, BLOCK):
+            c = start + cols
+            mask = c < n_cols
+            x = tl.load(x_ptr + c, mask=mask, other=0.0).to(ACC)
+            y = x * tl.exp(x - lse)
+            tl.store(y_ptr + c, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _solu_bwd_kernel(X, LSE, GY, GX, n_cols, BLOCK: tl.constexpr, SINGLE: tl.constexpr,
+                     ACC: tl.constexpr):
+    # gx = p * (g * (1 + x) - S),  S = sum(g * x * p),  p = exp(x - lse)
+    row = tl.program_id(0).to(tl.int64)
+    x_ptr = X + row * n_cols
+    g_ptr = GY + row * n_cols
+    o_ptr = GX + row * n_cols
+    lse = tl.load(LSE + row).to(ACC)
+    cols = tl.arange(0, BLOCK)
+    if SINGLE:
+        mask = cols < n_cols
+        x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(ACC)
+        g = tl.load(g_ptr + cols, mask=mask, other=0.0).to(ACC)
+        p = tl.where(mask, tl.exp(x - lse), 0.0).to(ACC)
+        S = tl.sum(g * x * p, 0)
+        gx = p * (g * (1.0 + x) - S)
+        tl.store(o_ptr + cols, gx.to(GX.dtype.element_ty), mask=mask)
+    else:
+        S = tl.zeros((), ACC)
+        for start in range(0, n_cols, BLOCK):
+            c = start + cols
+            mask = c < n_cols
+            x = tl.load(x_ptr + c, mask=mask, other=0.0).to(ACC)
+            g = tl.load(g_ptr + c, mask=mask, other=0.0).to(ACC)
+            p = tl.where(mask, tl.exp(x - lse), 0.0).to(ACC)
+            S += tl.sum(g * x * p, 0)
+        for start in range(0, n_cols, BLOCK):
+            c = start + cols
+            mask = c < n_cols
+            x = tl.load(x_ptr + c, mask=mask, other=0.0).to(ACC)
+            g = tl.load(g_ptr + c, mask=mask, other=0.0).to(ACC)
+            p = tl.exp(x - lse)
+            gx = p * (g * (1.0 + x) - S)
+            tl.store(o_ptr + c, gx.to(GX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _solu_ln_fwd_kernel(X, W, B, Y, PRE, STATS, n_cols, eps, BLOCK: tl.constexpr,
+                        SINGLE: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                        STORE_PRE: tl.constexpr, ACC: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_ptr = X + row * n_cols
+    y_ptr = Y + row * n_cols
+    pre_ptr = PRE + row * n_cols
+    cols = tl.arange(0, BLOCK)
+    if SINGLE:
+        mask = cols < n_cols
+        x = tl.load(x_ptr + cols, mask=mask, other=float("-inf")).to(ACC)
+        m = tl.max(x, 0)
+        e = tl.where(mask, tl.exp(x - m), 0.0).to(ACC)
+        s = tl.sum(e, 0)
+        h = tl.where(mask, x * (e / s), 0.0).to(ACC)
+        mean = tl.sum(h, 0) / n_cols
+        dev = tl.where(mask, h - mean, 0.0).to(ACC)
+        var = tl.sum(dev * dev, 0) / n_cols
+        rstd = 1.0 / tl.sqrt(var + eps)
+        y = dev * rstd
+        if HAS_W:
+            y = y * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
+        if HAS_B:
+            y = y + tl.load(B + cols, mask=mask, other=0.0).to(ACC)
+        tl.store(y_ptr + cols, y.to(Y.dtype.element_ty), mask=mask)
+        if STORE_PRE:
+            tl.store(pre_ptr + cols, h.to(PRE.dtype.element_ty), mask=mask)
+        lse = m + tl.log(s)
+    else:
+        lse = _online_lse(x_ptr, n_cols, BLOCK, ACC)
+        # LayerNorm moments of h = x * exp(x - lse), merged block by block (Chan et al.).
+        mean = tl.zeros((), ACC)
+        m2 = tl.zeros((), ACC)
+        count = tl.zeros((), ACC)
+        for start in range(0, n_cols, BLOCK):
+            c = start + cols
+            mask = c < n_cols
+            x = tl.load(x_ptr + c, mask=mask, other=0.0).to(ACC)
+            h = tl.where(mask, x * tl.exp(x - lse), 0.0).to(ACC)
+            nb = tl.minimum(n_cols - start, BLOCK).to(ACC)
+            bmean = tl.sum(h, 0) / nb
+            bdev = tl.where(mask, h - bmean, 0.0).to(ACC)
+            bm2 = tl.sum(bdev * bdev, 0)
+            total = count + nb
+            delta = bmean - mean
+            mean = mean + delta * (nb / total)
+            m2 = m2 + bm2 + delta * delta * (count * nb / total)
+            count = total
+        rstd = 1.0 / tl.sqrt(m2 / n_cols + eps)
+        for start in range(0, n_cols, BLOCK):
+            c = start + cols
+            mask = c < n_cols
+            x = tl.load(x_ptr + c, mask=mask, other=0.0).to(ACC)
+            h = x * tl.exp(x - lse)
+            y = (h - mean) * rstd
+            if HAS_W:
+                y = y * tl.load(W + c, mask=mask, other=0.0).to(ACC)
+            if HAS_B:
+                y = y + tl.load(B + c, mask=mask, other=0.0).to(ACC)
+            tl.store(y_ptr + c, y.to(Y.dtype.element_ty), mask=mask)
+            if STORE_PRE:
+                tl.store(pre_ptr + c, h.to(PRE.dtype.element_ty), mask=mask)
+    tl.store(STATS + row * 3, lse)
+    tl.store(STATS + row * 3 + 1, mean)
+    tl.store(STATS + row * 3 + 2, rstd)
+
+
+@triton.jit
+def _solu_ln_bwd_kernel(X, W, STATS, GY, GPRE, GX, PW, PB, n_rows, n_cols,
+                        BLOCK: tl.constexpr, SINGLE: tl.constexpr, HAS_W: tl.constexpr,
+                        HAS_GPRE: tl.constexpr, ACC: tl.constexpr):
+    # Persistent: program `pid` takes rows pid, pid + P, ... and owns row `pid` of the
+    # weight/bias partial buffers PW/PB (P, n_cols).
+    #   xhat = (h - mean) rstd, g^ = gy w, a = mean(g^), c = mean(g^ xhat)
+    #   g_h = rstd (g^ - a - xhat c) + gpre,  gx = p (g_h (1 + x) - S),  S = sum(g_h h)
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK)
+    pw_ptr = PW + pid.to(tl.int64) * n_cols
+    pb_ptr = PB + pid.to(tl.int64) * n_cols
+    if SINGLE:
+        cmask = cols < n_cols
+        if HAS_W:
+            w = tl.load(W + cols, mask=cmask, other=0.0).to(ACC)
+        dw = tl.zeros((BLOCK,), ACC)
+        db = tl.zeros((BLOCK,), ACC)
+        for row in range(pid, n_rows, nprog):
+            r64 = row + tl.zeros((), tl.int64)  # 64-bit offsets (a python int in the interpreter)
+            lse = tl.load(STATS + r64 * 3).to(ACC)
+            mean = tl.load(STATS + r64 * 3 + 1).to(ACC)
+            rstd = tl.load(STATS + r64 * 3 + 2).to(ACC)
+            x = tl.load(X + r64 * n_cols + cols, mask=cmask, other=0.0).to(ACC)
+            gy = tl.load(GY + r64 * n_cols + cols, mask=cmask, other=0.0).to(ACC)
+            p = tl.where(cmask, tl.exp(x - lse), 0.0).to(ACC)
+            h = x * p
+            xhat = tl.where(cmask, (h - mean) * rstd, 0.0).to(ACC)
+            if HAS_W:
+                g = gy * w
+            else:
+                g = gy
+            a = tl.sum(g, 0) / n_cols
+            c = tl.sum(g * xhat, 0) / n_cols
+            gh = rstd * (g - a - xhat * c)
+            if HAS_GPRE:
+                gh += tl.load(GPRE + r64 * n_cols + cols, mask=cmask, other=0.0).to(ACC)
+            gh = tl.where(cmask, gh, 0.0).to(ACC)
+            S = tl.sum(gh * h, 0)
+            gx = p * (gh * (1.0 + x) - S)
+            tl.store(GX + r64 * n_cols + cols, gx.to(GX.dtype.element_ty), mask=cmask)
+            dw += gy * xhat
+            db += gy
+        tl.store(pw_ptr + cols, dw, mask=cmask)
+        tl.store(pb_ptr + cols, db, mask=cmask)
+    else:
+        for start in range(0, n_cols, BLOCK):
+            c0 = start + cols
+            zero = tl.zeros((BLOCK,), ACC)
+            tl.store(pw_ptr + c0, zero, mask=c0 < n_cols)
+            tl.store(pb_ptr + c0, zero, mask=c0 < n_cols)
+        for row in range(pid, n_rows, nprog):
+            r64 = row + tl.zeros((), tl.int64)  # 64-bit offsets (a python int in the interpreter)
+            x_ptr = X + r64 * n_cols
+            gy_ptr = GY + r64 * n_cols
+            gp_ptr = GPRE + r64 * n_cols
+            lse = tl.load(STATS + r64 * 3).to(ACC)
+            mean = tl.load(STATS + r64 * 3 + 1).to(ACC)
+            rstd = tl.load(STATS + r64 * 3 + 2).to(ACC)
+            sa = tl.zeros((), ACC)
+            sc = tl.zeros((), ACC)
+            sx = tl.zeros((), ACC)
+            sxx = tl.zeros((), ACC)
+            sgh = tl.zeros((), ACC)
+            for start in range(0, n_cols, BLOCK):
+                cc = start + cols
+                mask = cc < n_cols
+                x = tl.load(x_ptr + cc, mask=mask, other=0.0).to(ACC)
+                gy = tl.load(gy_ptr + cc, mask=mask, other=0.0).to(ACC)
+                p = tl.where(mask, tl.exp(x - lse), 0.0).to(ACC)
+                h = x * p
+                xhat = tl.where(mask, (h - mean) * rstd, 0.0).to(ACC)
+                if HAS_W:
+                    g = gy * tl.load(W + cc, mask=mask, other=0.0).to(ACC)
+                else:
+                    g = gy
+                sa += tl.sum(g, 0)
+                sc += tl.sum(g * xhat, 0)
+                sx += tl.sum(xhat, 0)
+                sxx += tl.sum(xhat * xhat, 0)
+                if HAS_GPRE:
+                    gp = tl.load(gp_ptr + cc, mask=mask, other=0.0).to(ACC)
+                    sgh += tl.sum(gp * h, 0)
+                # this program's own partial row: no other program touches it
+                tl.store(pw_ptr + cc, tl.load(pw_ptr + cc, mask=mask, other=0.0) + gy * xhat,
+                         mask=mask)
+                tl.store(pb_ptr + cc, tl.load(pb_ptr + cc, mask=mask, other=0.0) + gy,
+                         mask=mask)
+            a = sa / n_cols
+            c = sc / n_cols
+            # S = sum(g_h h) with h = mean + xhat / rstd, expanded over the sums above.
+            S = sc - a * sx - c * sxx - rstd * mean * c * sx + sgh
+            for start in range(0, n_cols, BLOCK):
+                cc = start + cols
+                mask = cc < n_cols
+                x = tl.load(x_ptr + cc, mask=mask, other=0.0).to(ACC)
+                gy = tl.load(gy_ptr + cc, mask=mask, other=0.0).to(ACC)
+                p = tl.exp(x - lse)
+                xhat = (x * p - mean) * rstd
+                if HAS_W:
+                    g = gy * tl.load(W + cc, mask=mask, other=0.0).to(ACC)
+                else:
+                    g = gy
+                gh = rstd * (g - a - xhat * c)
+                if HAS_GPRE:
+                    gh += tl.load(gp_ptr + cc, mask=mask, other=0.0).to(ACC)
+                gx = p * (gh * (1.0 + x) - S)
+                tl.store(GX + r64 * n_cols + cc, gx.to(GX.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------
+# launch configuration
+
+
+def block_config(n_cols: int, max_block: Optional[int] = None) -> tuple[int, bool, int]:
+    """(BLOCK, SINGLE, num_warps) for rows of ``n_cols``."""
+    cap = max_block or MAX_BLOCK
+    block = min(triton.next_power_of_2(n_cols), cap)
+    single = n_cols <= block
+    num_warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
+    return block, single, num_warps
+
+
+def _persistent_programs(rows: int, device: torch.device) -> int:
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return max(1, min(rows, 4 * sms))
+    return max(1, min(rows, 4))  # interpreter: few programs, each looping over rows
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().view(-1, x.shape[-1])
+
+
+def solu_forward(x2: torch.Tensor, max_block: Optional[int] = None):
+    """x2: (rows, d) contiguous -> (y (rows, d), lse (rows,))."""
+    rows, d = x2.shape
+    y = torch.empty_like(x2)
+    lse = torch.empty(rows, dtype=_acc_dtype(x2.dtype), device=x2.device)
+    if rows:
+        block, single, warps = block_config(d, max_block)
+        _solu_fwd_kernel[(rows,)](x2, y, lse, d, BLOCK=block, SINGLE=single,
+                                  ACC=_tl_acc(x2.dtype), num_warps=warps)
+    return y, lse
+
+
+def solu_backward(x2, lse, gy2, max_block: Optional[int] = None):
+    rows, d = x2.shape
+    gx = torch.empty_like(x2)
+    if rows:
+        block, single, warps = block_config(d, max_block)
+        _solu_bwd_kernel[(rows,)](x2, lse, gy2, gx, d, BLOCK=block, SINGLE=single,
+                                  ACC=_tl_acc(x2.dtype), num_warps=warps)
+    return gx
+
+
+def solu_ln_forward(x2, w, b, eps: float, store_pre: bool, max_block: Optional[int] = None):
+    """x2: (rows, d); w, b: (d,) in the accumulation dtype or None -> (y, pre|None, stats)."""
+    rows, d = x2.shape
+    y = torch.empty_like(x2)
+    pre = torch.empty_like(x2) if store_pre else None
+    stats = torch.empty(rows, 3, dtype=_acc_dtype(x2.dtype), device=x2.device)
+    if rows:
+        block, single, warps = block_config(d, max_block)
+        _solu_ln_fwd_kernel[(rows,)](
+            x2, x2 if w is None else w, x2 if b is None else b, y, y if pre is None else pre,
+            stats, d, eps, BLOCK=block, SINGLE=single, HAS_W=w is not None,
+            HAS_B=b is not None, STORE_PRE=store_pre, ACC=_tl_acc(x2.dtype), num_warps=warps)
+    return y, pre, stats
+
+
+def solu_ln_backward(x2, w, stats, gy2, gpre2, max_block: Optional[int] = None):
+    """-> (gx (rows, d), gw (d,), gb (d,)); gw/gb in the accumulation dtype."""
+    rows, d = x2.shape
+    gx = torch.empty_like(x2)
+    acc = stats.dtype
+    if rows == 0:
+        z = torch.zeros(d, dtype=acc, device=x2.device)
+        return gx, z, z.clone()
+    nprog = _persistent_programs(rows, x2.device)
+    pw = torch.empty(nprog, d, dtype=acc, device=x2.device)
+    pb = torch.empty(nprog, d, dtype=acc, device=x2.device)
+    block, single, warps = block_config(d, max_block)
+    _solu_ln_bwd_kernel[(nprog,)](
+        x2, x2 if w is None else w, stats, gy2, x2 if gpre2 is None else gpre2, gx, pw, pb,
+        rows, d, BLOCK=block, SINGLE=single, HAS_W=w is not None, HAS_GPRE=gpre2 is not None,
+        ACC=_tl_acc(x2.dtype), num_warps=warps)
+    return gx, pw.sum(0), pb.sum(0)
+
+
+# ---------------------------------------------------------------------------------------
+# autograd
+
+
+class _SoLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        x2 = _rows(x)
+        y, lse = solu_forward(x2)
+        ctx.save_for_backward(x2, lse)
+        ctx.shape = x.shape
+        return y.view(x.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x2, lse = ctx.saved_tensors
+        gy2 = gy.to(x2.dtype).contiguous().view(x2.shape)
+        return solu_backward(x2, lse, gy2).view(ctx.shape)
+
+
+class _SoLULN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, return_pre_ln):
+        x2 = _rows(x)
+        acc = _acc_dtype(x.dtype)
+        w = None if weight is None else weight.detach().to(acc).contiguous()
+        b = None if bias is None else bias.detach().to(acc).contiguous()
+        y, pre, stats = solu_ln_forward(x2, w, b, eps, return_pre_ln)
+        ctx.save_for_backward(x2, w, stats)
+        ctx.shape = x.shape
+        ctx.param_dtypes = (None if weight is None else weight.dtype,
+                            None if bias is None else bias.dtype)
+        ctx.set_materialize_grads(False)
+        if return_pre_ln:
+            return y.view(x.shape), pre.view(x.shape)
+        return y.view(x.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, gpre=None):
+        x2, w, stats = ctx.saved_tensors
+        wdt, bdt = ctx.param_dtypes
+        gy2 = (torch.zeros_like(x2) if gy is None
+               else gy.to(x2.dtype).contiguous().view(x2.shape))
+        gp2 = None if gpre is None else gpre.to(x2.dtype).contiguous().view(x2.shape)
+        gx, gw, gb = solu_ln_backward(x2, w, stats, gy2, gp2)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        return (gx.view(ctx.shape) if need_x else None,
+                gw.to(wdt) if need_w and wdt is not None else None,
+                gb.to(bdt) if need_b and bdt is not None else None,
+                None, None)
+
+
+def solu(x: torch.Tensor) -> torch.Tensor:
+    """x: (..., d) -> x * softmax(x, -1), same shape and dtype."""
+    return _SoLU.apply(x)
+
+
+def solu_ln(x, weight, bias, eps: float = 1e-5, return_pre_ln: bool = False):
+    """x: (..., d), weight/bias: (d,) or None -> LN(SoLU(x)) [, SoLU(x)]."""
+    return _SoLULN.apply(x, weight, bias, eps, return_pre_ln)
