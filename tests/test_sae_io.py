@@ -229,3 +229,16 @@ def test_accelerate_defers_to_sae_lens_when_hooks_are_attached(sae_lens):
 def test_accelerate_rejects_other_objects():
     with pytest.raises(TypeError, match="SAELens SAE object"):
         accelerate(torch.nn.Linear(2, 2))
+
+
+def test_sparsity_file(tmp_path):
+    from pyinterp.sae.io import load_sparsity
+
+    sae = _ours("topk")
+    dens = torch.linspace(0, 0.5, 24)
+    sae.save(tmp_path / "d", feature_density=dens)
+    got = load_sparsity(tmp_path / "d")
+    torch.testing.assert_close(got, dens.double().clamp_min(1e-10).log10().float())
+    assert load_sparsity(tmp_path / "nothing") is None
+    with pytest.raises(ValueError, match=r"feature_density must have shape \(24,\)"):
+        sae.save(tmp_path / "e", feature_density=torch.ones(3))
