@@ -242,3 +242,4 @@ def test_sparsity_file(tmp_path):
     assert load_sparsity(tmp_path / "nothing") is None
     with pytest.raises(ValueError, match=r"feature_density must have shape \(24,\)"):
         sae.save(tmp_path / "e", feature_density=torch.ones(3))
+    assert not (tmp_path / "e").exists()  # nothing written for a bad call

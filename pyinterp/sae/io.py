@@ -52,7 +52,6 @@ def save(sae: SparseAutoencoder, path: Union[str, Path], *,
     if not isinstance(sae, SparseAutoencoder):
         raise TypeError(f"sae must be a pyinterp.sae dictionary, got {type(sae).__name__}")
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     cfg = sae.cfg
     s = float(sae.input_scale)
     dtype = sae.W_enc.dtype
@@ -96,11 +95,14 @@ def save(sae: SparseAutoencoder, path: Union[str, Path], *,
         out_cfg["k"] = int(cfg.k)
         out_cfg["rescale_acts_by_decoder_norm"] = False
         out_cfg["activation_fn_kwargs"] = {"k": int(cfg.k)}
-    atomic_save_tensors(path / WEIGHTS_FILENAME, {k: v.to(dtype) for k, v in w.items()})
+    dens = None
     if feature_density is not None:
         dens = feature_density.detach().double().cpu()
         if dens.shape != (cfg.d_sae,):
             raise ValueError(f"feature_density must have shape ({cfg.d_sae},), got {tuple(dens.shape)}")
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(path / WEIGHTS_FILENAME, {k: v.to(dtype) for k, v in w.items()})
+    if dens is not None:
         atomic_save_tensors(path / SPARSITY_FILENAME,
                             {"sparsity": dens.clamp_min(1e-10).log10().float()})
     atomic_write_json(path / CFG_FILENAME, out_cfg)
