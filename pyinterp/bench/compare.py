@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 # Op families with a ``pyinterp.bench.cases_<family>`` module.
-FAMILIES = ["solu", "sae_train", "attention", "sae"]
+FAMILIES = ["solu", "sae_train", "attention", "sae", "persona"]
 
 
 def _fmt(v, spec, suffix=""):

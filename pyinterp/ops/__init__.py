@@ -15,6 +15,6 @@ __all__ += ["topk_encode", "sparse_decode", "threshold_encode", "batchtopk_encod
 from pyinterp.ops.attention import AttentionStats, attention_pattern, attention_stats  # noqa: E402
 
 __all__ += ["attention_stats", "attention_pattern", "AttentionStats"]
-from pyinterp.ops.persona import persona_project  # noqa: E402
+from pyinterp.ops.persona import persona_pool, persona_project  # noqa: E402
 
-__all__ += ["persona_project"]
+__all__ += ["persona_project", "persona_pool"]

@@ -116,3 +116,14 @@ def project(impl, layers: list[torch.Tensor], vectors: torch.Tensor, mask: Optio
         weights, index = token_weights(mask, reduce, B, T, cd, device), None
     hbar = PoolFn.apply(impl.persona_pool, weights, index, *layers)  # (L, B, D)
     return torch.bmm(hbar, w.transpose(1, 2)).to(dtype)
+
+
+def pool(impl, layers: list[torch.Tensor], mask: Optional[torch.Tensor], reduce: str) -> torch.Tensor:
+    """persona_pool on a kernel backend ``impl`` (validated arguments): (L, B, D)."""
+    B, T, D = layers[0].shape
+    dtype, device = layers[0].dtype, layers[0].device
+    if reduce == "last":
+        weights, index = None, last_index(mask, B, T, device)
+    else:
+        weights, index = token_weights(mask, reduce, B, T, compute_dtype(dtype), device), None
+    return PoolFn.apply(impl.persona_pool, weights, index, *layers).to(dtype)

@@ -94,3 +94,36 @@ def persona_project(
     from pyinterp.ops._persona_plan import project
 
     return project(impl, layers, vectors, mask, reduce, normalize)
+
+
+def _check_mask(mask, B: int, T: int) -> None:
+    if mask is not None:
+        check.tensor("mask", mask, ndim=2, dtypes=MASK_DTYPES)
+        check.shape("mask", mask, (B, T), "(batch, tokens) of hidden")
+
+
+def persona_pool(
+    hidden: Union[torch.Tensor, Sequence[torch.Tensor]],
+    mask: Optional[torch.Tensor] = None,
+    reduce: str = "mean",
+    *,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """The masked token reduction of the hidden states: the fused pass of ``persona_project``
+    without the projection (persona-vector extraction averages response activations with it).
+
+    hidden: (L, B, T, D) tensor or list of L (B, T, D) tensors (read in place); mask: (B, T) or
+    None; reduce: "mean" | "sum" | "last" (as in :func:`persona_project`).
+    Returns (L, B, D) in hidden's dtype (accumulated in float32). Differentiable in hidden.
+    """
+    layers = _layers(hidden)
+    B, T, D = layers[0].shape
+    _check_mask(mask, B, T)
+    check.same_device(hidden=layers[0], mask=mask)
+    check.choice("reduce", reduce, ("mean", "sum", "last"))
+    name, impl = pick("persona_pool", "persona", layers[0], mask, backend=backend)
+    if name == "reference":
+        return impl.persona_pool(layers, mask, reduce)
+    from pyinterp.ops._persona_plan import pool
+
+    return pool(impl, layers, mask, reduce)

@@ -60,3 +60,26 @@ def persona_project(hidden: Hidden, vectors: torch.Tensor, mask: Optional[torch.
             raise ValueError(f"reduce must be one of ('mean', 'sum', 'last', 'none'), got {reduce!r}")
         outs.append(out)
     return torch.stack(outs).to(layers[0].dtype)
+
+
+def persona_pool(hidden: Hidden, mask: Optional[torch.Tensor] = None, reduce: str = "mean") -> torch.Tensor:
+    """The masked token reduction of the hidden states themselves (what a persona vector is
+    made of). hidden: (L, B, T, D) or L x (B, T, D) -> (L, B, D) in hidden's dtype."""
+    layers = list(hidden.unbind(0)) if isinstance(hidden, torch.Tensor) else list(hidden)
+    B, T, _ = layers[0].shape
+    cd = compute_dtype(layers[0].dtype)
+    device = layers[0].device
+    outs = []
+    for h in layers:
+        hf = h.to(cd)
+        if reduce == "last":
+            idx = last_index(mask, B, T, device)
+            out = hf[torch.arange(B, device=device), idx.clamp(min=0)]
+            out = torch.where((idx >= 0)[:, None], out, torch.full_like(out, float("nan")))
+        else:
+            w = torch.ones(B, T, dtype=cd, device=device) if mask is None else mask.to(cd)
+            out = (hf * w[..., None]).sum(dim=1)
+            if reduce == "mean":
+                out = out / w.sum(dim=1, keepdim=True)
+        outs.append(out)
+    return torch.stack(outs).to(layers[0].dtype)

@@ -1,0 +1,145 @@
+"""Persona projections: pyinterp.ops.persona_project (one fused pass that pools each layer's
+selected tokens in place, then projects) vs a Python loop of per-layer einsums and masked means,
+vs torch.stack + one einsum (the copy a naive batched version makes), and vs one plain read of
+the hidden states (``hidden.sum()``, the memory-bandwidth roofline) measured in the same run.
+Also the streaming ProjectionMonitor's overhead on a model's forward pass.
+
+Issue targets (CPU, L=24, B=16, T=512, D=1024, P=8, float32): >= 5x faster than the loop,
+within 2x of ``hidden.sum()``, no extra copy of the hidden states (peak memory column);
+monitor overhead < 10% of a forward pass.
+"""
+from __future__ import annotations
+
+import torch
+
+from pyinterp import _backend
+from pyinterp.bench.timing import Row, median_time, peak_memory
+
+
+def loop_baseline(layers, vectors, mask):
+    """The straightforward torch path: per layer, project every token, then a masked mean."""
+    m = mask.to(torch.float32)
+    denom = m.sum(1, keepdim=True)
+    outs = []
+    for l, h in enumerate(layers):
+        u = vectors[l] / vectors[l].norm(dim=-1, keepdim=True)
+        proj = torch.einsum("btd,pd->btp", h, u)
+        outs.append((proj * m[..., None]).sum(1) / denom)
+    return torch.stack(outs)
+
+
+def stacked_baseline(layers, vectors, mask):
+    """Batched but copying: stack the layers (a full copy of the hidden states), one einsum."""
+    h = torch.stack(layers)
+    m = mask.to(torch.float32)
+    u = vectors / vectors.norm(dim=-1, keepdim=True)
+    proj = torch.einsum("lbtd,lpd->lbtp", h, u)
+    return (proj * m[None, :, :, None]).sum(2) / m.sum(1)[None, :, None]
+
+
+def _padding_mask(B, T, device):
+    """Left padding of 0..T/4 tokens, different per row (batched prompts of unequal length)."""
+    pad = torch.arange(B, device=device) * (T // 4) // max(1, B - 1)
+    return torch.arange(T, device=device)[None, :] >= pad[:, None]
+
+
+def _project_rows(device, L, B, T, D, P, repeat):
+    from pyinterp import ops
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(L, B, T, D, generator=g).to(device)  # allocated once (805 MB at full size)
+    layers = list(hidden.unbind(0))  # views: the layout of per-layer residual-stream tensors
+    vectors = torch.randn(L, P, D, generator=g).to(device)
+    full = torch.ones(B, T, dtype=torch.bool, device=device)
+    padded = _padding_mask(B, T, device)
+    shape = f"L={L} B={B} T={T} D={D} P={P}"
+    nbytes = hidden.numel() * hidden.element_size()
+    rows = []
+
+    roof = lambda: hidden.sum()  # noqa: E731
+    t_roof = median_time(roof, device=device, repeat=repeat)
+    rows.append(Row("persona_project", shape, "float32", "hidden.sum() (one read: roofline)", t_roof,
+                    bytes_moved=nbytes, peak_bytes=peak_memory(roof, device)))
+    loop = lambda: loop_baseline(layers, vectors, full)  # noqa: E731
+    t_loop = median_time(loop, device=device, warmup=1, repeat=max(3, repeat // 2))
+    rows.append(Row("persona_project", shape, "float32", "torch loop: per-layer einsum + masked mean",
+                    t_loop, bytes_moved=nbytes, roofline_seconds=t_roof, peak_bytes=peak_memory(loop, device)))
+    stack = lambda: stacked_baseline(layers, vectors, full)  # noqa: E731
+    t_stack = median_time(stack, device=device, warmup=1, repeat=max(3, repeat // 2))
+    rows.append(Row("persona_project", shape, "float32", "torch.stack + one einsum (copies hidden)",
+                    t_stack, bytes_moved=nbytes, roofline_seconds=t_roof,
+                    peak_bytes=peak_memory(stack, device)))
+
+    auto = _backend.resolve("persona_project", _backend.BACKENDS, hidden)
+    names = [auto] + ([b for b in ("triton", "cuda") if b != auto and _backend.availability(b)[0]]
+                      if device.type == "cuda" else [])
+    for name in names:
+        for label, mask, reduce, moved in (
+            ("mean, all tokens", full, "mean", nbytes),
+            ("mean, left-padded rows", padded, "mean", int(nbytes * padded.float().mean())),
+            ("last token", None, "last", L * B * D * 4),
+        ):
+            fn = lambda: ops.persona_project(layers, vectors, mask, reduce, backend=name)  # noqa: E731
+            t = median_time(fn, device=device, repeat=repeat)
+            rows.append(Row("persona_project", shape, "float32", f"pyinterp [{name}] {label}", t,
+                            bytes_moved=moved, baseline="torch loop", baseline_seconds=t_loop,
+                            roofline_seconds=t_roof, peak_bytes=peak_memory(fn, device),
+                            extra={"hidden_bytes": nbytes, "vs_stack": t_stack / t}))
+    return rows
+
+
+def _monitor_rows(device, repeat, quick):
+    """Forward pass of a small transformer with and without a ProjectionMonitor on every layer."""
+    from pyinterp.models import Transformer, TransformerConfig
+    from pyinterp.persona import ProjectionMonitor
+
+    cfg = TransformerConfig(n_layers=4 if quick else 8, d_model=256 if quick else 512, n_heads=8,
+                            d_vocab=4096, n_ctx=512, act_fn="gelu")
+    model = Transformer(cfg).to(device).eval()
+    B, T, P = (4, 128, 8) if quick else (8, 512, 8)
+    tokens = torch.randint(0, cfg.d_vocab, (B, T), device=device)
+    vectors = torch.randn(P, cfg.d_model, device=device)
+    mon = ProjectionMonitor(model, vectors)
+    shape = f"layers={cfg.n_layers} d={cfg.d_model} B={B} T={T} P={P}"
+
+    @torch.no_grad()
+    def plain():
+        return model(tokens)
+
+    @torch.no_grad()
+    def monitored():
+        mon.reset()
+        with mon:
+            return model(tokens)
+
+    # Interleaved (plain, monitored) pairs so that machine load hits both alike.
+    import statistics
+    import time
+
+    plain(), monitored()
+    tp, tm = [], []
+    for _ in range(max(5, repeat)):
+        for fn, acc in ((plain, tp), (monitored, tm)):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            acc.append(time.perf_counter() - t0)
+    t_plain, t_mon = statistics.median(tp), statistics.median(tm)
+    return [
+        Row("projection_monitor", shape, "float32", "forward pass", t_plain),
+        Row("projection_monitor", shape, "float32", "forward pass + monitor (every layer)", t_mon,
+            baseline="forward pass", baseline_seconds=t_plain,
+            extra={"overhead": t_mon / t_plain - 1}),
+    ]
+
+
+def run(args) -> list:
+    device = torch.device(args.device)
+    repeat = 3 if args.quick else 7
+    L, B, T, D, P = (8, 8, 256, 512, 8) if args.quick else (24, 16, 512, 1024, 8)
+    rows = _project_rows(device, L, B, T, D, P, repeat)
+    rows += _monitor_rows(device, repeat, args.quick)
+    return rows
