@@ -21,6 +21,18 @@ def _cmd_bench(args) -> int:
     return compare.main(args.rest)
 
 
+def _cmd_reproduce(args) -> int:
+    from pyinterp import experiments
+
+    try:
+        entries = experiments.reproduce(args.paper, scale=args.scale, device=args.device,
+                                         out=args.out, fresh=args.fresh)
+    except experiments.ExperimentError as e:
+        print(f"pyinterp reproduce: error: {e}", file=sys.stderr)
+        return 2
+    return 0 if all(e["status"] in ("done", "not implemented yet") for e in entries) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyinterp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,6 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="side-by-side kernel benchmark table (benchmarks/compare.py)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the comparison")
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("reproduce", help="reproduce a paper's results (metrics, figures, HTML page)")
+    p.add_argument("paper", help="solu, induction, superposition, double-descent, monosemanticity, "
+                   "scaling, persona, or all")
+    p.add_argument("--scale", default="quick", help="tiny (seconds), quick (default, minutes on a CPU), "
+                   "full (GPU, the papers' sizes)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--out", default="runs", help="output directory; paper P goes to OUT/P/ (default: runs)")
+    p.add_argument("--fresh", action="store_true", help="ignore saved checkpoints and recompute every step")
+    p.set_defaults(func=_cmd_reproduce)
     return parser
 
 

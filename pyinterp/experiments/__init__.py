@@ -1,0 +1,113 @@
+"""Paper reproductions: ``pyinterp reproduce <paper>|all``.
+
+Each paper is a module with ``NAME``, ``TITLE``, a ``Config`` dataclass
+(``Config.for_scale("tiny"|"quick"|"full")``) and ``run(config, out_dir) -> dict`` writing
+``metrics.json``, PNG figures and ``index.html`` into ``out_dir``.
+
+    from pyinterp import experiments
+    experiments.reproduce("superposition", scale="quick", out="runs")   # -> runs/superposition/
+    experiments.reproduce("all", scale="tiny", out="runs")              # + runs/index.html
+"""
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from pathlib import Path
+from typing import List, Optional, Union
+
+from pyinterp.experiments._experiment import SCALES, BaseConfig, Experiment, check_scale, resolve_device
+from pyinterp.experiments._io import ExperimentError, prepare_out_dir
+
+# name -> (module, title). The last three are added by issue 8.
+PAPERS = {
+    "solu": ("pyinterp.experiments.solu", "Softmax Linear Units (Elhage et al. 2022)"),
+    "induction": ("pyinterp.experiments.induction", "In-context Learning and Induction Heads (Olsson et al. 2022)"),
+    "superposition": ("pyinterp.experiments.superposition", "Toy Models of Superposition (Elhage et al. 2022)"),
+    "double-descent": ("pyinterp.experiments.double_descent",
+                       "Superposition, Memorization and Double Descent (Henighan et al. 2023)"),
+    "monosemanticity": ("pyinterp.experiments.monosemanticity", "Towards Monosemanticity (Bricken et al. 2023)"),
+    "scaling": ("pyinterp.experiments.scaling", "Scaling Monosemanticity (Templeton et al. 2024)"),
+    "persona": ("pyinterp.experiments.persona", "Persona Vectors (Chen et al. 2025)"),
+}
+
+DEFAULT_OUT = "runs"
+
+
+class NotImplementedPaper(ExperimentError):
+    """The paper is registered but its module has not been written yet."""
+
+
+def paper_module(name: str):
+    """The module for paper ``name``; ExperimentError listing valid names if unknown."""
+    if name not in PAPERS:
+        raise ExperimentError(f"unknown paper {name!r}; valid papers: {', '.join(PAPERS)} (or 'all')")
+    modname = PAPERS[name][0]
+    try:
+        return importlib.import_module(modname)
+    except ModuleNotFoundError as e:
+        if e.name == modname:
+            raise NotImplementedPaper(f"paper {name!r} is registered but {modname} is not implemented yet") from None
+        raise
+
+
+def make_config(name: str, scale: str = "quick", device: Optional[str] = None, **overrides):
+    check_scale(scale)
+    mod = paper_module(name)
+    return mod.Config.for_scale(scale, device=resolve_device(device), **overrides)
+
+
+def run_paper(name: str, scale: str = "quick", device: Optional[str] = None, out=DEFAULT_OUT,
+              fresh: bool = False, **overrides) -> dict:
+    """Run one paper into ``out/<name>/`` and return its metrics.json contents."""
+    config = make_config(name, scale, device, **overrides)
+    out_dir = prepare_out_dir(Path(out) / name)
+    return paper_module(name).run(config, out_dir, fresh=fresh)
+
+
+def reproduce(paper: str, scale: str = "quick", device: Optional[str] = None, out=DEFAULT_OUT,
+              fresh: bool = False, log=print) -> List[dict]:
+    """``paper`` is a name or 'all'. Returns one entry per paper (status, checks, seconds).
+
+    For one paper, errors propagate. For 'all', every paper runs even if one fails; papers whose
+    module does not exist yet are listed as not implemented; ``out/index.html`` links them.
+    """
+    check_scale(scale)
+    resolve_device(device)
+    if paper != "all":
+        paper_module(paper)  # unknown names fail before anything is written
+    root = prepare_out_dir(out)
+    names = list(PAPERS) if paper == "all" else [paper]
+    entries = []
+    for name in names:
+        title = PAPERS[name][1]
+        t0 = time.perf_counter()
+        entry = {"name": name, "title": title, "page": False, "checks_total": None, "seconds": None}
+        try:
+            log(f"[pyinterp] reproducing {name} ({title}) at scale {scale} -> {Path(root) / name}")
+            data = run_paper(name, scale, device, root, fresh=fresh)
+            entry.update(status="done", page=True, checks_passed=data["checks_passed"],
+                         checks_total=data["checks_total"], seconds=time.perf_counter() - t0)
+            log(f"[pyinterp] {name}: {data['checks_passed']}/{data['checks_total']} checks pass, "
+                f"{entry['seconds']:.1f} s; page {Path(root) / name / 'index.html'}")
+        except NotImplementedPaper as e:
+            if paper != "all":
+                raise
+            entry.update(status="not implemented yet")
+            log(f"[pyinterp] {name}: {e}")
+        except Exception as e:  # noqa: BLE001 - 'all' keeps going and reports the failure
+            if paper != "all":
+                raise
+            entry.update(status=f"failed: {type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
+            log(f"[pyinterp] {name} FAILED:\n{traceback.format_exc()}")
+        entries.append(entry)
+    if paper == "all":
+        from pyinterp.experiments.report import write_index
+
+        p = write_index(root, entries, scale)
+        log(f"[pyinterp] index: {p}")
+    return entries
+
+
+__all__ = ["PAPERS", "SCALES", "BaseConfig", "Experiment", "ExperimentError", "NotImplementedPaper",
+           "make_config", "paper_module", "reproduce", "run_paper"]
