@@ -6,6 +6,12 @@
     sae.save("out/sae")                  # SAELens layout: cfg.json + sae_weights.safetensors
     sae2 = pyinterp.sae.load("out/sae")  # also reads directories written by SAELens
 
+Activations: ``collect(dir, model, token_batches, hook_names=[...])`` writes shards once and
+``ActivationStore(dir, batch_size)`` streams them shuffled (resumable); or train straight from
+the model in one pass with ``SAETrainer(saes, stream(model, token_batches, hook_names), cfg)``.
+Several dictionaries (hook points or sizes) train together: pass ``{name: sae}``, each
+dictionary reading the batch at its ``hook_name``, each with its own optimiser.
+
 Modules: :class:`ReLUSAE` ("standard", L1 weighted by decoder norms; ``decoder_norm="unit"``
 for Towards Monosemanticity's unit-norm decoder), :class:`TopKSAE`, :class:`BatchTopKSAE`,
 :class:`JumpReLUSAE` (inference). Each has ``encode(x) -> (values, indices)``,
