@@ -15,7 +15,7 @@
   or (``deterministic=True`` or ``torch.use_deterministic_algorithms``) a sort-based segment
   sum where each latent sums its entries in a fixed order.
 
-Not fused (documented in docs/decisions/sae-triton-coverage.md): k above MAX_FUSED_K, float64,
+Not fused (documented in docs/decisions/sae-gpu-coverage.md): k above MAX_FUSED_K, float64,
 and the data-dependent-width encoders (threshold/JumpReLU, BatchTopK) select with torch over
 row chunks of the pre-activation (pyinterp.backends.sae_select); their backward uses the
 kernels here.
@@ -73,6 +73,7 @@ def _topk_partial_kernel(X, W, BIAS, CAND, N, D_IN, D_SAE, cols_per_split, n_spl
     pid_s = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
+    rows64 = rows.to(tl.int64)
     best = tl.full((BLOCK_M, KP), min_key, tl.int64)
     c_start = pid_s * cols_per_split
     c_end = tl.minimum(c_start + cols_per_split, D_SAE)
@@ -83,9 +84,9 @@ def _topk_partial_kernel(X, W, BIAS, CAND, N, D_IN, D_SAE, cols_per_split, n_spl
         for k0 in range(0, D_IN, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             kmask = ks < D_IN
-            a = tl.load(X + rows[:, None] * stride_xn + ks[None, :],
+            a = tl.load(X + rows64[:, None] * stride_xn + ks[None, :],
                         mask=rmask[:, None] & kmask[None, :], other=0.0)
-            b = tl.load(W + ks[:, None] * stride_wi + cols[None, :] * stride_wl,
+            b = tl.load(W + ks[:, None].to(tl.int64) * stride_wi + cols[None, :].to(tl.int64) * stride_wl,
                         mask=kmask[:, None] & cmask[None, :], other=0.0)
             if CAST_F32:  # the interpreter's bf16/fp16 dot is wrong: compute in fp32 there
                 a = a.to(tl.float32)
@@ -101,7 +102,7 @@ def _topk_partial_kernel(X, W, BIAS, CAND, N, D_IN, D_SAE, cols_per_split, n_spl
         both = tl.reshape(tl.join(best, tile_top), (BLOCK_M, 2 * KP))
         best = tl.topk(both, KP)
     slot = tl.arange(0, KP)
-    tl.store(CAND + (rows[:, None] * n_splits + pid_s) * KP + slot[None, :], best,
+    tl.store(CAND + (rows64[:, None] * n_splits + pid_s) * KP + slot[None, :], best,
              mask=rmask[:, None])
 
 
@@ -118,7 +119,7 @@ def _topk_merge_kernel(CAND, OUT, n_in, n_out, min_key, KP: tl.constexpr, G: tl.
 
 @triton.jit
 def _topk_finalize_kernel(CAND, VALS, IDX, N, k, KP: tl.constexpr, BLOCK_M: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     slot = tl.arange(0, KP)
     m = (rows[:, None] < N) & (slot[None, :] < k)
     keys = tl.load(CAND + rows[:, None] * KP + slot[None, :], mask=m, other=0)
@@ -136,10 +137,7 @@ def _topk_fused(x, W_enc, b_enc, b_dec, k):
     n, d_in = x.shape
     d_sae = W_enc.shape[1]
     dev = x.device
-    bias = b_enc.float()
-    if b_dec is not None:  # (x - b_dec) @ W + b = x @ W + (b - b_dec @ W)
-        bias = bias - b_dec.float() @ W_enc.float()
-    bias = bias.contiguous()
+    bias = S.fold_bias(b_enc, b_dec, W_enc).contiguous()  # (x - b_dec) @ W + b = x @ W + bias
     KP = _next_pow2(k)
     interp = _interpreted()
     BLOCK_M = 16 if interp else 64
@@ -190,7 +188,7 @@ def _gather_kernel(COEF, IDX, W, BIAS, OUT, K, D, stride_wl, stride_wd, HAS_BIAS
         jm = js < K
         c = tl.load(COEF + n * K + js, mask=jm, other=0.0).to(acc_t)
         lat = tl.load(IDX + n * K + js, mask=jm, other=0)
-        w = tl.load(W + lat[:, None] * stride_wl + ds[None, :] * stride_wd,
+        w = tl.load(W + lat[:, None] * stride_wl + ds[None, :].to(tl.int64) * stride_wd,
                     mask=jm[:, None] & dmask[None, :], other=0.0).to(acc_t)
         acc += tl.sum(c[:, None] * w, axis=0)
     if HAS_BIAS:
@@ -211,7 +209,7 @@ def _gather_dot_kernel(G, IDX, W, OUT, K, D, stride_wl, stride_wd, ACC_F64: tl.c
         ds = d0 + tl.arange(0, BLOCK_D)
         dmask = ds < D
         g = tl.load(G + n * D + ds, mask=dmask, other=0.0).to(acc_t)
-        w = tl.load(W + lat[:, None] * stride_wl + ds[None, :] * stride_wd,
+        w = tl.load(W + lat[:, None] * stride_wl + ds[None, :].to(tl.int64) * stride_wd,
                     mask=jm[:, None] & dmask[None, :], other=0.0).to(acc_t)
         acc += tl.sum(w * g[None, :], axis=1)
     tl.store(OUT + n * K + js, acc.to(OUT.dtype.element_ty), mask=jm)
@@ -228,7 +226,7 @@ def _scatter_atomic_kernel(COEF, IDX, X, OUT, COLSUM, K, D, stride_ol, stride_od
     for j in range(0, K):
         c = tl.load(COEF + n * K + j)
         lat = tl.load(IDX + n * K + j)
-        tl.atomic_add(OUT + lat * stride_ol + ds * stride_od, c * x, mask=dmask)
+        tl.atomic_add(OUT + lat * stride_ol + ds.to(tl.int64) * stride_od, c * x, mask=dmask)
         if HAS_COLSUM:
             if pid_d == 0:
                 tl.atomic_add(COLSUM + lat, c)
@@ -253,7 +251,7 @@ def _scatter_segment_kernel(COEF, ORDER, OFFSETS, X, OUT, COLSUM, K, D, stride_o
         x = tl.load(X + (e // K) * D + ds, mask=dmask, other=0.0).to(acc_t)
         acc += c * x
         cs += c
-    tl.store(OUT + lat * stride_ol + ds * stride_od, acc.to(OUT.dtype.element_ty), mask=dmask)
+    tl.store(OUT + lat * stride_ol + ds.to(tl.int64) * stride_od, acc.to(OUT.dtype.element_ty), mask=dmask)
     if HAS_COLSUM:
         if pid_d == 0:
             tl.store(COLSUM + lat + tl.arange(0, 1), cs.to(COLSUM.dtype.element_ty))

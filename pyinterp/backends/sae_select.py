@@ -22,6 +22,19 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def fold_bias(b_enc, b_dec, W_enc, cols: int = 8192):
+    """b_enc - b_dec @ W_enc in float32 (float64 for float64), column chunk by column chunk
+    (never a float32 copy of the whole W_enc): (x - b_dec) @ W + b = x @ W + fold_bias."""
+    cd = compute_dtype(W_enc.dtype)
+    bias = b_enc.to(cd).clone()
+    if b_dec is None:
+        return bias
+    bd = b_dec.to(cd)
+    for c0 in range(0, W_enc.shape[1], cols):
+        bias[c0:c0 + cols] -= bd @ W_enc[:, c0:c0 + cols].to(cd)
+    return bias
+
+
 def _row_chunks(n: int, d_sae: int):
     rows = max(1, min(n, CHUNK_ELEMS // max(1, d_sae)))
     return range(0, n, rows), rows

@@ -1,8 +1,8 @@
 """Sparse SAE ops on the CUDA backend (``csrc/cuda/sae.cu``), same interface as
 ``pyinterp.backends.cpu.sae``; autograd from :mod:`pyinterp.backends.sae_autograd`.
 
-topk_encode: torch's cuBLAS GEMM writes float32 pre-activation chunks (ROW x COL elements at a
-time, never the whole (N, d_sae) matrix) and ``sae_topk_chunk_f32`` folds each chunk into a
+topk_encode: torch's cuBLAS GEMM writes float32 pre-activation chunks (at most CHUNK_ELEMS at
+a time, never the whole (N, d_sae) matrix; bf16/fp16 operands with a float32 result) and ``sae_topk_chunk_f32`` folds each chunk into a
 per-row running top-k of packed (value, column) keys; ``sae_topk_unpack`` writes values and
 indices. k > KMAX and float64 select with torch over row chunks (sae_select). Centring folds
 into the bias: (x - b_dec) @ W + b = x @ W + (b - b_dec @ W).
@@ -18,7 +18,7 @@ from pyinterp.backends.cuda import runtime
 _FILE = "sae.cu"
 KMAX = 1024          # csrc/cuda/sae.cu KMAX
 CHUNK_ELEMS = 1 << 24
-COL_CHUNK = 1 << 16
+COL_CHUNK = 1 << 14
 _THREADS = 256
 _MIN_KEY = -(2 ** 63)
 
@@ -27,23 +27,32 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _mm_f32(a, b):
+    """a @ b with a float32 result; bf16/fp16 operands stay in their dtype (cuBLAS accumulates
+    in float32) when torch offers ``out_dtype``, else they are upcast chunk by chunk."""
+    if a.dtype == torch.float32:
+        return torch.mm(a, b)
+    try:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    except (RuntimeError, TypeError):
+        return torch.mm(a.float(), b.float())
+
+
 def _topk_epilogue(x, W_enc, b_enc, b_dec, k):
     n, d_sae = x.shape[0], W_enc.shape[1]
     dev = x.device
-    W = W_enc.float()
-    bias = b_enc.float()
-    if b_dec is not None:
-        bias = bias - b_dec.float() @ W
-    xf = x.float()
+    bias = S.fold_bias(b_enc, b_dec, W_enc)  # (x - b_dec) @ W + b = x @ W + bias
     state = torch.full((n, k), _MIN_KEY, dtype=torch.int64, device=dev)
     cols = min(d_sae, COL_CHUNK)
     rows = max(1, min(n, CHUNK_ELEMS // cols))
     fold = runtime.kernel(_FILE, "sae_topk_chunk_f32")
-    for r0 in range(0, n, rows):
-        rr = min(rows, n - r0)
-        for c0 in range(0, d_sae, cols):
-            cc = min(cols, d_sae - c0)
-            pre = torch.addmm(bias[c0:c0 + cc], xf[r0:r0 + rr], W[:, c0:c0 + cc])
+    # columns outer: each W_enc column block is read once; the running state spans them
+    for c0 in range(0, d_sae, cols):
+        cc = min(cols, d_sae - c0)
+        Wc = W_enc[:, c0:c0 + cc]
+        for r0 in range(0, n, rows):
+            rr = min(rows, n - r0)
+            pre = _mm_f32(x[r0:r0 + rr], Wc).add_(bias[c0:c0 + cc])
             runtime.launch(fold, (rr,), (_THREADS,),
                            (runtime.ptr(pre), runtime.i64(cc), runtime.i64(cc), runtime.i64(c0),
                             runtime.i32(k), runtime.ptr(state[r0])))
