@@ -80,3 +80,61 @@ def dp_suite(store, root, collect_dir):
     dp_train(store, root / "a", root / "a6.safetensors", "topk", 10, 6)   # stops after 6
     dp_train(store, root / "b", root / "b.safetensors")                   # resumes 1-rank's 3
     dp_collect(collect_dir, 10, 16)
+
+
+# ----------------------------------------------------------------------------- latent parallel
+LP_D_IN, LP_D_SAE = 12, 37
+
+
+def lp_dense(seed=1):
+    """The single-process dictionary the latent-parallel tests shard (float64, exact ties)."""
+    sae = TopKSAE(LP_D_IN, LP_D_SAE, k=5, seed=seed, dtype="float64")
+    g = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(LP_D_SAE, generator=g, dtype=torch.float64) * 0.05)
+        sae.b_dec.copy_(torch.randn(LP_D_IN, generator=g, dtype=torch.float64) * 0.1)
+        sae.input_scale.fill_(1.5)
+        # latents 3 (rank 0) and 30 (rank 1) are identical: exact ties across shards
+        sae.W_enc[:, 30] = sae.W_enc[:, 3]
+        sae.b_enc[30] = sae.b_enc[3]
+    return sae
+
+
+def lp_inputs(n=9, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, LP_D_IN, generator=g, dtype=torch.float64)
+
+
+def lp_check(out_dir, ks, steps):
+    for k in ks:
+        _lp_check(Path(out_dir), k, steps)
+
+
+def _lp_check(out_dir, k, steps):
+    from pyinterp.distributed.latent import LatentParallelTopKSAE
+
+    sae = lp_dense()
+    sae.cfg.k = k
+    lp = LatentParallelTopKSAE.from_dense(sae)
+    lp.k = k
+    x = lp_inputs().requires_grad_(True)
+    values, indices = lp.encode(x)
+    x_hat = lp(x)
+    loss = lp.loss(x)
+    loss.backward()
+    res = {"values": values.detach(), "indices": indices, "x_hat": x_hat.detach(),
+           "loss": loss.detach(), "x.grad": x.grad, "start": torch.tensor(lp.start),
+           "stop": torch.tensor(lp.stop)}
+    for name, p in lp.named_parameters():
+        res[f"{name}.grad"] = p.grad
+    # a few Adam steps with global-norm clipping
+    opt = torch.optim.Adam(lp.parameters(), lr=1e-2)
+    for s in range(steps):
+        opt.zero_grad()
+        lp.loss(lp_inputs(16, seed=100 + s)).backward()
+        lp.clip_grad_norm_(0.5)
+        opt.step()
+    full = lp.to_dense()
+    for name, t in full.state_dict().items():
+        res[f"trained.{name}"] = t
+    atomic_save_tensors(out_dir / f"k{k}_rank{D.rank()}.safetensors", res)
