@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 # Op families with a ``pyinterp.bench.cases_<family>`` module.
-FAMILIES = ["solu", "sae_train", "attention", "sae", "persona"]
+FAMILIES = ["solu", "sae_train", "attention", "sae", "persona", "models"]
 
 
 def _fmt(v, spec, suffix=""):
