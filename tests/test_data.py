@@ -223,3 +223,16 @@ def test_contrastive_prompts(tmp_path):
         data.contrastive_prompts("evil-genius")
     with pytest.raises(ValueError, match="pairs"):
         data.ContrastivePromptSet("x", ["a"], [], ["q"])
+
+
+def test_default_token_rows_cached_and_split(cache):
+    rows = data.default_token_rows(n_ctx=64, vocab_size=512, cache=cache)
+    assert rows.dtype == torch.int64 and rows.shape[1] == 64 and rows.shape[0] > 1000
+    assert int(rows.max()) < 512
+    assert len(list(cache.glob("*.bpe512.tokens.safetensors"))) == 1
+    assert torch.equal(data.default_token_rows(n_ctx=64, vocab_size=512, cache=cache), rows)
+    train, held = data.split_rows(rows, 0.1, seed=0)
+    assert train.shape[0] + held.shape[0] == rows.shape[0]
+    assert abs(held.shape[0] - rows.shape[0] * 0.1) <= 1
+    with pytest.raises(ValueError, match="eval_fraction"):
+        data.split_rows(rows, 1.5)

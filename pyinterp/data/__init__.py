@@ -7,7 +7,15 @@ and synthetic data sets for the papers' experiments.
     rows = data.packed_dataset(docs, tok, n_ctx=256)   # (N, 256) int64
 """
 from pyinterp.data._cache import cache_dir
-from pyinterp.data.batches import TokenBatches, pack, packed_dataset, shuffled_batches, tokenize
+from pyinterp.data.batches import (
+    TokenBatches,
+    default_token_rows,
+    pack,
+    packed_dataset,
+    shuffled_batches,
+    split_rows,
+    tokenize,
+)
 from pyinterp.data.corpus import default_corpus
 from pyinterp.data.prompts import (
     ContrastivePromptSet,
@@ -44,6 +52,7 @@ __all__ = [
     "cache_dir",
     "contrastive_prompts",
     "default_corpus",
+    "default_token_rows",
     "finite_dataset",
     "format_chat",
     "importance",
@@ -53,6 +62,7 @@ __all__ = [
     "read_text",
     "repeated_tokens",
     "sparse_features",
+    "split_rows",
     "get_tokenizer",
     "load_tokenizer",
     "pack",

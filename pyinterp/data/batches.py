@@ -146,3 +146,37 @@ class TokenBatches:
         if n == 0:
             raise ValueError(f"the documents give fewer than one batch of {self.batch_size} rows "
                              f"of n_ctx={self.n_ctx} tokens")
+
+
+def default_token_rows(n_ctx: int = 256, vocab_size: int = 4096, kind: str = "bpe",
+                       cache=None) -> torch.Tensor:
+    """The default corpus tokenised with :func:`pyinterp.data.get_tokenizer` and packed into
+    (N, n_ctx) int64 rows (corpus order; shuffle when batching). Cached as safetensors beside
+    the corpus, so experiments get their training data in milliseconds after the first call."""
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    from pyinterp.data.corpus import corpus_path, default_corpus
+    from pyinterp.data.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(vocab_size, kind=kind, cache=cache)
+    base = corpus_path(cache)
+    path = base.with_name(f"{base.stem}.{tok.kind}{tok.vocab_size}.tokens.safetensors")
+    if path.is_file():
+        flat = load_file(str(path))["tokens"]
+    else:
+        flat = tokenize(default_corpus(cache), tok)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        save_file({"tokens": flat}, str(tmp))
+        os.replace(tmp, path)
+    return pack(flat, n_ctx)
+
+
+def split_rows(rows: torch.Tensor, eval_fraction: float = 0.05, seed: int = 0):
+    """(train, eval) rows: a seeded random ``eval_fraction`` of the rows is held out."""
+    if not 0 < eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    perm = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(seed))
+    n_eval = max(1, int(round(rows.shape[0] * eval_fraction)))
+    return rows[perm[n_eval:]], rows[perm[:n_eval]]

@@ -528,8 +528,9 @@ def from_hf(model_or_path: Union[str, Path, nn.Module], tokenizer=None,
         path = Path(model_or_path)
         _check_dir(path)
         kw = {"local_files_only": True}
-        if dtype is not None:
-            kw["dtype"] = dtype
+        if dtype is not None:  # transformers 5 calls it dtype, 4.x torch_dtype
+            major = int(transformers.__version__.split(".")[0])
+            kw["dtype" if major >= 5 else "torch_dtype"] = dtype
         model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kw)
         if tokenizer is None and any((path / f).is_file() for f in
                                      ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
