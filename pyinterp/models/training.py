@@ -170,6 +170,7 @@ def save_checkpoint(out_dir: Path, model, opt, step: int, history: dict, cfg: Tr
     atomic_save_tensors(rng, tmp / "rng.safetensors")
     atomic_write_text(tmp / "trainer_state.json", json.dumps(
         {"step": step, "train_config": cfg.to_dict(), "history": history}, indent=1))
+    write_checksums(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -188,7 +189,53 @@ def latest_checkpoint(out_dir: Union[str, Path]) -> Optional[Path]:
     return d if d.is_dir() else None
 
 
+CHECKSUMS = "checksums.json"
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or corrupt (its sha256 does not match)."""
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(ckpt: Path) -> None:
+    """Record the sha256 of every file of a checkpoint directory in ``checksums.json``."""
+    sums = {p.name: _sha256(p) for p in sorted(Path(ckpt).iterdir())
+            if p.is_file() and p.name != CHECKSUMS}
+    atomic_write_text(Path(ckpt) / CHECKSUMS, json.dumps(sums, indent=1, sort_keys=True))
+
+
+def verify_checkpoint(ckpt: Path) -> None:
+    """Check every file against ``checksums.json`` before anything is loaded; a missing,
+    truncated or altered file raises :class:`CorruptCheckpointError` naming it."""
+    ckpt = Path(ckpt)
+    listing = ckpt / CHECKSUMS
+    if not listing.is_file():
+        raise CorruptCheckpointError(f"checkpoint {ckpt} has no {CHECKSUMS} (incomplete or "
+                                     "written by an older pyinterp); refusing to load it")
+    try:
+        sums = json.loads(listing.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptCheckpointError(f"{listing} is not valid JSON ({exc})") from None
+    for name, digest in sums.items():
+        f = ckpt / name
+        if not f.is_file():
+            raise CorruptCheckpointError(f"checkpoint file {f} is missing (listed in {listing})")
+        if _sha256(f) != digest:
+            raise CorruptCheckpointError(f"checkpoint file {f} is truncated or corrupt: its "
+                                         f"sha256 does not match {listing}")
+
+
 def load_checkpoint(ckpt: Path, model, opt) -> dict:
+    verify_checkpoint(ckpt)
     model.load_state_dict(load_tensors(ckpt / "model.safetensors"), strict=True)
     meta = json.loads((ckpt / "optimizer.json").read_text())
     opt.load_state_dict(_unflatten_optimizer(load_tensors(ckpt / "optimizer.safetensors"), meta))
