@@ -155,4 +155,45 @@ def run(args) -> list[Row]:
     for b in dbackends:
         rows.append(Row("sparse_decode fwd+bwd", shape, dname, f"pyinterp [{b}]", t[b],
                         baseline="torch dense", baseline_seconds=t["dense"]))
+    rows += _train_step_rows(x, W_enc, b_enc, b_dec, W_dec, k, dbackends, 3, device, shape, dname)
+    return rows
+
+
+def _train_step_rows(x, W_enc, b_enc, b_dec, W_dec, k, backends, repeat, device, shape, dname):
+    """One TopK SAE step (encode, decode, MSE, backward, Adam) written from the ops, vs the same
+    maths in dense torch (dense pre-activation, topk, dense code, dense decode). The library's
+    module-level version is ``pyinterp bench sae_train``."""
+    from pyinterp import ops
+
+    def make(body):
+        params = [t.clone().requires_grad_() for t in (W_enc, b_enc, b_dec, W_dec)]
+        opt = torch.optim.Adam(params, lr=1e-5)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            body(*params).backward()
+            opt.step()
+        return step
+
+    def dense(W, be, bd, Wd):
+        pre = (x - bd) @ W + be
+        v, i = torch.topk(pre, k, dim=-1)
+        code = torch.zeros_like(pre).scatter(1, i, torch.relu(v))
+        return (code @ Wd + bd - x).square().sum(-1).mean()
+
+    def sparse(b):
+        def body(W, be, bd, Wd):
+            v, i = ops.topk_encode(x, W, be, bd, k, backend=b)
+            out = ops.sparse_decode(v, i, Wd, bd, check_indices=False, backend=b)
+            return (out - x).square().sum(-1).mean()
+        return body
+
+    fns = {"dense": make(dense)}
+    for b in backends:
+        fns[b] = make(sparse(b))
+    t = interleaved(fns, repeat, device)
+    rows = [Row("topk_sae_train_step", shape, dname, "torch dense (same maths)", t["dense"])]
+    for b in backends:
+        rows.append(Row("topk_sae_train_step", shape, dname, f"pyinterp ops [{b}]", t[b],
+                        baseline="torch dense", baseline_seconds=t["dense"]))
     return rows
