@@ -240,6 +240,27 @@ def test_leading_dims_and_decode_roundtrip():
     assert_close(out, dense)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_empty_batch_and_tied_weights(backend):
+    """N = 0 gives empty codes; W_enc may be a non-contiguous view (tied W_enc = W_dec.T)."""
+    require(backend)
+    W_dec = dyadic(20, 8).float().requires_grad_()
+    be, bd = torch.zeros(20, requires_grad=True), torch.zeros(8, requires_grad=True)
+    x = dyadic(5, 8).float()
+    for op, extra in (("topk_encode", (3,)), ("threshold_encode", ()), ("batchtopk_encode", (2,))):
+        v, i = getattr(ops, op)(x[:0], W_dec.t(), be, bd, *extra, backend=backend)
+        assert v.shape[0] == 0 and i.shape[0] == 0
+        assert ops.sparse_decode(v, i, W_dec, bd, backend=backend).shape == (0, 8)
+    v, i = ops.topk_encode(x, W_dec.t(), be, bd, 3, backend=backend)
+    out = ops.sparse_decode(v, i, W_dec, bd, backend=backend)
+    g = torch.autograd.grad(out.square().sum(), [W_dec, be, bd])
+    rv, ri = ops.topk_encode(x, W_dec.t().contiguous(), be, bd, 3, backend="reference")
+    ref = ops.sparse_decode(rv, ri, W_dec, bd, backend="reference")
+    rg = torch.autograd.grad(ref.square().sum(), [W_dec, be, bd])
+    for a, b in zip(g, rg):
+        assert_close(a, b, grad=True)
+
+
 def test_cpu_topk_never_builds_dense_preactivation():
     """d_sae = 2^20 (the largest supported size): a dense (N, d_sae) float32 pre-activation
     would be 512 MiB; the chunked epilogue holds 16 MiB of it at a time."""

@@ -107,7 +107,7 @@ def _threshold_forward(x, W_enc, b_enc, b_dec, threshold, max_active):
         C.sae_select_threshold(buf.data_ptr(), rr, d_sae, thr_s, _p(thr_t), width, v.data_ptr(),
                                i.data_ptr(), c.data_ptr(), dtype_code(v), nt)
         parts.append((v, i, c))
-    width = max_active if max_active is not None else max(p[0].shape[1] for p in parts)
+    width = max_active if max_active is not None else max([p[0].shape[1] for p in parts] or [1])
     values = torch.cat([F.pad(v, (0, width - v.shape[1])) for v, _, _ in parts]) if n else \
         torch.zeros(0, width, dtype=x.dtype)
     indices = torch.cat([F.pad(i, (0, width - i.shape[1])) for _, i, _ in parts]) if n else \
