@@ -45,7 +45,7 @@ class Config(BaseConfig):
 
     SCALES: ClassVar[Dict[str, dict]] = {
         "quick": dict(n=200, sparsity=0.97, dataset_sizes=(3, 5, 10, 20, 40, 80, 150, 300, 600, 1200, 2500),
-                      seeds=3, steps=3000, lr=1e-2, test_size=3000),
+                      seeds=3, steps=2000, lr=1e-2, test_size=3000),
         "tiny": dict(n=40, sparsity=0.9, dataset_sizes=(3, 6, 12, 25, 50, 100, 200, 400),
                      seeds=2, steps=300, lr=3e-2, test_size=1000),
     }

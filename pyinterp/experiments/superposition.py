@@ -56,8 +56,8 @@ class Config(BaseConfig):
     pentagon_seeds: int = 8
 
     SCALES: ClassVar[Dict[str, dict]] = {
-        "quick": dict(steps=2500, lr=5e-3, phase_points=8, phase_seeds=3, dim_n=100, dim_m=10,
-                      dim_models=24, dim_max_inv_density=300.0, pentagon_seeds=6),
+        "quick": dict(steps=2500, lr=5e-3, phase_points=8, phase_seeds=3, dim_n=80, dim_m=8,
+                      dim_models=20, dim_max_inv_density=300.0, pentagon_seeds=6),
         "tiny": dict(steps=300, lr=1e-2, batch=256, sweep_sparsities=(0.0, 0.9, 0.99, 0.997),
                      phase_points=5, phase_seeds=2, dim_n=30, dim_m=5, dim_models=6,
                      dim_max_inv_density=100.0, pentagon_seeds=4),
