@@ -67,13 +67,45 @@ static inline double vexp_neg(double x) { return std::exp(x); }
 #define PYINTERP_SIMD_REDUCE(...) _Pragma(PYINTERP_STR(omp simd simdlen(8) reduction(__VA_ARGS__)))
 #define PYINTERP_STR(x) #x
 
+// Cheap reductions are latency-bound with one vector accumulator; these keep 32 lanes
+// (4 AVX2 registers) of independent partial results and combine them at the end.
+constexpr int kLanes = 32;
+
 template <typename A>
 static inline A row_max(const A* __restrict x, int64_t d) {
-  A m = -std::numeric_limits<A>::infinity();
   // NaN is skipped here but reappears in exp(x - m), so a NaN row still ends up NaN.
-  PYINTERP_SIMD_REDUCE(max : m)
-  for (int64_t i = 0; i < d; ++i) m = x[i] > m ? x[i] : m;
+  A acc[kLanes];
+  for (int j = 0; j < kLanes; ++j) acc[j] = -std::numeric_limits<A>::infinity();
+  int64_t i = 0;
+  for (; i + kLanes <= d; i += kLanes) {
+    PYINTERP_SIMD
+    for (int j = 0; j < kLanes; ++j) acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+  }
+  for (int j = 0; i < d; ++i, ++j) acc[j] = x[i] > acc[j] ? x[i] : acc[j];
+  A m = acc[0];
+  for (int j = 1; j < kLanes; ++j) m = acc[j] > m ? acc[j] : m;
   return m;
+}
+
+// sum_i (u_i * scale - mean)^2
+template <typename A>
+static inline A sum_sq_dev(const A* __restrict u, A scale, A mean, int64_t d) {
+  A acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= d; i += kLanes) {
+    PYINTERP_SIMD
+    for (int j = 0; j < kLanes; ++j) {
+      A c = u[i + j] * scale - mean;
+      acc[j] += c * c;
+    }
+  }
+  for (int j = 0; i < d; ++i, ++j) {
+    A c = u[i] * scale - mean;
+    acc[j] += c * c;
+  }
+  A s = 0;
+  for (int j = 0; j < kLanes; ++j) s += acc[j];
+  return s;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -230,12 +262,7 @@ void solu_ln_forward_impl(const T* x, const acc_t<T>* w, const acc_t<T>* b, T* y
       }
       const A inv = A(1) / s;
       const A mean = su * inv * inv_d;
-      A sv = 0;
-      PYINTERP_SIMD_REDUCE(+ : sv)
-      for (int64_t i = 0; i < d; ++i) {
-        A c = u[i] * inv - mean;
-        sv += c * c;
-      }
+      const A sv = sum_sq_dev(u, inv, mean, d);  // two-pass: no cancellation
       const A rstd = A(1) / std::sqrt(sv * inv_d + aeps);
       if (stats) {
         stats[3 * r] = m + std::log(s);
@@ -249,11 +276,10 @@ void solu_ln_forward_impl(const T* x, const acc_t<T>* w, const acc_t<T>* b, T* y
         for (int64_t i = 0; i < d; ++i) po[i] = u[i] * inv;
         store_row<T, A>(pr, po, d);
       }
-      // y = (u inv - mean) rstd w + b = (u a + c) w + b
-      const A a = inv * rstd, c = -mean * rstd;
+      // y = (h - mean) rstd w + b; h - mean first, so a constant row gives exactly 0
       A* __restrict o = out_buf<T, A>(y + r * d, obuf.data());
       PYINTERP_SIMD
-      for (int64_t i = 0; i < d; ++i) o[i] = (u[i] * a + c) * wv[i] + bv[i];
+      for (int64_t i = 0; i < d; ++i) o[i] = (u[i] * inv - mean) * rstd * wv[i] + bv[i];
       store_row<T, A>(y + r * d, o, d);
     }
   }
