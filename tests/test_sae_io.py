@@ -6,7 +6,6 @@ import warnings
 import pytest
 import torch
 
-import pyinterp.sae as psae
 from pyinterp.sae import (BatchTopKSAE, CorruptFileError, JumpReLUSAE, ReLUSAE, TopKSAE,
                           accelerate, load, restore)
 

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import pyinterp
 from kernel_testing import require
 from sae_testing import sparse_data
 from pyinterp.sae import BatchTopKSAE, JumpReLUSAE, ReLUSAE, SAEConfig, TopKSAE, build

@@ -15,11 +15,10 @@ every ``aux_check_every`` steps and at log/checkpoint steps.
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
