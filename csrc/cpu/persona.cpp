@@ -31,6 +31,15 @@ namespace py = pybind11;
 namespace pyinterp {
 namespace {
 
+// Threads worth waking for `elements` of work: small calls (a "last"-token gather, a monitor's
+// one-token step) run on one thread, avoiding a fork/join barrier that costs more than the work
+// (and stalls for a whole time slice when the machine is oversubscribed).
+static inline int threads_for(int64_t elements, int requested) {
+  const int64_t grain = int64_t(1) << 16;
+  const int64_t useful = std::max<int64_t>(1, elements / grain);
+  return static_cast<int>(std::min<int64_t>(std::max(1, requested), useful));
+}
+
 // Branch-free conversions (vectorisable inside omp simd loops).
 #pragma omp declare simd
 static inline float cvt(float v) { return v; }
@@ -122,8 +131,8 @@ void pool_impl(const std::vector<int64_t>& ptrs, const std::vector<int64_t>& str
   const Layers<T> h{ptrs, strides};
   const int64_t L = static_cast<int64_t>(ptrs.size());
   const int64_t LB = L * B;
-  const int nt = std::max(1, nthreads);
   if (index != nullptr) {
+    const int nt = threads_for(LB * D, nthreads);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t i = 0; i < LB; ++i) {
       const int64_t l = i / B, b = i % B;
@@ -139,6 +148,7 @@ void pool_impl(const std::vector<int64_t>& ptrs, const std::vector<int64_t>& str
     }
     return;
   }
+  const int nt = threads_for(LB * T_ * D, nthreads);
   // Split tokens only when there are too few (layer, row) pairs to keep every thread busy.
   int64_t chunks = 1;
   if (LB < 4 * nt) chunks = std::min<int64_t>(T_, (4 * nt + LB - 1) / LB);
@@ -207,7 +217,7 @@ void tokens_impl(const std::vector<int64_t>& ptrs, const std::vector<int64_t>& s
   const int64_t L = static_cast<int64_t>(ptrs.size());
   constexpr int64_t kBlock = 16;  // tokens per work item
   const int64_t blocks = (T_ + kBlock - 1) / kBlock;
-  const int nt = std::max(1, nthreads);
+  const int nt = threads_for(L * B * T_ * D * std::max<int64_t>(1, P / 4), nthreads);
 #pragma omp parallel num_threads(nt)
   {
     std::vector<A> buf(static_cast<size_t>(D));
