@@ -1,0 +1,203 @@
+"""Shared pieces of the dictionary-learning reproductions (Towards / Scaling Monosemanticity).
+
+Each helper is one checkpointed, resumable part of a run:
+
+    rows, tok = corpus_rows(n_ctx=64, vocab_size=1024, max_rows=None)    # (N, n_ctx) int64
+    model = train_lm(ex, "lm", TransformerConfig(...), rows, steps=800, batch_size=32, lr=3e-3)
+    acts = collect_acts(ex, "acts", model, rows, "blocks.0.mlp.hook_post", max_rows=200_000)
+    saes, hist = train_saes(ex, "saes", {"x4": ReLUSAE(...), ...}, acts, steps=1000, batch_size=512)
+    stats = evaluate_sae(model, sae, eval_rows)    # L0, FVU, dead/dense, density, loss recovered
+
+A step that is interrupted resumes from its own checkpoints (the LM trainer's and the SAE
+trainer's); a finished step is loaded, never redone. Everything lives under the experiment's
+``checkpoints/<config-hash>/`` directory.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from pyinterp.experiments._experiment import Experiment
+
+
+def _progress() -> bool:
+    import os
+
+    return os.environ.get("PYINTERP_PROGRESS", "1") != "0"
+
+
+# ----------------------------------------------------------------------------- data + model
+def corpus_rows(n_ctx: int, vocab_size: int, max_rows: Optional[int] = None, seed: int = 0):
+    """The default corpus as packed rows (cached tokens): ((N, n_ctx) int64, tokenizer);
+    ``max_rows`` keeps a seeded random subset. Deterministic."""
+    from pyinterp import data
+
+    rows = data.default_token_rows(n_ctx=n_ctx, vocab_size=vocab_size)
+    if max_rows is not None and max_rows < rows.shape[0]:
+        g = torch.Generator().manual_seed(seed + 31)
+        rows = rows[torch.randperm(rows.shape[0], generator=g)[:max_rows]]
+    return rows, data.get_tokenizer(vocab_size=vocab_size)
+
+
+def split_rows(rows: torch.Tensor, eval_rows: int, seed: int):
+    """Seeded split of rows into (train, eval); eval gets ``eval_rows`` rows."""
+    g = torch.Generator().manual_seed(seed + 777)
+    perm = torch.randperm(rows.shape[0], generator=g)
+    eval_rows = min(eval_rows, rows.shape[0] // 5)
+    return rows[perm[eval_rows:]], rows[perm[:eval_rows]]
+
+
+def train_lm(ex: Experiment, name: str, model_cfg, rows: torch.Tensor, *, steps: int, batch_size: int,
+             lr: float, seed: int = 0):
+    """Train (or load) a pyinterp Transformer on ``rows``; returns it in eval mode on ex.device.
+
+    The training loop checkpoints under the step directory, so an interrupted run resumes."""
+    from pyinterp.models import TrainConfig, Transformer, train
+
+    def fit():
+        model = Transformer(model_cfg).to(ex.device)
+        tc = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, min(100, steps // 10)),
+                         seed=seed, checkpoint_every=max(50, steps // 5), log_every=max(1, steps // 50),
+                         progress=_progress())
+        res = train(model, rows, tc, out_dir=ex.steps.dir / f"{name}_train")
+        return {"state": {k: v.detach() for k, v in model.state_dict().items()},
+                "loss_history": res.history.get("loss", [])}
+
+    r = ex.step(name, fit)
+    model = Transformer(model_cfg)
+    model.load_state_dict(r["state"])
+    model.to(ex.device).eval()
+    model.loss_history = r["loss_history"]
+    return model
+
+
+def collect_acts(ex: Experiment, name: str, model, rows: torch.Tensor, hook_names: Sequence[str], *,
+                 max_rows: int, batch_size: int = 32, shard_rows: int = 1 << 15, seed: int = 0) -> Path:
+    """Collect activations at ``hook_names`` into a shard directory (resumable); returns it."""
+    from pyinterp.data import shuffled_batches
+    from pyinterp.sae import collect
+
+    root = ex.steps.dir / name
+    batches = (b.to(ex.device) for b in shuffled_batches(rows, batch_size, seed=seed, epochs=None))
+    collect(root, model, batches, hook_names=list(hook_names), shard_rows=shard_rows, max_rows=max_rows,
+            seed=seed, resume=not ex.steps.fresh, progress=_progress())
+    return root
+
+
+# ----------------------------------------------------------------------------- dictionaries
+def sae_state(sae) -> dict:
+    return {"state": {k: v.detach() for k, v in sae.state_dict().items()}, "cfg": json.dumps(sae.cfg.to_dict())}
+
+
+def sae_from_state(d: dict, device="cpu"):
+    from pyinterp.sae import SAEConfig, build
+
+    sae = build(SAEConfig.from_dict(json.loads(d["cfg"])), device=device)
+    sae.load_state_dict(d["state"])
+    return sae.eval()
+
+
+def train_saes(ex: Experiment, name: str, make_saes, acts_dir: Path, *, steps: int, batch_size: int,
+               lr: float, seed: int = 0, hook_names=None, **train_kw):
+    """Train several dictionaries at once from one pass over the store (or load them).
+
+    make_saes: () -> {name: module}. Returns ({name: module (eval)}, trainer history)."""
+    from pyinterp.sae import ActivationStore, SAETrainer, TrainConfig
+    from pyinterp.sae.checkpoint import latest
+
+    def fit():
+        ckdir = ex.steps.dir / f"{name}_train"
+        store = ActivationStore(acts_dir, batch_size=batch_size, seed=seed, device=ex.device,
+                                hook_names=hook_names)
+        if not ex.steps.fresh and ckdir.exists() and latest(ckdir) is not None:
+            trainer = SAETrainer.resume(ckdir, store, device=ex.device)
+        else:
+            saes = {k: s.to(ex.device) for k, s in make_saes().items()}
+            tc = TrainConfig(steps=steps, lr=lr, seed=seed, checkpoint_dir=str(ckdir),
+                             checkpoint_every=max(100, steps // 4), log_every=max(1, steps // 40),
+                             progress=_progress(), **train_kw)
+            trainer = SAETrainer(saes, store, tc)
+        trainer.run()
+        return {"saes": {k: sae_state(s) for k, s in trainer.saes.items()},
+                "history": json.dumps(trainer.history)}
+
+    r = ex.step(name, fit)
+    saes = {k: sae_from_state(v, ex.device) for k, v in r["saes"].items()}
+    # a loaded step's keys come back in file order: order by architecture, then size
+    saes = dict(sorted(saes.items(), key=lambda kv: (kv[1].cfg.architecture, kv[1].d_sae)))
+    return saes, json.loads(r["history"])
+
+
+@torch.no_grad()
+def dense_codes(sae, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """The full code f(x): (N, d_sae), in the dictionary's (normalised) units. x: (N, d_in)."""
+    out = []
+    for i in range(0, x.shape[0], chunk):
+        v, idx = sae.encode(x[i:i + chunk])
+        f = torch.zeros(v.shape[0], sae.d_sae, dtype=torch.float32, device=v.device)
+        f.scatter_add_(1, idx.long(), v.float())
+        out.append(f)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def hook_acts(model, rows: torch.Tensor, hook: str, batch: int = 64) -> torch.Tensor:
+    """Activations at ``hook`` for every token of ``rows``: (N, T, d)."""
+    out = []
+    for i in range(0, rows.shape[0], batch):
+        _, cache = model.run_with_cache(rows[i:i + batch], names_filter=[hook])
+        out.append(cache[hook].float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate_sae(model, sae, hook: str, eval_rows: torch.Tensor, acts: torch.Tensor, batch: int = 64) -> dict:
+    """L0, FVU, MSE, dead and dense fractions, density, histogram and loss recovered.
+
+    acts: (N, d_in) activations of ``eval_rows`` at ``hook`` (already computed)."""
+    from pyinterp.sae import metrics
+
+    chunks = [acts[i:i + 4096] for i in range(0, acts.shape[0], 4096)]
+    stats = metrics.evaluate(sae, chunks)
+    lr = metrics.loss_recovered(model, [eval_rows[i:i + batch] for i in range(0, eval_rows.shape[0], batch)],
+                                sae=sae, hook_name=hook)
+    stats.update(lr)
+    stats["eval_loss"] = float(sum(float(sae.loss(c).total) * c.shape[0] for c in chunks) / acts.shape[0])
+    return stats
+
+
+# ----------------------------------------------------------------------------- feature reading
+@torch.no_grad()
+def concentration(acts: torch.Tensor, tokens: torch.Tensor, k: int):
+    """The monosemanticity proxy shared with the SoLU reproduction (:mod:`neuron_proxy`):
+    per unit, the share of its top-k positions whose token is its most common one.
+
+    acts: (N_tok, U); tokens: (N_tok,) -> (concentration (U,), top values (U, k), top positions (U, k))."""
+    from pyinterp.experiments import neuron_proxy
+
+    v, i = neuron_proxy.top_activations(acts, k)  # (k, U)
+    return neuron_proxy.token_concentration(tokens[i]), v.T.contiguous(), i.T.contiguous()
+
+
+def fold_ln_final(model, directions: torch.Tensor) -> torch.Tensor:
+    """Residual-stream directions as the unembedding sees them through the final LayerNorm
+    (centred, times its gain; the per-token scale is left out). directions: (U, d_model)."""
+    d = directions.float()
+    d = d - d.mean(-1, keepdim=True)
+    ln = getattr(model, "ln_final", None)
+    if ln is not None and hasattr(ln, "w"):
+        d = d * ln.w.detach().float().to(d.device)
+    return d
+
+
+def logit_effects(directions: torch.Tensor, W_U: torch.Tensor, k: int = 10):
+    """Top positive / negative logit effects of output-space directions.
+
+    directions: (U, d_model); W_U: (d_model, d_vocab) -> (pos ids (U, k), pos vals, neg ids, neg vals)."""
+    eff = directions.float() @ W_U.float()
+    pv, pi = eff.topk(k, dim=1)
+    nv, ni = (-eff).topk(k, dim=1)
+    return pi, pv, ni, -nv

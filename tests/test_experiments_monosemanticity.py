@@ -1,0 +1,71 @@
+"""Towards Monosemanticity at tiny scale: the paper's qualitative results hold (seconds on CPU)."""
+import pytest
+import torch
+
+from pyinterp import experiments
+from pyinterp.experiments import dictlearn
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny shapes run fastest on one thread (no oversubscription)
+    try:
+        out = tmp_path_factory.mktemp("runs")
+        data = experiments.run_paper("monosemanticity", scale="tiny", device="cpu", out=out)
+        yield out / "monosemanticity", data
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_dictionary_reconstructs_sparsely_and_recovers_loss(run_dir):
+    _, data = run_dir
+    m = data["metrics"]
+    main = m["dictionaries"][m["main"]]
+    assert main["l0"] < 0.1 * main["d_sae"]
+    assert main["loss_recovered"] > 0.5
+    assert main["spliced"] < main["zero_ablation"]
+    assert any(n.startswith("topk") for n in m["dictionaries"])
+    for d in m["dictionaries"].values():
+        assert 0 <= d["dead_fraction"] <= 1 and 0 <= d["dense_fraction"] <= 1 and d["fvu"] < 1
+
+
+def test_larger_dictionary_explains_more(run_dir):
+    _, data = run_dir
+    relu = sorted((d["d_sae"], d["fvu"]) for n, d in data["metrics"]["dictionaries"].items() if n.startswith("relu"))
+    assert relu[-1][1] < relu[0][1]
+
+
+def test_features_vs_neurons_and_ablation(run_dir):
+    _, data = run_dir
+    m = data["metrics"]
+    assert m["proxy_features_mean"] > m["proxy_neurons_mean"]
+    ab = m["ablation"]
+    assert ab["fires"] > 0 and ab["kl_where_fires"] > 0
+
+
+def test_page_and_dashboards(run_dir):
+    out, data = run_dir
+    page = (out / "index.html").read_text()
+    for f in ("reconstruction.png", "density.png", "monosemanticity_proxy.png", "ablation.png"):
+        assert (out / f).stat().st_size > 1000 and f in page
+    feats = (out / "dashboards" / "features.html").read_text()
+    assert feats.count("<h2 id=") == len(data["metrics"]["dashboards"]["features"])
+    assert "background:rgba(255,140,0," in feats and "raises" in feats
+    assert (out / "dashboards" / "neurons.html").exists()
+    assert "Bricken et al. 2023" in page
+
+
+def test_concentration_uses_the_shared_proxy():
+    acts = torch.tensor([[3.0, 0.0], [2.0, 1.0], [1.0, 2.0], [0.5, 3.0]])
+    tokens = torch.tensor([7, 7, 8, 9])
+    conc, v, p = dictlearn.concentration(acts, tokens, 2)
+    assert conc.tolist() == [1.0, 0.5]
+    assert p.tolist() == [[0, 1], [3, 2]] and v.shape == (2, 2)
+
+
+def test_power_law_fit_recovers_exponent():
+    from pyinterp.experiments.scaling import power_law_fit
+
+    a, b = power_law_fit([10, 100, 1000], [2 * 10 ** -0.3, 2 * 100 ** -0.3, 2 * 1000 ** -0.3])
+    assert abs(a - 2) < 1e-9 and abs(b + 0.3) < 1e-9
