@@ -36,12 +36,13 @@ namespace {
 // gives exactly 0, so exp(-inf) = 0 and -inf * exp(-inf) = NaN as in torch.
 static inline float vexp_neg(float x) {
   const float lo = -87.0f;
-  float xc = x < lo ? lo : x;
   // n = round(x / ln2): adding 1.5 * 2^23 leaves n in the low mantissa bits of t.
+  // No clamp: below lo (and for -inf) the bits computed here are garbage, but the final
+  // select returns 0 there; NaN stays NaN through every step.
   const float magic = 12582912.0f;
-  float t = xc * 1.44269504088896341f + magic;
+  float t = x * 1.44269504088896341f + magic;
   float n = t - magic;
-  float r = xc - n * 0.693359375f;
+  float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float r2 = r * r;
   float p = 1.9875691500e-4f;
@@ -54,7 +55,8 @@ static inline float vexp_neg(float x) {
   int32_t tb, pb;
   std::memcpy(&tb, &t, 4);
   std::memcpy(&pb, &p, 4);
-  pb += tb << 23;  // multiply by 2^n (n >= -126 here, and p >= 1 when n = -126: no underflow)
+  // multiply by 2^n (for x >= lo, n >= -126, and p >= 1 when n = -126: no underflow)
+  pb += static_cast<int32_t>(static_cast<uint32_t>(tb) << 23);
   float res;
   std::memcpy(&res, &pb, 4);
   return x < lo ? 0.0f : res;
