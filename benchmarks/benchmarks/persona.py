@@ -57,10 +57,10 @@ class MonitorOverhead:
         from pyinterp.models import Transformer, TransformerConfig
         from pyinterp.persona import ProjectionMonitor
 
-        cfg = TransformerConfig(n_layers=8, d_model=512, n_heads=8, d_vocab=4096, n_ctx=512,
+        cfg = TransformerConfig(n_layers=8, d_model=256, n_heads=8, d_vocab=4096, n_ctx=512,
                                 act_fn="gelu")
         self.model = Transformer(cfg).eval()
-        self.tokens = torch.randint(0, cfg.d_vocab, (8, 512))
+        self.tokens = torch.randint(0, cfg.d_vocab, (8, 256))
         self.mon = ProjectionMonitor(self.model, torch.randn(8, cfg.d_model)) if monitored else None
 
     def time_forward(self, monitored):

@@ -93,10 +93,10 @@ def _monitor_rows(device, repeat, quick):
     from pyinterp.models import Transformer, TransformerConfig
     from pyinterp.persona import ProjectionMonitor
 
-    cfg = TransformerConfig(n_layers=4 if quick else 8, d_model=256 if quick else 512, n_heads=8,
+    cfg = TransformerConfig(n_layers=4 if quick else 8, d_model=128 if quick else 256, n_heads=8,
                             d_vocab=4096, n_ctx=512, act_fn="gelu")
     model = Transformer(cfg).to(device).eval()
-    B, T, P = (4, 128, 8) if quick else (8, 512, 8)
+    B, T, P = (4, 128, 8) if quick else (8, 256, 8)
     tokens = torch.randint(0, cfg.d_vocab, (B, T), device=device)
     vectors = torch.randn(P, cfg.d_model, device=device)
     mon = ProjectionMonitor(model, vectors)
