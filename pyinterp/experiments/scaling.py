@@ -57,7 +57,7 @@ class Config(BaseConfig):
 
     SCALES: ClassVar[Dict[str, dict]] = {
         "quick": dict(vocab_size=1024, n_ctx=64, d_model=64, n_heads=4, lm_steps=600, lm_batch=32, lm_lr=3e-3,
-                      act_rows=160_000, sizes=(256, 512, 1024, 2048), sae_steps=1000, sae_batch=512, sae_lr=2e-3,
+                      act_rows=120_000, sizes=(128, 256, 512, 1024), sae_steps=600, sae_batch=256, sae_lr=2e-3,
                       eval_rows=128),
         "tiny": dict(vocab_size=512, n_ctx=32, max_rows=1500, d_model=32, n_heads=2, lm_steps=120, lm_batch=16,
                      lm_lr=5e-3, act_rows=16_000, sizes=(32, 128, 512), sae_steps=250, sae_batch=256, sae_lr=3e-3,
@@ -165,6 +165,11 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     cs = torch.logspace(math.log10(compute[0]) - 0.1, math.log10(compute[-1]) + 0.1, 20).double()
     ax.plot(cs.numpy(), (a_c * cs ** b_c).numpy(), "--", color="#c0392b", label=f"fit ∝ C^{b_c:.3f}")
     ax.set_xscale("log"); ax.set_yscale("log"); ax.set_xlabel("compute C ≈ 6·d·N·tokens (FLOPs)"); ax.legend(fontsize=6)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    for a in axes:  # log axes over less than a decade: plain major labels, no minor labels
+        a.yaxis.set_major_formatter(ScalarFormatter()); a.yaxis.set_minor_formatter(NullFormatter())
+    axes[0].xaxis.set_minor_formatter(NullFormatter())
     mono = all(b < a * 1.02 for a, b in zip(losses, losses[1:]))
     ex.figure(fig, "loss_scaling.png", "Loss against dictionary size and compute (log-log, power-law fits)",
               "Loss falls as a power law in the number of features and in compute (straight lines in log-log).",
