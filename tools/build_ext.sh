@@ -12,5 +12,9 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DPython_EXECUTABLE="$(command -v "$py")" \
   -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" "$@" >/dev/null
 cmake --build "$build" -j 2
-cp "$build"/_C*.so "$root/pyinterp/"
+# Copy then rename: overwriting a loaded .so in place crashes processes that have it mapped.
+for so in "$build"/_C*.so; do
+  cp "$so" "$root/pyinterp/.$(basename "$so").tmp"
+  mv -f "$root/pyinterp/.$(basename "$so").tmp" "$root/pyinterp/$(basename "$so")"
+done
 echo "built $(ls "$root"/pyinterp/_C*.so)"
