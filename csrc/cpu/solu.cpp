@@ -21,6 +21,11 @@
 #include <omp.h>
 #include <sys/mman.h>
 
+#if defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#define PYINTERP_HAVE_F16C 1
+#endif
+
 #include "common.h"
 
 namespace py = pybind11;
@@ -52,11 +57,13 @@ static inline float vexp_neg(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
-  int32_t tb, pb;
+  uint32_t tb, pb;
   std::memcpy(&tb, &t, 4);
   std::memcpy(&pb, &p, 4);
-  // multiply by 2^n (for x >= lo, n >= -126, and p >= 1 when n = -126: no underflow)
-  pb += static_cast<int32_t>(static_cast<uint32_t>(tb) << 23);
+  // multiply by 2^n (for x >= lo, n >= -126, and p >= 1 when n = -126: no underflow).
+  // Unsigned arithmetic: below lo the bits wrap, which is defined (UBSan found the signed
+  // overflow); those lanes are replaced by 0 below.
+  pb += tb << 23;
   float res;
   std::memcpy(&res, &pb, 4);
   return x < lo ? 0.0f : res;
@@ -122,7 +129,16 @@ static inline const A* load_row(const T* src, A* buf, int64_t d) {
     (void)d;
     return src;
   } else {
-    for (int64_t i = 0; i < d; ++i) buf[i] = to_float(src[i]);
+    int64_t i = 0;
+#ifdef PYINTERP_HAVE_F16C
+    if constexpr (std::is_same_v<T, half_t>) {  // hardware conversion, 8 at a time
+      for (; i + 8 <= d; i += 8) {
+        __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+        _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(h));
+      }
+    }
+#endif
+    for (; i < d; ++i) buf[i] = to_float(src[i]);
     return buf;
   }
 }
@@ -132,7 +148,16 @@ static inline void store_row(T* dst, const A* src, int64_t d) {
   if constexpr (std::is_same_v<T, A>) {
     if (dst != src) std::memcpy(dst, src, sizeof(A) * d);
   } else {
-    for (int64_t i = 0; i < d; ++i) store(dst[i], src[i]);
+    int64_t i = 0;
+#ifdef PYINTERP_HAVE_F16C
+    if constexpr (std::is_same_v<T, half_t>) {  // round to nearest even, as store() does
+      for (; i + 8 <= d; i += 8) {
+        __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), h);
+      }
+    }
+#endif
+    for (; i < d; ++i) store(dst[i], src[i]);
   }
 }
 
