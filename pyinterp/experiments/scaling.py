@@ -165,10 +165,11 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     cs = torch.logspace(math.log10(compute[0]) - 0.1, math.log10(compute[-1]) + 0.1, 20).double()
     ax.plot(cs.numpy(), (a_c * cs ** b_c).numpy(), "--", color="#c0392b", label=f"fit ∝ C^{b_c:.3f}")
     ax.set_xscale("log"); ax.set_yscale("log"); ax.set_xlabel("compute C ≈ 6·d·N·tokens (FLOPs)"); ax.legend(fontsize=6)
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    for a in axes:  # log axes over less than a decade: plain major labels, no minor labels
-        a.yaxis.set_major_formatter(ScalarFormatter()); a.yaxis.set_minor_formatter(NullFormatter())
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    for a in axes:  # log axes spanning less than a decade: plain labels on the minor ticks too
+        a.yaxis.set_major_formatter(plain); a.yaxis.set_minor_formatter(plain)
     axes[0].xaxis.set_minor_formatter(NullFormatter())
     mono = all(b < a * 1.02 for a, b in zip(losses, losses[1:]))
     ex.figure(fig, "loss_scaling.png", "Loss against dictionary size and compute (log-log, power-law fits)",
