@@ -72,6 +72,14 @@ def init(backend: Optional[str] = None, device: Optional[str] = None,
     return dev
 
 
+def comm_device(group=None) -> torch.device:
+    """Where small bookkeeping tensors must live for collectives: the current CUDA device
+    under NCCL (it cannot reduce host tensors), the CPU otherwise."""
+    if is_initialized() and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def barrier(group=None) -> None:
     if is_initialized():
         dist.barrier(group)

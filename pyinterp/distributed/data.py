@@ -131,7 +131,8 @@ class RankSource:
         """Gather every stream's position (a collective: all ranks call it)."""
         pos = self._local_positions()
         if self.world > 1:
-            pos = G.all_gather_cat(pos.unsqueeze(0), self.group).max(0).values  # each stream is owned by exactly one rank
+            dev = G.comm_device(self.group)
+            pos = G.all_gather_cat(pos.unsqueeze(0).to(dev), self.group).max(0).values.cpu()  # each stream is owned by exactly one rank
         self._synced = self._state_from(pos)
         return self._synced
 

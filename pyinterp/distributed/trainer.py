@@ -111,8 +111,7 @@ class DataParallelSAETrainer(SAETrainer):
         if self.world > 1 and not self._rank0_only:
             names = list(self._bad)
             flags = torch.stack([self._bad[n].to(torch.int64).cpu() for n in names])
-            if dist.get_backend(self.group) == "nccl":
-                flags = flags.cuda()
+            flags = flags.to(G.comm_device(self.group))
             G.all_reduce_(flags, op=dist.ReduceOp.MAX, group=self.group)
             for n, f in zip(names, flags.tolist()):
                 self._bad[n] = torch.tensor(bool(f), device=self._bad[n].device)
