@@ -5,15 +5,16 @@ from __future__ import annotations
 import torch
 
 
-def corpus_rows(vocab_size: int, n_ctx: int, max_rows: int, seed: int = 0) -> torch.Tensor:
-    """(R, n_ctx) int64 rows of the default corpus tokenized by its cached BPE, R <= max_rows,
-    from a seeded shuffle of the documents (so small runs still see varied text)."""
+def corpus_rows(vocab_size: int, n_ctx: int, max_rows: int, seed: int = 0, kind: str = "bpe") -> torch.Tensor:
+    """(R, n_ctx) int64 rows of the default corpus, R <= max_rows, from a seeded shuffle of the
+    documents (so small runs still see varied text). kind: "bpe" (the cached BPE with
+    ``vocab_size`` tokens) or "bytes" (the byte tokenizer, vocab 257)."""
     from pyinterp import data
 
     docs = list(data.default_corpus())
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(docs), generator=g).tolist()
-    tok = data.get_tokenizer(vocab_size=vocab_size)
+    tok = data.get_tokenizer(vocab_size=vocab_size, kind=kind)
     chunks, have = [], 0
     # Tokenize documents in chunks until there are enough rows.
     for start in range(0, len(order), 64):
@@ -25,11 +26,11 @@ def corpus_rows(vocab_size: int, n_ctx: int, max_rows: int, seed: int = 0) -> to
     return torch.cat(chunks)[:max_rows].contiguous()
 
 
-def decoder(vocab_size: int):
+def decoder(vocab_size: int, kind: str = "bpe"):
     """token id -> display string of the corpus tokenizer."""
     from pyinterp import data
 
-    tok = data.get_tokenizer(vocab_size=vocab_size)
+    tok = data.get_tokenizer(vocab_size=vocab_size, kind=kind)
     return lambda i: tok.decode([i])
 
 

@@ -42,6 +42,7 @@ class Config(BaseConfig):
     n_heads: int = 8
     n_ctx: int = 256
     vocab_size: int = 4096
+    tokenizer: str = "bpe"  # "bytes": byte-level, vocab 257
     steps: int = 20_000
     batch: int = 32
     lr: float = 1e-3
@@ -53,17 +54,17 @@ class Config(BaseConfig):
     repeat_frac: float = 0.0
 
     SCALES: ClassVar[Dict[str, dict]] = {
-        "quick": dict(d_model=64, n_heads=4, n_ctx=64, vocab_size=1024, steps=1500, batch=32, lr=3e-3,
-                      train_rows=20_000, eval_rows=64, n_evals=15, repeat_frac=0.3),
-        "tiny": dict(d_model=32, n_heads=2, n_ctx=32, vocab_size=1024, steps=200, batch=16, lr=1e-2,
-                     train_rows=2000, eval_rows=32, n_evals=5, repeat_frac=0.5),
+        "quick": dict(d_model=64, n_heads=4, n_ctx=64, vocab_size=257, tokenizer="bytes", steps=1200, batch=32,
+                      lr=3e-3, train_rows=20_000, eval_rows=64, n_evals=12, repeat_frac=0.5),
+        "tiny": dict(d_model=64, n_heads=2, n_ctx=32, vocab_size=257, tokenizer="bytes", steps=400, batch=32,
+                     lr=3e-3, train_rows=4000, eval_rows=32, n_evals=5, repeat_frac=1.0),
     }
 
 
 def add_repeats(rows: torch.Tensor, frac: float, seed: int) -> torch.Tensor:
     """Copy a random span of each chosen row to a later random place in the same row.
 
-    rows: (N, T). Span length is uniform in [T/8, T/3] and both places are random, so the
+    rows: (N, T). Span length is uniform in [T/4, T/2] and both places are random, so the
     distance between the copies varies and only induction (not position) predicts the copy.
     """
     if frac <= 0:
@@ -72,7 +73,7 @@ def add_repeats(rows: torch.Tensor, frac: float, seed: int) -> torch.Tensor:
     N, T = rows.shape
     g = torch.Generator().manual_seed(seed)
     chosen = torch.nonzero(torch.rand(N, generator=g) < frac).flatten().tolist()
-    lo, hi = max(2, T // 8), max(3, T // 3)
+    lo, hi = max(2, T // 4), max(3, T // 2)
     for r in chosen:
         ell = int(torch.randint(lo, hi + 1, (1,), generator=g))
         src = int(torch.randint(0, T - 2 * ell + 1, (1,), generator=g))
@@ -159,7 +160,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
         "model can compose a previous-token head with a later head into an induction head; when it does, "
         "its in-context-learning score improves abruptly."))
     data = ex.step("data", lambda: {"rows": _lm.corpus_rows(cfg.vocab_size, cfg.n_ctx, cfg.train_rows + cfg.eval_rows,
-                                                            cfg.seed)})
+                                                            cfg.seed, cfg.tokenizer)})
     eval_rows = data["rows"][:cfg.eval_rows]
     train_rows = add_repeats(data["rows"][cfg.eval_rows:], cfg.repeat_frac, cfg.seed)
     runs = {L: ex.step(f"train_{L}l", lambda L=L: _train(cfg, ex, L, train_rows, eval_rows)) for L in (1, 2)}
@@ -274,7 +275,8 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.compare("induction heads in 1-layer models", "never", f"best 1-layer induction score {b1:.2f}")
     ex.setting("ICL token indices", "500 and 50", f"{late} and {early} (scaled to n_ctx={cfg.n_ctx})", "short contexts")
     ex.setting("model", "attention-only, 1–6 layers, d_model 768+", f"d_model {cfg.d_model}, {cfg.n_heads} heads, "
-               f"n_ctx {cfg.n_ctx}, vocab {cfg.vocab_size}", "scale")
+               f"n_ctx {cfg.n_ctx}, vocab {cfg.vocab_size} ({cfg.tokenizer} tokenizer)", "scale; a small vocabulary lets "
+               "token embeddings train in few steps")
     ex.setting("training", "billions of tokens of web text", f"{cfg.steps} steps × {cfg.batch} × {cfg.n_ctx} tokens of the "
                "default corpus", "time budget")
     if cfg.repeat_frac:
