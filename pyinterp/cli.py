@@ -25,8 +25,17 @@ def _cmd_reproduce(args) -> int:
     from pyinterp import experiments
 
     try:
+        overrides = {k: getattr(args, k) for k in ("model", "judge") if getattr(args, k, None)}
+        if overrides and args.paper != "persona":
+            raise experiments.ExperimentError(
+                f"{', '.join('--' + k for k in overrides)} appl{'y' if len(overrides) > 1 else 'ies'} "
+                f"to the persona paper only, not {args.paper!r}")
+        if overrides:
+            from pyinterp.experiments.persona import check_config
+
+            check_config(experiments.make_config("persona", args.scale, args.device, **overrides))
         entries = experiments.reproduce(args.paper, scale=args.scale, device=args.device,
-                                         out=args.out, fresh=args.fresh)
+                                         out=args.out, fresh=args.fresh, **overrides)
     except experiments.ExperimentError as e:
         print(f"pyinterp reproduce: error: {e}", file=sys.stderr)
         return 2
@@ -50,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", default="runs", help="output directory; paper P goes to OUT/P/ (default: runs)")
     p.add_argument("--fresh", action="store_true", help="ignore saved checkpoints and recompute every step")
+    p.add_argument("--model", default=None, help="persona only: a local Hugging Face chat-model directory "
+                   "to run the persona-vector pipeline on (default: train the demo model)")
+    p.add_argument("--judge", default=None, help="persona only: trait judge as module:function, "
+                   "judge(question, response, trait) -> 0..100 (default: the demo's lexicon judge)")
     p.set_defaults(func=_cmd_reproduce)
     return parser
 

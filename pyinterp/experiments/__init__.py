@@ -66,7 +66,7 @@ def run_paper(name: str, scale: str = "quick", device: Optional[str] = None, out
 
 
 def reproduce(paper: str, scale: str = "quick", device: Optional[str] = None, out=DEFAULT_OUT,
-              fresh: bool = False, log=print) -> List[dict]:
+              fresh: bool = False, log=print, **overrides) -> List[dict]:
     """``paper`` is a name or 'all'. Returns one entry per paper (status, checks, seconds).
 
     For one paper, errors propagate. For 'all', every paper runs even if one fails; papers whose
@@ -76,6 +76,10 @@ def reproduce(paper: str, scale: str = "quick", device: Optional[str] = None, ou
     resolve_device(device)
     if paper != "all":
         paper_module(paper)  # unknown names fail before anything is written
+    if overrides:  # settings of one paper (e.g. persona's model/judge): check them before any work
+        if paper == "all":
+            raise ExperimentError(f"settings {sorted(overrides)} apply to one paper, not to 'all'")
+        make_config(paper, scale, device, **overrides)
     root = prepare_out_dir(out)
     names = list(PAPERS) if paper == "all" else [paper]
     entries = []
@@ -85,7 +89,7 @@ def reproduce(paper: str, scale: str = "quick", device: Optional[str] = None, ou
         entry = {"name": name, "title": title, "page": False, "checks_total": None, "seconds": None}
         try:
             log(f"[pyinterp] reproducing {name} ({title}) at scale {scale} -> {Path(root) / name}")
-            data = run_paper(name, scale, device, root, fresh=fresh)
+            data = run_paper(name, scale, device, root, fresh=fresh, **overrides)
             entry.update(status="done", page=True, checks_passed=data["checks_passed"],
                          checks_total=data["checks_total"], seconds=time.perf_counter() - t0)
             log(f"[pyinterp] {name}: {data['checks_passed']}/{data['checks_total']} checks pass, "
