@@ -69,3 +69,14 @@ def test_power_law_fit_recovers_exponent():
 
     a, b = power_law_fit([10, 100, 1000], [2 * 10 ** -0.3, 2 * 100 ** -0.3, 2 * 1000 ** -0.3])
     assert abs(a - 2) < 1e-9 and abs(b + 0.3) < 1e-9
+
+
+def test_dense_codes_for_selected_features_match_the_full_code():
+    from pyinterp.sae import ReLUSAE
+
+    sae = ReLUSAE(8, 32, seed=0)
+    x = torch.randn(50, 8)
+    full = dictlearn.dense_codes(sae, x, chunk=16)
+    assert full.shape == (50, 32) and (full > 0).any()
+    sel = dictlearn.dense_codes(sae, x, chunk=16, features=[3, 0, 31])
+    assert torch.equal(sel, full[:, [3, 0, 31]])

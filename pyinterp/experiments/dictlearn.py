@@ -132,14 +132,23 @@ def train_saes(ex: Experiment, name: str, make_saes, acts_dir: Path, *, steps: i
 
 
 @torch.no_grad()
-def dense_codes(sae, x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """The full code f(x): (N, d_sae), in the dictionary's (normalised) units. x: (N, d_in)."""
+def dense_codes(sae, x: torch.Tensor, chunk: int = 4096, features=None) -> torch.Tensor:
+    """The code f(x) in the dictionary's (normalised) units: (N, d_sae), or (N, len(features))
+    for the given feature ids only (so a huge dictionary never needs an (N, d_sae) tensor).
+    x: (N, d_in)."""
+    cols = None
+    if features is not None:
+        features = torch.as_tensor(features, dtype=torch.long, device=x.device)
+        cols = torch.full((sae.d_sae + 1,), len(features), dtype=torch.long, device=x.device)
+        cols[features] = torch.arange(len(features), device=x.device)
+    width = sae.d_sae if cols is None else len(features) + 1  # last column: features not asked for
     out = []
     for i in range(0, x.shape[0], chunk):
         v, idx = sae.encode(x[i:i + chunk])
-        f = torch.zeros(v.shape[0], sae.d_sae, dtype=torch.float32, device=v.device)
-        f.scatter_add_(1, idx.long(), v.float())
-        out.append(f)
+        idx = idx.long() if cols is None else cols[idx.long()]
+        f = torch.zeros(v.shape[0], width, dtype=torch.float32, device=v.device)
+        f.scatter_add_(1, idx, v.float())
+        out.append(f if cols is None else f[:, :-1])
     return torch.cat(out)
 
 

@@ -192,8 +192,8 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     flat_tok = eval_rows.reshape(-1).cpu()
     dec = {n: saes[n].W_dec.detach().float().cpu() for n in names}
     unit = {n: d / d.norm(dim=1, keepdim=True).clamp_min(1e-12) for n, d in dec.items()}
-    codes = {n: DL.dense_codes(saes[n], X).cpu() for n in names}
     small = names[0]
+    codes = {small: DL.dense_codes(saes[small], X).cpu()}  # larger ones: only the features looked at
     alive_s = torch.nonzero(ev[small]["density"].cpu() > 0).flatten()
     gen = torch.Generator().manual_seed(cfg.seed)
     maxcos = {n: (unit[small][alive_s] @ unit[n].T).max(1).values for n in names[1:]}
@@ -223,7 +223,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     root = int(pool[int(conc.argmax())])
 
     def top_tokens(n, i, k=4):
-        f = codes[n][:, i]
+        f = codes[n][:, i] if n in codes else DL.dense_codes(saes[n], X, features=[i])[:, 0].cpu()
         v, p = f.topk(min(10, f.numel()))
         toks = torch.bincount(flat_tok[p[v > 0]], minlength=mcfg.d_vocab).topk(k)
         return ", ".join(repr(vocab[int(t)]) for t, c in zip(toks.indices, toks.values) if int(c) > 0) or "—"
@@ -250,10 +250,13 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     alive_b = torch.nonzero(dens_b >= 5.0 / X.shape[0]).flatten()
     if alive_b.numel() == 0:
         alive_b = torch.nonzero(dens_b > 0).flatten()
-    cb, tv, _ = DL.concentration(codes[big][:, alive_b], flat_tok, 10)
+    alive_b = alive_b[torch.randperm(alive_b.numel(), generator=gen)[:2048]].sort().values  # a sample
+    cand = DL.dense_codes(sae, X, features=alive_b).cpu()
+    cb, tv, _ = DL.concentration(cand, flat_tok, 10)
     cb = cb + 1e-3 * tv[:, 0] / float(tv[:, 0].max())
-    feat = int(alive_b[int(cb.argmax())])
-    max_act = float(codes[big][:, feat].max())
+    j = int(cb.argmax())
+    feat = int(alive_b[j])
+    max_act = float(cand[:, j].max())
     direct = (DL.fold_ln_final(model, dec[big][feat:feat + 1]) @ model.W_U.detach().float().cpu())[0]
     promoted = direct.topk(10).indices
     eff = clamp_effects(model, sae, hook, eval_rows, feat, max_act, cfg.multipliers, promoted.to(ex.device))
