@@ -52,20 +52,23 @@ class Config(BaseConfig):
     # Share of training rows in which a random span of the row's own text is repeated once
     # later in the row (random length and position). 0 = plain corpus, as in the paper.
     repeat_frac: float = 0.0
+    # The repeated span is fresh random tokens (written at both places) instead of the row's text.
+    repeat_random: bool = False
 
     SCALES: ClassVar[Dict[str, dict]] = {
         "quick": dict(d_model=64, n_heads=4, n_ctx=64, vocab_size=257, tokenizer="bytes", steps=1200, batch=32,
-                      lr=3e-3, train_rows=20_000, eval_rows=64, n_evals=12, repeat_frac=0.5),
-        "tiny": dict(d_model=64, n_heads=2, n_ctx=32, vocab_size=257, tokenizer="bytes", steps=400, batch=32,
-                     lr=3e-3, train_rows=4000, eval_rows=32, n_evals=5, repeat_frac=1.0),
+                      lr=3e-3, train_rows=20_000, eval_rows=64, n_evals=12, repeat_frac=0.5, repeat_random=True),
+        "tiny": dict(d_model=64, n_heads=2, n_ctx=32, vocab_size=257, tokenizer="bytes", steps=600, batch=32,
+                     lr=1e-2, train_rows=4000, eval_rows=32, n_evals=6, repeat_frac=1.0, repeat_random=True),
     }
 
 
-def add_repeats(rows: torch.Tensor, frac: float, seed: int) -> torch.Tensor:
+def add_repeats(rows: torch.Tensor, frac: float, seed: int, random_vocab: int = 0) -> torch.Tensor:
     """Copy a random span of each chosen row to a later random place in the same row.
 
     rows: (N, T). Span length is uniform in [T/4, T/2] and both places are random, so the
     distance between the copies varies and only induction (not position) predicts the copy.
+    ``random_vocab`` > 0: the span is random tokens from [0, random_vocab) written at both places.
     """
     if frac <= 0:
         return rows
@@ -78,6 +81,8 @@ def add_repeats(rows: torch.Tensor, frac: float, seed: int) -> torch.Tensor:
         ell = int(torch.randint(lo, hi + 1, (1,), generator=g))
         src = int(torch.randint(0, T - 2 * ell + 1, (1,), generator=g))
         dst = int(torch.randint(src + ell, T - ell + 1, (1,), generator=g))
+        if random_vocab:
+            rows[r, src:src + ell] = torch.randint(0, random_vocab, (ell,), generator=g)
         rows[r, dst:dst + ell] = rows[r, src:src + ell].clone()
     return rows
 
@@ -162,7 +167,8 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     data = ex.step("data", lambda: {"rows": _lm.corpus_rows(cfg.vocab_size, cfg.n_ctx, cfg.train_rows + cfg.eval_rows,
                                                             cfg.seed, cfg.tokenizer)})
     eval_rows = data["rows"][:cfg.eval_rows]
-    train_rows = add_repeats(data["rows"][cfg.eval_rows:], cfg.repeat_frac, cfg.seed)
+    train_rows = add_repeats(data["rows"][cfg.eval_rows:], cfg.repeat_frac, cfg.seed,
+                             cfg.vocab_size if cfg.repeat_random else 0)
     runs = {L: ex.step(f"train_{L}l", lambda L=L: _train(cfg, ex, L, train_rows, eval_rows)) for L in (1, 2)}
 
     def series(L, key):
@@ -280,8 +286,8 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.setting("training", "billions of tokens of web text", f"{cfg.steps} steps × {cfg.batch} × {cfg.n_ctx} tokens of the "
                "default corpus", "time budget")
     if cfg.repeat_frac:
-        ex.setting("training data", "natural text", f"{cfg.repeat_frac:.0%} of rows get one span of their own text "
-                   "repeated later at a random place and distance", "makes induction worth learning within this "
+        what = "a span of random tokens written twice" if cfg.repeat_random else "one span of their own text repeated later"
+        ex.setting("training data", "natural text", f"{cfg.repeat_frac:.0%} of rows get {what}, at random places and distance", "makes induction worth learning within this "
                    "scale's few steps; random distances keep positional shortcuts useless")
     metrics = {"best_induction": {"1l": best_ind[1].tolist(), "2l": best_ind[2].tolist()},
                "eval_steps": steps2.tolist(), "icl_final": icl_end,
