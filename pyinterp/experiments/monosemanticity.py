@@ -21,7 +21,7 @@ from typing import ClassVar, Dict, Optional, Tuple
 import torch
 
 from pyinterp.experiments import dictlearn as DL
-from pyinterp.experiments._experiment import BaseConfig, Experiment, fmt
+from pyinterp.experiments._experiment import BaseConfig, Experiment
 
 NAME = "monosemanticity"
 TITLE = "Towards Monosemanticity"
