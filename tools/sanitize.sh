@@ -12,7 +12,8 @@ py=${PYTHON:-python}
 build="$root/build/sanitize"
 exec 9>/tmp/pyinterp-build-sanitize.lock
 flock 9
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYINTERP_SANITIZE=ON \
+gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
+cmake -S "$root" -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYINTERP_SANITIZE=ON \
   -DPYINTERP_NATIVE=OFF -DPython_EXECUTABLE="$(command -v "$py")" \
   -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" >/dev/null
 cmake --build "$build" -j "${JOBS:-2}" >/dev/null
