@@ -25,6 +25,7 @@ given as ``module:function`` (``--judge``).
 """
 from __future__ import annotations
 
+import copy as _copy
 import dataclasses
 import os
 from pathlib import Path
@@ -81,16 +82,16 @@ class Config(BaseConfig):
     general_docs: int = 256
 
     SCALES: ClassVar[Dict[str, dict]] = {
-        "quick": dict(n_docs=6000, vocab_size=512, n_layers=3, d_model=96, n_heads=4, d_mlp=384,
-                      n_ctx=96, steps=700, batch=32, lr=3e-3, n_questions=10, n_eval_questions=10,
-                      n_samples=2, eval_samples=2, max_new_tokens=40, layer_alpha=2.0,
-                      coefs=(-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0), monitor_questions=6,
+        "quick": dict(n_docs=6000, vocab_size=1024, n_layers=3, d_model=96, n_heads=4, d_mlp=384,
+                      n_ctx=80, sentences=(1, 3), steps=1500, batch=32, lr=5e-3, n_questions=10, n_eval_questions=10,
+                      n_samples=2, eval_samples=2, max_new_tokens=40, layer_alpha=6.0,
+                      coefs=(-8.0, -6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0, 8.0), monitor_questions=6,
                       screen_size=40, ft_steps=60, ft_batch=16, ft_lr=1e-3, general_docs=96),
-        "tiny": dict(n_docs=2000, vocab_size=400, n_layers=2, d_model=64, n_heads=4, d_mlp=256,
-                     n_ctx=80, steps=250, batch=32, lr=5e-3, n_questions=4, n_eval_questions=6,
-                     n_samples=1, eval_samples=1, max_new_tokens=36, layer_alpha=2.0,
-                     coefs=(-2.0, 0.0, 2.0), monitor_questions=3, screen_size=16, ft_steps=25,
-                     ft_batch=8, ft_lr=1e-3, general_docs=32),
+        "tiny": dict(n_docs=1500, vocab_size=1024, n_layers=2, d_model=48, n_heads=4, d_mlp=192,
+                     n_ctx=56, sentences=(1, 2), steps=400, batch=32, lr=1e-2, n_questions=4,
+                     n_eval_questions=6, n_samples=1, eval_samples=1, max_new_tokens=28,
+                     layer_alpha=8.0, coefs=(-8.0, 0.0, 8.0), monitor_questions=3, screen_size=16,
+                     ft_steps=25, ft_batch=8, ft_lr=1e-3, general_docs=32),
     }
 
 
@@ -211,6 +212,19 @@ def _extract(cfg, model, trait, judge) -> dict:
         model, trait, judge=judge, coherence_judge=pc.coherence, n_samples=cfg.n_samples,
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, batch_size=cfg.gen_batch,
         seed=cfg.seed, progress=_progress())
+    # Responses end at the model's end token (as the paper's chat responses end at EOS); the
+    # demo model keeps emitting end tokens until max_new_tokens, so the mean response activation
+    # is taken over the response up to and including its first end token.
+    eos = _eos(model)
+    if eos is not None:
+        for side in ("positive", "negative"):
+            for smp in pv.samples[side]:
+                if eos in smp.response_ids:
+                    smp.response_ids = smp.response_ids[: smp.response_ids.index(eos) + 1]
+        stats = pv.stats
+        pv = persona.persona_vectors_from_samples(model, pv.samples["positive"], pv.samples["negative"],
+                                                  pv.layers, trait.name, batch_size=cfg.gen_batch)
+        pv.stats = stats
     ex_pos = [s.text.split(pc.EOT)[0] for s in pv.samples["positive"][:3]]
     ex_neg = [s.text.split(pc.EOT)[0] for s in pv.samples["negative"][:3]]
     return {"vectors": pv.vectors, "pos_mean": pv.pos_mean, "neg_mean": pv.neg_mean,
@@ -286,7 +300,9 @@ def _screen(cfg, model, v, layer, trait) -> dict:
     from pyinterp import persona
 
     qs = pc.questions("screen", cfg.screen_size, cfg.seed)
-    own = persona.generate_responses(model, [(pc.NEUTRAL_SYSTEM, q) for q in qs], **_gen(cfg, 1, seed=4))
+    eos = _eos(model)
+    own = persona.generate_responses(model, [(pc.NEUTRAL_SYSTEM, q) for q in qs], **_gen(cfg, 1, seed=4),
+                                     stop_tokens=[eos] if eos is not None else None)
     for s in own:  # a response needs one token to be projected
         s.response_ids = s.response_ids or [s.prompt_ids[-1]]
     per_set, means, trait_frac = {}, [], []
@@ -357,7 +373,10 @@ def _finetune(cfg, model, v, layer, trait, judge, general, fraction: float, alph
                      warmup_steps=max(1, cfg.ft_steps // 10), seed=cfg.seed, progress=False)
     device = next(model.parameters()).device
     kw = dict(vector=v.to(device), layer=layer, alpha=alpha) if alpha else {}
-    m = persona.finetune(model, data, cfg=tc, **kw)
+    # A Hugging Face model is reloaded from its directory rather than deep-copied: a deep copy of
+    # the adapter keeps hook sites bound to the original modules, so hooks would not fire.
+    copy = _hf_model(cfg, device) if cfg.model else _copy.deepcopy(model)
+    m = persona.finetune(copy, data, cfg=tc, copy=False, **kw)
     out = {"eval": _measure(cfg, m, v, layer, trait, judge, general)}
     if inference_alpha:
         out["inference"] = _measure(cfg, m, v, layer, trait, judge, general, inference_alpha)
@@ -560,28 +579,30 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     metrics["screening"] = {f"{f:g}": m for f, m in zip(scr["fractions"], scr["means"])}
     _fig_screen(ex, scr)
 
-    base = ex.step("base_eval", lambda: _measure(cfg, model, v, layer, trait, judge, general))
-    ft = {f"{f:g}": ex.step(f"finetune_{f:g}", lambda f=f: _finetune(
-        cfg, model, v, layer, trait, judge, general, f, 0.0,
-        cfg.inference_alpha if f == max(cfg.contamination) else 0.0)) for f in cfg.contamination}
-    prevent = ex.step("finetune_preventative", lambda: _finetune(
-        cfg, model, v, layer, trait, judge, general, max(cfg.contamination), cfg.prevent_alpha))
-    xs, ys = _fig_finetune(ex, base, ft, prevent)
-    r_shift = persona.pearson(torch.tensor(xs), torch.tensor(ys)) if len(xs) > 2 else float("nan")
-    r_screen = (persona.pearson(torch.tensor(scr["means"]), torch.tensor(ys))
-                if len(ys) > 2 and len(ys) == len(scr["means"]) else float("nan"))
-    plain = ft[max(ft, key=float)]
-    metrics["finetuning"] = {"base": base, "plain": plain["eval"], "preventative": prevent["eval"],
-                             "inference_steering": plain["inference"],
-                             "by_contamination": {k: ft[k]["eval"] for k in ft},
-                             "r_shift_vs_trait": r_shift, "r_projection_difference_vs_trait": r_screen}
-    ex.check("finetuning shift correlates with trait change (r > 0.5)", r_shift > 0.5,
-             f"r = {r_shift:.3f} over {len(xs)} contamination levels")
-    ex.check("preventative steering keeps general loss within 10% of plain finetuning",
-             prevent["eval"]["general_loss"] <= 1.1 * plain["eval"]["general_loss"],
-             f"base {base['general_loss']:.3f}, plain {plain['eval']['general_loss']:.3f}, "
-             f"preventative {prevent['eval']['general_loss']:.3f}, inference-steered "
-             f"{plain['inference']['general_loss']:.3f}")
+    r_shift = r_screen = float("nan")
+    if cfg.ft_steps > 0:  # 0 skips finetuning (e.g. a model too large to finetune here)
+        base = ex.step("base_eval", lambda: _measure(cfg, model, v, layer, trait, judge, general))
+        ft = {f"{f:g}": ex.step(f"finetune_{f:g}", lambda f=f: _finetune(
+            cfg, model, v, layer, trait, judge, general, f, 0.0,
+            cfg.inference_alpha if f == max(cfg.contamination) else 0.0)) for f in cfg.contamination}
+        prevent = ex.step("finetune_preventative", lambda: _finetune(
+            cfg, model, v, layer, trait, judge, general, max(cfg.contamination), cfg.prevent_alpha))
+        xs, ys = _fig_finetune(ex, base, ft, prevent)
+        r_shift = persona.pearson(torch.tensor(xs), torch.tensor(ys)) if len(xs) > 2 else float("nan")
+        r_screen = (persona.pearson(torch.tensor(scr["means"]), torch.tensor(ys))
+                    if len(ys) > 2 and len(ys) == len(scr["means"]) else float("nan"))
+        plain = ft[max(ft, key=float)]
+        metrics["finetuning"] = {"base": base, "plain": plain["eval"], "preventative": prevent["eval"],
+                                 "inference_steering": plain["inference"],
+                                 "by_contamination": {k: ft[k]["eval"] for k in ft},
+                                 "r_shift_vs_trait": r_shift, "r_projection_difference_vs_trait": r_screen}
+        ex.check("finetuning shift correlates with trait change (r > 0.5)", r_shift > 0.5,
+                 f"r = {r_shift:.3f} over {len(xs)} contamination levels")
+        ex.check("preventative steering keeps general loss within 10% of plain finetuning",
+                 prevent["eval"]["general_loss"] <= 1.1 * plain["eval"]["general_loss"],
+                 f"base {base['general_loss']:.3f}, plain {plain['eval']['general_loss']:.3f}, "
+                 f"preventative {prevent['eval']['general_loss']:.3f}, inference-steered "
+                 f"{plain['inference']['general_loss']:.3f}")
 
     small = cfg.scale != "full" or not hf
     ex.compare("steering (+ induces, − suppresses)", "coef ≈ +2 induces, ≈ −1.5 suppresses (Qwen2.5-7B, layer 20)",
@@ -590,15 +611,16 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.compare("monitoring correlation r", "0.75–0.83", f"{mon['r']:.2f}", comparable=not small,
                note="synthetic personas, lexicon judge" if small else "")
     ex.compare("finetuning shift vs trait change r", "0.76–0.97", fmt(r_shift), comparable=False,
-               note=f"{len(xs)} finetuned models (paper: many data sets)")
+               note=f"{len(cfg.contamination)} finetuned models (paper: many data sets)")
     ex.compare("projection difference ranks data sets", "predicts post-finetuning trait expression",
                ", ".join(f"{f:.0%}: {m:.3f}" for f, m in zip(scr["fractions"], scr["means"])) +
                (f" (r with trait change {r_screen:.2f})" if r_screen == r_screen else ""), comparable=not small)
-    ex.compare("preventative steering", "smaller trait shift, MMLU near base",
-               f"trait {base['trait_score']:.0f} → plain {plain['eval']['trait_score']:.0f}, preventative "
-               f"{prevent['eval']['trait_score']:.0f}; held-out loss {base['general_loss']:.3f} → "
-               f"{plain['eval']['general_loss']:.3f} / {prevent['eval']['general_loss']:.3f}",
-               comparable=False, note="general ability = held-out loss on all personas, not MMLU")
+    if cfg.ft_steps > 0:
+        ex.compare("preventative steering", "smaller trait shift, MMLU near base",
+                   f"trait {base['trait_score']:.0f} → plain {plain['eval']['trait_score']:.0f}, preventative "
+                   f"{prevent['eval']['trait_score']:.0f}; held-out loss {base['general_loss']:.3f} → "
+                   f"{plain['eval']['general_loss']:.3f} / {prevent['eval']['general_loss']:.3f}",
+                   comparable=False, note="general ability = held-out loss on all personas, not MMLU")
     ex.setting("model", "Qwen2.5-7B-Instruct, Llama-3.1-8B-Instruct",
                cfg.model or f"own transformer: {cfg.n_layers} layers, d_model {cfg.d_model}, trained {cfg.steps} steps",
                "" if hf else "a model small enough to train here, on a corpus where personas are known")
