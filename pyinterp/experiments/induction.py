@@ -49,42 +49,47 @@ class Config(BaseConfig):
     train_rows: int = 200_000
     eval_rows: int = 128
     n_evals: int = 40
-    # Share of training rows in which a random span of the row's own text is repeated once
-    # later in the row (random length and position). 0 = plain corpus, as in the paper.
-    repeat_frac: float = 0.0
-    # The repeated span is fresh random tokens (written at both places) instead of the row's text.
-    repeat_random: bool = False
+    # Share of every training batch made of separate pure repeated-random-token sequences
+    # (fresh each step, random offset); the rest are default-corpus rows. 0 = plain corpus, as
+    # in the paper.
+    rep_share: float = 0.0
+    # Tokens of those repeated sequences (and of the induction-score / repeated-loss probes) are
+    # drawn from [0, rep_vocab); 0 = the whole vocabulary.
+    rep_vocab: int = 0
 
     SCALES: ClassVar[Dict[str, dict]] = {
         "quick": dict(d_model=64, n_heads=4, n_ctx=64, vocab_size=257, tokenizer="bytes", steps=1200, batch=32,
-                      lr=3e-3, train_rows=20_000, eval_rows=64, n_evals=12, repeat_frac=0.5, repeat_random=True),
+                      lr=3e-3, train_rows=20_000, eval_rows=64, n_evals=12, rep_share=0.5,
+                      rep_vocab=64),
         "tiny": dict(d_model=64, n_heads=2, n_ctx=32, vocab_size=257, tokenizer="bytes", steps=600, batch=32,
-                     lr=1e-2, train_rows=4000, eval_rows=32, n_evals=6, repeat_frac=1.0, repeat_random=True),
+                     lr=1e-2, train_rows=4000, eval_rows=32, n_evals=6, rep_share=0.5,
+                     rep_vocab=64),
     }
 
 
-def add_repeats(rows: torch.Tensor, frac: float, seed: int, random_vocab: int = 0) -> torch.Tensor:
-    """Copy a random span of each chosen row to a later random place in the same row.
+def mixed_batches(cfg: Config, corpus: torch.Tensor):
+    """data(step) -> (batch, n_ctx) batch for ``train``: a (1 - rep_share) share of corpus rows and a
+    rep_share share of fresh repeated random sequences (``repeated_tokens`` with a random offset and
+    a random period, so only prefix matching + copying, not position, predicts the second copy). Seeded by the step,
+    so resuming from a checkpoint replays the same batches. corpus: (N, n_ctx)."""
+    from pyinterp.data import repeated_tokens
 
-    rows: (N, T). Span length is uniform in [T/4, T/2] and both places are random, so the
-    distance between the copies varies and only induction (not position) predicts the copy.
-    ``random_vocab`` > 0: the span is random tokens from [0, random_vocab) written at both places.
-    """
-    if frac <= 0:
-        return rows
-    rows = rows.clone()
-    N, T = rows.shape
-    g = torch.Generator().manual_seed(seed)
-    chosen = torch.nonzero(torch.rand(N, generator=g) < frac).flatten().tolist()
-    lo, hi = max(2, T // 4), max(3, T // 2)
-    for r in chosen:
-        ell = int(torch.randint(lo, hi + 1, (1,), generator=g))
-        src = int(torch.randint(0, T - 2 * ell + 1, (1,), generator=g))
-        dst = int(torch.randint(src + ell, T - ell + 1, (1,), generator=g))
-        if random_vocab:
-            rows[r, src:src + ell] = torch.randint(0, random_vocab, (ell,), generator=g)
-        rows[r, dst:dst + ell] = rows[r, src:src + ell].clone()
-    return rows
+    n_rep = min(cfg.batch, round(cfg.batch * cfg.rep_share))
+    n_txt = cfg.batch - n_rep
+    seq = (cfg.n_ctx - 8) // 2
+
+    def data(step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(cfg.seed * 100003 + step)
+        parts = [corpus[torch.randint(0, corpus.shape[0], (n_txt,), generator=g)]] if n_txt else []
+        # period uniform in [seq/2, seq] per row: a head attending at a fixed relative position
+        # cannot fake the copy (the evaluation probes use period seq).
+        for r in range(n_rep):
+            p = int(torch.randint(max(2, seq // 2), seq + 1, (1,), generator=g))
+            parts.append(repeated_tokens(1, p, cfg.rep_vocab or cfg.vocab_size, n_ctx=cfg.n_ctx,
+                                         seed=(cfg.seed * 100003 + step) * 64 + r + 1).tokens)
+        return torch.cat(parts)
+
+    return data
 
 
 def model_config(cfg: Config, n_layers: int):
@@ -98,7 +103,7 @@ def repeated(cfg: Config):
     from pyinterp.data import repeated_tokens
 
     seq = (cfg.n_ctx - 8) // 2
-    return repeated_tokens(32, seq, cfg.vocab_size, seed=cfg.seed + 7, n_ctx=2 * seq + 8)
+    return repeated_tokens(32, seq, cfg.rep_vocab or cfg.vocab_size, seed=cfg.seed + 7, n_ctx=2 * seq + 8)
 
 
 @torch.no_grad()
@@ -116,7 +121,7 @@ def evaluate(model, cfg: Config, eval_rows: torch.Tensor, rep, fwd_hooks=()) -> 
     if not fwd_hooks:
         seq = rep.period
         out["induction"] = attention.induction_scores(model, seq_len=seq, batch=16, seed=cfg.seed + 3,
-                                                      n_ctx=2 * seq + 8).scores.tolist()
+                                                      n_ctx=2 * seq + 8, d_vocab=cfg.rep_vocab or None).scores.tolist()
         out["prev"] = attention.head_scores(model, eval_rows[:16].to(dev), kinds=("previous_token",))[
             "previous_token"].tolist()
     return out
@@ -167,8 +172,9 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     data = ex.step("data", lambda: {"rows": _lm.corpus_rows(cfg.vocab_size, cfg.n_ctx, cfg.train_rows + cfg.eval_rows,
                                                             cfg.seed, cfg.tokenizer)})
     eval_rows = data["rows"][:cfg.eval_rows]
-    train_rows = add_repeats(data["rows"][cfg.eval_rows:], cfg.repeat_frac, cfg.seed,
-                             cfg.vocab_size if cfg.repeat_random else 0)
+    train_rows = data["rows"][cfg.eval_rows:]
+    if cfg.rep_share > 0:
+        train_rows = mixed_batches(cfg, train_rows)
     runs = {L: ex.step(f"train_{L}l", lambda L=L: _train(cfg, ex, L, train_rows, eval_rows)) for L in (1, 2)}
 
     def series(L, key):
@@ -277,7 +283,8 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
                note=f"tokens {late} − {early} of {cfg.n_ctx}, not 500 − 50")
     ex.compare("phase change", "abrupt, ~2.5–5B tokens", f"largest jump at step {int(steps2[jump_at + 1]) if len(jumps) else 0} "
                f"(~{int(steps2[jump_at + 1]) * cfg.batch * cfg.n_ctx if len(jumps) else 0:,} tokens)", comparable=False,
-               note="far fewer tokens, smaller models, repeated spans in the data" if cfg.repeat_frac else "smaller models")
+               note="far fewer tokens, smaller models, repeated random sequences in every batch" if cfg.rep_share
+               else "smaller models")
     ex.compare("induction heads in 1-layer models", "never", f"best 1-layer induction score {b1:.2f}")
     ex.setting("ICL token indices", "500 and 50", f"{late} and {early} (scaled to n_ctx={cfg.n_ctx})", "short contexts")
     ex.setting("model", "attention-only, 1–6 layers, d_model 768+", f"d_model {cfg.d_model}, {cfg.n_heads} heads, "
@@ -285,10 +292,14 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
                "token embeddings train in few steps")
     ex.setting("training", "billions of tokens of web text", f"{cfg.steps} steps × {cfg.batch} × {cfg.n_ctx} tokens of the "
                "default corpus", "time budget")
-    if cfg.repeat_frac:
-        what = "a span of random tokens written twice" if cfg.repeat_random else "one span of their own text repeated later"
-        ex.setting("training data", "natural text", f"{cfg.repeat_frac:.0%} of rows get {what}, at random places and distance", "makes induction worth learning within this "
-                   "scale's few steps; random distances keep positional shortcuts useless")
+    if cfg.rep_share:
+        n_rep = min(cfg.batch, round(cfg.batch * cfg.rep_share))
+        ex.setting("training data", "natural text", f"each batch of {cfg.batch}: {cfg.batch - n_rep} default-corpus rows + "
+                   f"{n_rep} separate sequences of fresh random tokens (ids < {cfg.rep_vocab or cfg.vocab_size}) with a span of "
+                   f"{max(2, (cfg.n_ctx - 8) // 4)}–{(cfg.n_ctx - 8) // 2} tokens repeated once, at a random offset; "
+                   "the induction-score and repeated-loss probes use the same token range", "makes induction worth learning within this scale's "
+                   "few steps (mixing a repeat into every corpus row delayed it beyond the budget); random offsets "
+                   "and periods keep positional shortcuts useless")
     metrics = {"best_induction": {"1l": best_ind[1].tolist(), "2l": best_ind[2].tolist()},
                "eval_steps": steps2.tolist(), "icl_final": icl_end,
                "ablation": {"heads": heads, "clean": clean, "ablated": abl, "control_heads": control, "control": ctl},
