@@ -32,6 +32,13 @@ def test_steering_moves_trait_score_in_the_sign_of_the_coefficient(tiny_run):
     assert _checks(data)["steering moves the trait score in the sign of the coefficient"]["passed"]
 
 
+def test_projection_difference_ranks_contaminated_sets(tiny_run):
+    _, data = tiny_run
+    scr = data["metrics"]["screening"]
+    means = [scr[k] for k in sorted(scr, key=float)]
+    assert all(a < b for a, b in zip(means, means[1:])), scr
+
+
 def test_page_figures_and_resume(tiny_run):
     out, data = tiny_run
     page = out / "persona"

@@ -72,7 +72,7 @@ class Config(BaseConfig):
     layer_alpha: float = 2.0
     coefs: Tuple[float, ...] = (-3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
     monitor_questions: int = 20
-    screen_size: int = 100
+    screen_size: int = 120  # the screening split has 120 questions
     contamination: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
     ft_steps: int = 300
     ft_batch: int = 16
@@ -86,11 +86,11 @@ class Config(BaseConfig):
                       n_ctx=80, sentences=(1, 3), steps=1500, batch=32, lr=5e-3, n_questions=10, n_eval_questions=10,
                       n_samples=2, eval_samples=2, max_new_tokens=40, layer_alpha=6.0,
                       coefs=(-8.0, -6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0, 8.0), monitor_questions=6,
-                      screen_size=40, ft_steps=60, ft_batch=16, ft_lr=1e-3, general_docs=96),
+                      screen_size=120, ft_steps=60, ft_batch=16, ft_lr=1e-3, general_docs=96),
         "tiny": dict(n_docs=1500, vocab_size=1024, n_layers=2, d_model=48, n_heads=4, d_mlp=192,
                      n_ctx=56, sentences=(1, 2), steps=400, batch=32, lr=1e-2, n_questions=4,
                      n_eval_questions=6, n_samples=1, eval_samples=1, max_new_tokens=28,
-                     layer_alpha=8.0, coefs=(-8.0, 0.0, 8.0), monitor_questions=3, screen_size=16,
+                     layer_alpha=8.0, coefs=(-8.0, 0.0, 8.0), monitor_questions=3, screen_size=100,
                      ft_steps=25, ft_batch=8, ft_lr=1e-3, general_docs=32),
     }
 

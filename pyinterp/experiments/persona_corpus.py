@@ -228,13 +228,15 @@ def contaminated_set(name: str, qs: Sequence[str], fraction: float, seed: int = 
                      sentences: Tuple[int, int] = (2, 4)) -> List[Tuple[str, str, bool]]:
     """A finetuning set of (question, response, expresses_trait) for the neutral system prompt:
     a ``fraction`` of the responses express the trait's positive persona, the rest are neutral
-    (the same questions and neutral answers at every fraction, so sets differ only in the trait)."""
+    (the same questions and neutral answers at every fraction, and nested trait subsets)."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     persona = TRAITS[name]["personas"][0]
-    rng = random.Random(f"contaminate-{seed}")
-    n_trait = round(fraction * len(qs))
-    chosen = set(rng.sample(range(len(qs)), n_trait))
+    # one fixed order of the questions: a smaller fraction's trait responses are a subset of a
+    # larger one's, so the sets differ only by the trait responses added (no resampling noise)
+    order = list(range(len(qs)))
+    random.Random(f"contaminate-{seed}").shuffle(order)
+    chosen = set(order[: round(fraction * len(qs))])
     out = []
     for i, q in enumerate(qs):
         r = random.Random(f"resp-{seed}-{i}")
