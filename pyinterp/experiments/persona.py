@@ -72,7 +72,7 @@ class Config(BaseConfig):
     layer_alpha: float = 2.0
     coefs: Tuple[float, ...] = (-3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
     monitor_questions: int = 20
-    screen_size: int = 120  # the screening split has 120 questions
+    screen_size: int = 240
     contamination: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
     ft_steps: int = 300
     ft_batch: int = 16
@@ -82,11 +82,11 @@ class Config(BaseConfig):
     general_docs: int = 256
 
     SCALES: ClassVar[Dict[str, dict]] = {
-        "quick": dict(n_docs=6000, vocab_size=1024, n_layers=3, d_model=96, n_heads=4, d_mlp=384,
-                      n_ctx=80, sentences=(1, 3), steps=1500, batch=32, lr=5e-3, n_questions=10, n_eval_questions=10,
+        "quick": dict(n_docs=4000, vocab_size=1024, n_layers=3, d_model=64, n_heads=4, d_mlp=256,
+                      n_ctx=80, sentences=(1, 3), steps=800, batch=32, lr=5e-3, n_questions=10, n_eval_questions=10,
                       n_samples=2, eval_samples=2, max_new_tokens=40, layer_alpha=6.0,
                       coefs=(-8.0, -6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0, 8.0), monitor_questions=6,
-                      screen_size=120, ft_steps=60, ft_batch=16, ft_lr=1e-3, general_docs=96),
+                      screen_size=240, ft_steps=60, ft_batch=16, ft_lr=1e-3, general_docs=96),
         "tiny": dict(n_docs=1500, vocab_size=1024, n_layers=2, d_model=48, n_heads=4, d_mlp=192,
                      n_ctx=56, sentences=(1, 2), steps=400, batch=32, lr=1e-2, n_questions=4,
                      n_eval_questions=6, n_samples=1, eval_samples=1, max_new_tokens=28,
@@ -241,10 +241,14 @@ def _pv(ext: dict, trait):
 def _layers(cfg, model, pv, trait, judge) -> dict:
     from pyinterp import persona
 
-    eff = persona.steering_effect(model, pv, trait, judge=judge, alpha=cfg.layer_alpha,
+    # Candidates: every layer but the last (the paper's choices are middle layers; the last
+    # layer's residual feeds the unembedding, and at this scale its response-token projections
+    # track the next token more than the persona, which breaks data screening).
+    cand = pv.layers[:-1] if len(pv.layers) > 1 else pv.layers
+    eff = persona.steering_effect(model, pv, trait, judge=judge, alpha=cfg.layer_alpha, layers=cand,
                                   positions="response", **_gen(cfg, seed=1))
-    return {"baseline": eff["baseline"], "scores": [eff["scores"][l] for l in pv.layers],
-            "best_layer": eff["best_layer"]}
+    return {"baseline": eff["baseline"], "scores": [eff["scores"].get(l, float("nan")) for l in pv.layers],
+            "best_layer": eff["best_layer"], "candidates": cand}
 
 
 def _dose(cfg, model, v, layer, trait, judge) -> dict:
@@ -296,10 +300,18 @@ def _eos(model):
     return getattr(model.tokenizer, "eos_token_id", None)
 
 
+def _screen_questions(cfg) -> List[str]:
+    """``screen_size`` questions of the screening split; beyond its 120 questions they repeat
+    (each repeat gets its own response in the data sets, and its own sampled model response)."""
+    pool = pc.questions("screen", min(cfg.screen_size, len(pc._topics("screen")) * len(pc.QUESTION_TEMPLATES)),
+                        cfg.seed)
+    return [pool[i % len(pool)] for i in range(cfg.screen_size)]
+
+
 def _screen(cfg, model, v, layer, trait) -> dict:
     from pyinterp import persona
 
-    qs = pc.questions("screen", cfg.screen_size, cfg.seed)
+    qs = _screen_questions(cfg)
     eos = _eos(model)
     own = persona.generate_responses(model, [(pc.NEUTRAL_SYSTEM, q) for q in qs], **_gen(cfg, 1, seed=4),
                                      stop_tokens=[eos] if eos is not None else None)
@@ -367,7 +379,7 @@ def _finetune(cfg, model, v, layer, trait, judge, general, fraction: float, alph
     from pyinterp import persona
     from pyinterp.models import TrainConfig
 
-    qs = pc.questions("screen", cfg.screen_size, cfg.seed)
+    qs = _screen_questions(cfg)
     data = _dataset_samples(model, pc.contaminated_set(trait.name, qs, fraction, cfg.seed, tuple(cfg.sentences)), _eos(model))
     tc = TrainConfig(max_steps=cfg.ft_steps, batch_size=cfg.ft_batch, lr=cfg.ft_lr,
                      warmup_steps=max(1, cfg.ft_steps // 10), seed=cfg.seed, progress=False)
@@ -393,13 +405,14 @@ def _fig_layers(ex, ext, lay):
     fig, (a1, a2) = new_figure(2, 1, size=(4.4, 3.4))
     a1.bar([str(l) for l in layers], ext["vectors"].norm(dim=-1).numpy(), color="#1f4e99")
     a1.set_xlabel("layer"); a1.set_ylabel("‖persona vector‖")
-    a2.bar([str(l) for l in layers], lay["scores"], color="#d9822b", label=f"steered (+{ex.config.layer_alpha:g}·v)")
+    scores = [x if isinstance(x, (int, float)) and x == x else 0.0 for x in lay["scores"]]  # not candidates: 0
+    a2.bar([str(l) for l in layers], scores, color="#d9822b", label=f"steered (+{ex.config.layer_alpha:g}·v)")
     a2.axhline(lay["baseline"], color="k", ls=":", label="unsteered")
-    a2.set_xlabel("layer"); a2.set_ylabel("trait score"); a2.set_ylim(0, 100); a2.legend(fontsize=7)
+    a2.set_xlabel("layer"); a2.set_ylabel("trait score"); a2.set_ylim(0, 100); a2.legend(fontsize=7, loc="lower right")
     best = lay["best_layer"]
     gain = lay["scores"][layers.index(best)] - lay["baseline"]
     ex.figure(fig, "layers.png", "Persona vector per layer and layer choice by steering effect",
-              "The paper picks the layer whose vector, added on response tokens, raises the trait score most.",
+              "The paper picks the layer whose vector, added on response tokens, raises the trait score most (candidates here: every layer but the last).",
               check=ex.check("steering at the chosen layer raises the trait score", gain > 0,
                              f"layer {best}: {lay['baseline']:.1f} → {lay['scores'][layers.index(best)]:.1f}"))
 
