@@ -236,3 +236,25 @@ def test_default_token_rows_cached_and_split(cache):
     assert abs(held.shape[0] - rows.shape[0] * 0.1) <= 1
     with pytest.raises(ValueError, match="eval_fraction"):
         data.split_rows(rows, 1.5)
+
+
+def test_periodic_tokens_tile_a_segment_with_random_period_and_phase():
+    from pyinterp.data import periodic_tokens
+
+    g = torch.Generator().manual_seed(0)
+    rows = periodic_tokens(64, 40, 5, 12, 16, generator=g)
+    assert rows.shape == (64, 40) and rows.dtype == torch.int64
+    assert int(rows.min()) >= 0 and int(rows.max()) < 16
+    periods = []
+    for row in rows:
+        # the smallest p in [5, 12] with row[t] == row[t - p] for every t is the row's period
+        p = next(p for p in range(5, 13) if torch.equal(row[p:], row[:-p]))
+        periods.append(p)
+    # periods vary across rows (no fixed distance back predicts the copies) and cover the range
+    assert len(set(periods)) >= 6, periods
+    # same seed, same rows; bad arguments name themselves
+    assert torch.equal(periodic_tokens(3, 10, 2, 4, 8, seed=1), periodic_tokens(3, 10, 2, 4, 8, seed=1))
+    with pytest.raises(ValueError, match="min_period"):
+        periodic_tokens(3, 10, 5, 4, 8)
+    with pytest.raises(ValueError, match="d_vocab"):
+        periodic_tokens(3, 10, 2, 4, 1)

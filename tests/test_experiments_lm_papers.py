@@ -35,19 +35,26 @@ def test_neuron_proxy_concentration():
     assert neuron_proxy.participation_ratio(torch.tensor([[1.0, 0, 0, 0]])).item() == pytest.approx(0.25)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 7, not done: at tiny scale (600 steps) the 2-layer model has not "
-                   "formed induction heads yet (best score ~0.07, also with 50% repeated-random rows "
-                   "of random period); see docs/decisions/induction-repeated-spans.md")
 def test_induction_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("PYINTERP_PROGRESS", "0")
     data = experiments.run_paper("induction", "tiny", "cpu", tmp_path)
     m = data["metrics"]
-    b1, b2 = m["best_induction"]["1l"][-1], m["best_induction"]["2l"][-1]
-    # the 2-layer model's best induction score rises well above the 1-layer model's
-    assert b2 > max(0.2, 2 * b1), (b1, b2)
-    # ablating its induction heads removes in-context learning
+    b1, b2 = m["best_induction"]["1l"], m["best_induction"]["2l"]
+    # the 2-layer model's best induction score rises well above the 1-layer model's ...
+    assert b2[-1] > max(0.2, 2 * b1[-1]), (b1, b2)
+    # ... from the same start, in a jump (the largest step between evaluations carries a big share)
+    rise = [y - b2[0] for y in b2]
+    jumps = [b - a for a, b in zip(b2, b2[1:])]
+    assert max(jumps) >= 0.3 * max(rise), b2
+    # the best head is in layer 1 (a layer-0 head could only fake prefix matching by position)
+    final = m["final_induction_2l"]
+    assert max(final[1]) > max(final[0]), final
+    # ablating the induction heads breaks copying on repeated tokens. (The ICL score on text is checked at quick scale: at n_ctx 32 token 31 − token 3 of
+    # byte-level text is dominated by noise.)
     ab = m["ablation"]
-    assert ab["ablated"]["icl"] > ab["clean"]["icl"], ab
-    assert ab["ablated"]["rep_loss"] > ab["clean"]["rep_loss"], ab
+    assert all(layer == 1 for layer, _ in ab["heads"]), ab["heads"]
+    assert ab["ablated"]["rep_loss"] > ab["clean"]["rep_loss"] + 1.0, ab
+    checks = _checks(data)
+    assert checks["2-layer best induction score well above 1-layer's"]["passed"], checks
     for f in ("head_scores.png", "icl.png", "ablation.png", "index.html"):
         assert (tmp_path / "induction" / f).is_file()

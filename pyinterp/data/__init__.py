@@ -29,6 +29,7 @@ from pyinterp.data.synthetic import (
     RepeatedTokens,
     finite_dataset,
     importance,
+    periodic_tokens,
     repeated_tokens,
     sparse_features,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "read_jsonl",
     "read_parquet",
     "read_text",
+    "periodic_tokens",
     "repeated_tokens",
     "sparse_features",
     "split_rows",

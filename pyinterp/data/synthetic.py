@@ -72,6 +72,29 @@ def repeated_tokens(batch: int, seq_len: int, d_vocab: int, seed: int = 0,
     return RepeatedTokens(tokens=tokens, first=first, second=first + seq_len, period=seq_len)
 
 
+def periodic_tokens(batch: int, n_ctx: int, min_period: int, max_period: int, d_vocab: int,
+                    seed: int = 0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(batch, n_ctx) int64 rows, each a random segment tiled over the whole row.
+
+    Each row draws its period uniformly from [min_period, max_period] and starts at a random
+    phase of its segment; tokens are drawn from [0, d_vocab). Every token after the first period
+    is predicted by prefix matching (find the previous occurrence of the current token, copy the
+    one after it), while no fixed relative position does so across rows.
+    """
+    if not 1 <= min_period <= max_period:
+        raise ValueError(f"need 1 <= min_period <= max_period, got min_period={min_period}, max_period={max_period}")
+    if n_ctx < 1 or batch < 1:
+        raise ValueError(f"batch and n_ctx must be >= 1, got batch={batch}, n_ctx={n_ctx}")
+    if d_vocab < 2:
+        raise ValueError(f"d_vocab must be >= 2, got {d_vocab}")
+    g = generator if generator is not None else _gen(seed)
+    period = torch.randint(min_period, max_period + 1, (batch,), generator=g)
+    segment = torch.randint(0, d_vocab, (batch, max_period), generator=g)
+    phase = (torch.rand(batch, generator=g) * period).long()
+    pos = (torch.arange(n_ctx)[None] + phase[:, None]) % period[:, None]
+    return segment.gather(1, pos)
+
+
 def importance(n_features: int, decay: float = 1.0) -> torch.Tensor:
     """Feature importance I_i = decay**i: (n_features,) float32 (decay 1 = uniform)."""
     return decay ** torch.arange(n_features, dtype=torch.float32)
