@@ -221,3 +221,36 @@ def test_transformer_lens_adapter(tl, pos):
     assert m.loss(t, per_token=True).shape == (2, 7)
     with pytest.raises(TypeError, match="HookedTransformer"):
         from_transformer_lens(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_deepcopy_gets_its_own_hooks(family):
+    import copy
+
+    m = from_hf(build(family))
+    t = toks()
+    seen = {"orig": 0, "copy": 0}
+
+    def count(key):
+        def fn(x, hook):
+            seen[key] += 1
+            return x
+        return fn
+
+    with torch.no_grad():
+        ref = m(t)
+        # deep-copied while a hook is attached: the copy gets no hook, the original keeps its own
+        with m.hooks([("blocks.0.hook_resid_post", count("orig"))]):
+            c = copy.deepcopy(m)
+            assert torch.equal(c(t), ref) and seen == {"orig": 0, "copy": 0}
+            m(t)
+            assert seen == {"orig": 1, "copy": 0}
+        # hooks on the copy act on the copy only, and the copy's weights are its own
+        with c.hooks([("blocks.0.hook_resid_post", count("copy"))]):
+            c(t)
+            m(t)
+        assert seen == {"orig": 1, "copy": 1}
+        _, cache = c.run_with_cache(t, names_filter=lambda n: n == "blocks.1.hook_resid_post")
+        assert cache["blocks.1.hook_resid_post"].shape == (2, 9, 32)
+        next(c.model.parameters()).add_(1.0)
+        assert torch.equal(m(t), ref) and not torch.equal(c(t), ref)

@@ -58,7 +58,7 @@ class Config(BaseConfig):
     SCALES: ClassVar[Dict[str, dict]] = {
         "quick": dict(vocab_size=1024, n_ctx=64, d_model=64, d_mlp=256, n_heads=4, lm_steps=600, lm_batch=32,
                       lm_lr=3e-3, act_rows=120_000, expansions=(1, 2, 4), main_expansion=4,
-                      topk_expansions=(4,), topk_k=16, l1_coefficient=3.0, sae_steps=1500, sae_batch=256,
+                      topk_expansions=(4,), topk_k=16, l1_coefficient=1.5, sae_steps=1500, sae_batch=256,
                       sae_lr=2e-3, resample_every=200, eval_rows=128, n_dashboards=12),
         "tiny": dict(vocab_size=512, n_ctx=32, max_rows=1500, d_model=32, d_mlp=128, n_heads=2, lm_steps=120,
                      lm_batch=16, lm_lr=5e-3, act_rows=16_000, expansions=(1, 4), main_expansion=4,

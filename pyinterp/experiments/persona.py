@@ -86,7 +86,7 @@ class Config(BaseConfig):
                       n_ctx=80, sentences=(1, 3), steps=800, batch=32, lr=5e-3, n_questions=10, n_eval_questions=10,
                       n_samples=2, eval_samples=2, max_new_tokens=40, layer_alpha=6.0,
                       coefs=(-8.0, -6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0, 8.0), monitor_questions=6,
-                      screen_size=240, ft_steps=60, ft_batch=16, ft_lr=1e-3, general_docs=96),
+                      screen_size=480, ft_steps=60, ft_batch=16, ft_lr=1e-3, general_docs=96),
         "tiny": dict(n_docs=1500, vocab_size=1024, n_layers=2, d_model=48, n_heads=4, d_mlp=192,
                      n_ctx=56, sentences=(1, 2), steps=400, batch=32, lr=1e-2, n_questions=4,
                      n_eval_questions=6, n_samples=1, eval_samples=1, max_new_tokens=28,
@@ -385,9 +385,7 @@ def _finetune(cfg, model, v, layer, trait, judge, general, fraction: float, alph
                      warmup_steps=max(1, cfg.ft_steps // 10), seed=cfg.seed, progress=False)
     device = next(model.parameters()).device
     kw = dict(vector=v.to(device), layer=layer, alpha=alpha) if alpha else {}
-    # A Hugging Face model is reloaded from its directory rather than deep-copied: a deep copy of
-    # the adapter keeps hook sites bound to the original modules, so hooks would not fire.
-    copy = _hf_model(cfg, device) if cfg.model else _copy.deepcopy(model)
+    copy = _copy.deepcopy(model)  # HookedHF.__deepcopy__ re-binds the hook sites to the copy
     m = persona.finetune(copy, data, cfg=tc, copy=False, **kw)
     out = {"eval": _measure(cfg, m, v, layer, trait, judge, general)}
     if inference_alpha:

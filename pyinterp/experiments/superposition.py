@@ -214,12 +214,20 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
         a2.axhline(y, color="gray", ls=":", lw=0.8)
         a2.text(inv[0].item(), y + 0.01, lab, fontsize=6, color="gray")
     a2.set_xscale("log"); a2.set_ylim(-0.05, 1.1)
+    from matplotlib.ticker import NullFormatter
+
+    for a in (a1, a2):  # log axes over ~1.5 decades label their minor ticks, which then overlap
+        a.xaxis.set_minor_formatter(NullFormatter())
     a2.set_xlabel("1/(1−S)"); a2.set_ylabel("feature dimensionality D_i")
     plateau1 = float(dstar[0])
     # The listed sticky fractions are all >= 3/8, so they can only show in models whose features
     # still have D_i of that size: the transition models with 0.35 <= D* <= 0.95. (Past it, every
     # feature sits near m/n and the clusters leave the plotted fractions.)
     window = (dstar >= 0.35) & (dstar <= 0.95)
+    if bool(window.any()):
+        a2.axvspan(float(inv[window].min()), float(inv[window].max()), color="#f4d03f", alpha=0.2, lw=0,
+                   label="models with 0.35 ≤ D* ≤ 0.95 (the check)")
+        a2.legend(fontsize=6, loc="upper right")
     d_sorted = Di[rep & window[:, None]]
     near = torch.stack([(d_sorted - f).abs() < 0.03 for f in STICKY]).any(0)
     near_frac = near.float().mean().item() if d_sorted.numel() else 0.0

@@ -318,6 +318,26 @@ class HookedHF(HookedModel, nn.Module):
         self.setup_hooks()
         self.train(hf_model.training)  # the wrapper's mode is the wrapped model's
 
+    def __deepcopy__(self, memo):
+        """A new wrapper around a deep copy of the wrapped model, with its own hook sites.
+
+        nn.Module's default deepcopy would copy the hook points but not the closures that attach
+        them (functions are shared by deepcopy), so hooks added to the copy would land on the
+        original model. The copy starts with no hooks; the tokenizer is shared.
+        """
+        import copy
+
+        hf_copy = copy.deepcopy(self.model, memo)
+        for mod in hf_copy.modules():
+            # drop this module's PyTorch hooks that belong to the original wrapper's hook points
+            for hooks in (mod._forward_hooks, mod._forward_pre_hooks):
+                for key in [k for k, fn in hooks.items() if getattr(fn, "__module__", None) == __name__]:
+                    del hooks[key]
+                    mod._forward_hooks_with_kwargs.pop(key, None)
+                    mod._forward_pre_hooks_with_kwargs.pop(key, None)
+            mod.__dict__.pop("_pyinterp_attn_hooks", None)
+        return HookedHF(hf_copy, tokenizer=self.tokenizer)
+
     @property
     def config(self) -> AdapterConfig:
         return self.cfg
