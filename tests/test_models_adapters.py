@@ -254,3 +254,35 @@ def test_deepcopy_gets_its_own_hooks(family):
         assert cache["blocks.1.hook_resid_post"].shape == (2, 9, 32)
         next(c.model.parameters()).add_(1.0)
         assert torch.equal(m(t), ref) and not torch.equal(c(t), ref)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ov_weights_match_the_hooked_values(family):
+    """blocks[i].attn.W_V / W_O are laid out as TransformerLens's: v = ln1(x) @ W_V[h] (+ bias),
+    attn_out = sum_h z_h @ W_O[h] (+ bias); so copying_scores works on Hugging Face models."""
+    from pyinterp import attention
+
+    m = from_hf(build(family))
+    t = toks()
+    names = ("blocks.1.ln1.hook_normalized", "blocks.1.attn.hook_v", "blocks.1.attn.hook_z",
+             "blocks.1.hook_attn_out")
+    with torch.no_grad():
+        _, cache = m.run_with_cache(t, names_filter=lambda n: n in names)
+        attn = m.blocks[1].attn
+        W_V, W_O = attn.W_V, attn.W_O
+        assert W_V.shape == (m.cfg.n_key_value_heads, m.cfg.d_model, m.cfg.d_head)
+        assert W_O.shape == (m.cfg.n_heads, m.cfg.d_head, m.cfg.d_model)
+        x = cache["blocks.1.ln1.hook_normalized"]
+        v = torch.einsum("btd,hde->bthe", x, W_V)
+        z = cache["blocks.1.attn.hook_z"]
+        out = torch.einsum("bthe,hed->btd", z, W_O)
+        hf_attn = m.model.transformer.h[1].attn if family == "gpt2" else m.model.model.layers[1].self_attn
+        if family == "gpt2":  # Conv1D biases
+            d = m.cfg.d_model
+            v = v + hf_attn.c_attn.bias[2 * d:].view(m.cfg.n_heads, m.cfg.d_head)
+            out = out + hf_attn.c_proj.bias
+        torch.testing.assert_close(v, cache["blocks.1.attn.hook_v"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out, cache["blocks.1.hook_attn_out"], rtol=1e-5, atol=1e-5)
+    scores = attention.copying_scores(m)
+    assert scores.shape == (m.cfg.n_layers, m.cfg.n_heads) and bool(torch.isfinite(scores).all())
+    assert float(scores.abs().max()) <= 1.0 + 1e-6

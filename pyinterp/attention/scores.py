@@ -87,8 +87,8 @@ def _ov_weights(model):
         layers.append((W_V, W_O))
     if not layers:
         raise NotImplementedError(
-            "copying_scores needs W_E, W_U and blocks[i].attn.W_V / W_O (pyinterp Transformer "
-            f"or TransformerLens models); {type(model).__name__} does not expose them")
+            "copying_scores needs W_E, W_U and blocks[i].attn.W_V / W_O (pyinterp Transformer, "
+            f"TransformerLens, or from_hf models); {type(model).__name__} does not expose them")
     return W_E, W_U, layers
 
 

@@ -91,6 +91,28 @@ class _AttnHooks(nn.Module):
         return (self.hook_q.active or self.hook_k.active or self.hook_v.active or self.hook_z.active
                 or self.hook_attn_scores.active or self.hook_pattern.active)
 
+    # The HF attention module and its head layout, set by HookedHF._bind_sites as plain attributes
+    # (not submodules: the wrapper's module tree must not hold the HF weights twice).
+    def _bind_weights(self, hf_attn: nn.Module, gpt2: bool, n_heads: int, n_kv_heads: int, d_head: int):
+        self.__dict__["_hf_weights"] = (hf_attn, gpt2, n_heads, n_kv_heads, d_head)
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        """(n_kv_heads, d_model, d_head) views of the value projection (v = x @ W_V[h], bias aside)."""
+        attn, gpt2, H, Hkv, dh = self.__dict__["_hf_weights"]
+        if gpt2:  # Conv1D c_attn: x @ weight, weight (d_model, 3 d_model) = [q | k | v]
+            w = attn.c_attn.weight[:, 2 * H * dh:]
+        else:  # Linear v_proj: x @ weight.T, weight (Hkv dh, d_model)
+            w = attn.v_proj.weight.T
+        return w.reshape(w.shape[0], Hkv, dh).permute(1, 0, 2)
+
+    @property
+    def W_O(self) -> torch.Tensor:
+        """(n_heads, d_head, d_model): attn_out = sum_h z[..., h, :] @ W_O[h] (+ bias)."""
+        attn, gpt2, H, _, dh = self.__dict__["_hf_weights"]
+        w = attn.c_proj.weight if gpt2 else attn.o_proj.weight.T  # (H dh, d_model)
+        return w.reshape(H, dh, w.shape[1])
+
 
 class _MLPHooks(nn.Module):
     def __init__(self, gated: bool):
@@ -378,6 +400,7 @@ class HookedHF(HookedModel, nn.Module):
             ln2 = layer.ln_2 if gpt2 else layer.post_attention_layernorm
             # Plain attribute (not a registered submodule): the HF module tree stays unchanged.
             attn.__dict__["_pyinterp_attn_hooks"] = hb.attn
+            hb.attn._bind_weights(attn, gpt2, self.cfg.n_heads, self.cfg.n_key_value_heads, self.cfg.d_head)
             pre_site = _Site(layer, "pre", self._resid_pre_hook(i, hb))
             attn_site = _Site(attn, "fwd", self._attn_out_hook(i, hb))
             _bind(hb.hook_resid_pre, [pre_site])
