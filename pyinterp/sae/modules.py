@@ -172,8 +172,9 @@ class SparseAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------ the maps
     def _encode(self, xn: torch.Tensor):
-        """xn: (N, d_in) normalised -> values, indices (N, k)."""
-        raise NotImplementedError
+        """xn: (N, d_in) normalised -> values, indices (N, k). Each dictionary kind defines it."""
+        raise TypeError(f"{type(self).__name__} is the abstract base of the dictionaries; use ReLUSAE, "
+                        "TopKSAE, BatchTopKSAE or JumpReLUSAE")
 
     def _encode_train(self, xn: torch.Tensor):
         return self._encode(xn)
