@@ -2,20 +2,13 @@
 import pytest
 import torch
 
-from pyinterp import experiments
+from experiment_testing import tiny_run
 from pyinterp.experiments import dictlearn
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny shapes run fastest on one thread (no oversubscription)
-    try:
-        out = tmp_path_factory.mktemp("runs")
-        data = experiments.run_paper("monosemanticity", scale="tiny", device="cpu", out=out)
-        yield out / "monosemanticity", data
-    finally:
-        torch.set_num_threads(threads)
+    yield from tiny_run(tmp_path_factory, "monosemanticity")
 
 
 def test_dictionary_reconstructs_sparsely_and_recovers_loss(run_dir):

@@ -4,20 +4,13 @@ import json
 import pytest
 import torch
 
-from pyinterp import experiments
+from experiment_testing import tiny_run
 from pyinterp.experiments import _steps, scaling
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny shapes run fastest on one thread (no oversubscription)
-    try:
-        out = tmp_path_factory.mktemp("runs")
-        data = experiments.run_paper("scaling", scale="tiny", device="cpu", out=out)
-        yield out / "scaling", data
-    finally:
-        torch.set_num_threads(threads)
+    yield from tiny_run(tmp_path_factory, "scaling")
 
 
 def _check(data, name):
