@@ -14,12 +14,11 @@
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 
-from pyinterp.bench.timing import Row
+from pyinterp.bench.timing import Row, interleaved_medians
 
 FULL = dict(batch=8, seq=256)
 QUICK = dict(batch=4, seq=128)
@@ -30,20 +29,6 @@ def default_config(act_fn: str = "solu_ln"):
 
     return TransformerConfig(n_layers=2, d_model=256, n_heads=4, d_mlp=1024, d_vocab=4096,
                              n_ctx=256, act_fn=act_fn, positional="learned", seed=0)
-
-
-def _interleaved(fns: dict, repeat: int) -> dict:
-    """Median seconds of each fn, timed round-robin so machine load hits all alike."""
-    for fn in fns.values():
-        fn()
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _train_step(model, tokens):
@@ -101,9 +86,9 @@ def run(args) -> list[Row]:
                                            tokens.float())
             except Exception:  # resolve's signature is the foundation's; the label is cosmetic
                 backend = "auto"
-        t = _interleaved({"plain_train": _train_step(plain, tokens), "ours_train": _train_step(ours, tokens),
-                          "plain_fwd": _forward(plain, tokens), "ours_fwd": _forward(ours, tokens)},
-                         repeat)
+        t = interleaved_medians({"plain_train": _train_step(plain, tokens), "ours_train": _train_step(ours, tokens),
+                                 "plain_fwd": _forward(plain, tokens), "ours_fwd": _forward(ours, tokens)},
+                                repeat, warmup=2)
         tok = B * T
         label = f"pyinterp Transformer [{act}{', ' + backend if act == 'solu_ln' else ''}]"
         rows += [

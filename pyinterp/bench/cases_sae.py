@@ -12,35 +12,15 @@ shared machine hit each alike and the ratios stay meaningful.
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 from pyinterp import _backend
-from pyinterp.bench.timing import Row, peak_memory
+from pyinterp.bench.timing import Row, interleaved_medians, peak_memory
 
 CPU_FULL = (4096, 512, 16384, 32)
 CPU_QUICK = (1024, 256, 4096, 32)
 GPU_FULL = (8192, 4096, 131072, 64)
 GPU_QUICK = (2048, 1024, 32768, 64)
-
-
-def interleaved(fns: dict, repeat: int, device) -> dict:
-    """Median seconds of each fn, timed round-robin after one warm-up call each."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _visible_peaks() -> None:
@@ -96,7 +76,7 @@ def run(args) -> list[Row]:
     fns = {"torch": torch_encode, "gemm": gemm}
     for b in backends:
         fns[b] = (lambda b=b: ops.topk_encode(x, W_enc, b_enc, b_dec, k, backend=b))
-    t = interleaved(fns, repeat, device)
+    t = interleaved_medians(fns, repeat, device=device)
     gemm_bytes = (x.numel() + W_enc.numel()) * x.element_size()
     rows.append(Row("topk_encode", shape, dname, "torch sub+matmul+add+topk+relu", t["torch"],
                     roofline_seconds=t["gemm"], peak_bytes=peak_memory(torch_encode, device)))
@@ -121,7 +101,7 @@ def run(args) -> list[Row]:
     for b in dbackends:
         fns[b] = (lambda b=b: ops.sparse_decode(values, indices, W_dec, b_dec, check_indices=False,
                                                 backend=b))
-    t = interleaved(fns, repeat, device)
+    t = interleaved_medians(fns, repeat, device=device)
     # bytes a sparse decode must move: k rows of W_dec per output row (upper bound: no reuse),
     # the code and the output
     esz = W_dec.element_size()
@@ -150,7 +130,7 @@ def run(args) -> list[Row]:
     for b in dbackends:
         fns[b] = (lambda b=b: torch.autograd.grad(
             ops.sparse_decode(vg, indices, Wg, bg, check_indices=False, backend=b), [vg, Wg, bg], go))
-    t = interleaved(fns, max(3, repeat // 2), device)
+    t = interleaved_medians(fns, max(3, repeat // 2), device=device)
     rows.append(Row("sparse_decode fwd+bwd", shape, dname, "torch dense code @ W_dec", t["dense"]))
     for b in dbackends:
         rows.append(Row("sparse_decode fwd+bwd", shape, dname, f"pyinterp [{b}]", t[b],
@@ -191,7 +171,7 @@ def _train_step_rows(x, W_enc, b_enc, b_dec, W_dec, k, backends, repeat, device,
     fns = {"dense": make(dense)}
     for b in backends:
         fns[b] = make(sparse(b))
-    t = interleaved(fns, repeat, device)
+    t = interleaved_medians(fns, repeat, device=device)
     rows = [Row("topk_sae_train_step", shape, dname, "torch dense (same maths)", t["dense"])]
     for b in backends:
         rows.append(Row("topk_sae_train_step", shape, dname, f"pyinterp ops [{b}]", t[b],

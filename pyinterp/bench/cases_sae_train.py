@@ -5,13 +5,10 @@ Issue target (CPU, 2 threads, float32, N=4096, d_in=512, d_sae=16384, k=32): >= 
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 from pyinterp import _backend
-from pyinterp.bench.timing import Row, peak_memory
+from pyinterp.bench.timing import Row, interleaved_medians, peak_memory
 
 FULL = (4096, 512, 16384, 32)
 QUICK = (1024, 256, 4096, 32)
@@ -25,24 +22,6 @@ def _step_fn(module, loss_fn, x):
         loss_fn(x).backward()
         opt.step()
     return step
-
-
-def _interleaved(fns: dict, repeat: int, device) -> dict:
-    """Median seconds of each fn, timed in alternation (round-robin) so that load changes on a
-    shared machine hit every implementation alike and the ratios stay meaningful."""
-    for fn in fns.values():  # warm-up: allocations, Adam state
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def run(args) -> list[Row]:
@@ -68,8 +47,8 @@ def run(args) -> list[Row]:
     trainer = SAETrainer(TopKSAE(d_in, d_sae, k=k, seed=0, device=device), [],
                          TrainConfig(steps=10**9, lr=1e-5, progress=False))
     trainer.initialised = True
-    t = _interleaved({"base": base_step, "ours": ours_step,
-                      "trainer": lambda: trainer.train_step(x)}, repeat, device)
+    t = interleaved_medians({"base": base_step, "ours": ours_step,
+                             "trainer": lambda: trainer.train_step(x)}, repeat, device=device)
     t_base, t_ours, t_trainer = t["base"], t["ours"], t["trainer"]
     rows = [
         Row("sae_train_step", shape, "float32", "torch dense (reference module)", t_base,
@@ -107,7 +86,7 @@ def _saelens_rows(x, N, d_in, d_sae, k, repeat, device) -> list[Row]:
             with torch.no_grad():
                 m(x)
         return f
-    t = _interleaved({"plain": fwd(plain), "fast": fwd(fast)}, repeat, device)
+    t = interleaved_medians({"plain": fwd(plain), "fast": fwd(fast)}, repeat, device=device)
     shape = f"N={N} d_in={d_in} d_sae={d_sae} k={k}"
     return [
         Row("saelens_topk_forward", shape, "float32", f"sae_lens {sae_lens.__version__}",

@@ -10,30 +10,11 @@ forward+backward adds reading x and the upstream gradient and writing dx (5 tens
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
 from pyinterp import _backend
-from pyinterp.bench.timing import Row, _sync, peak_memory
-
-
-def _interleaved(fns: dict, device, warmup: int, repeat: int) -> dict:
-    """Median time of each fn, calling them round-robin so that machine load hits all alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    _sync(device)
-    times = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+from pyinterp.bench.timing import Row, interleaved_medians, peak_memory
 
 
 def _eager(op, x, w, b):
@@ -73,11 +54,11 @@ def _case_rows(device, shape, dtype, backends, repeat, with_memory):
         fwd = {"copy": lambda: y.copy_(x), "eager": lambda: _eager(op, x, w, b)}
         fwd.update({be: (lambda be=be: _ours(op, x, w, b, be)) for be in backends})
         with torch.no_grad():
-            tf = _interleaved(fwd, device, warmup=2, repeat=repeat)
+            tf = interleaved_medians(fwd, repeat, device=device, warmup=2)
         both = {"eager": lambda: _fwd_bwd(lambda: _eager(op, xg, wg, bg), xg, wg, bg, gy)}
         both.update({be: (lambda be=be: _fwd_bwd(lambda: _ours(op, xg, wg, bg, be), xg, wg, bg, gy))
                      for be in backends})
-        tb = _interleaved(both, device, warmup=1, repeat=max(3, repeat // 2))
+        tb = interleaved_medians(both, max(3, repeat // 2), device=device)
         copy = tf["copy"]
         mem = (lambda fn: peak_memory(fn, device)) if with_memory else (lambda fn: None)
         if op == "solu":

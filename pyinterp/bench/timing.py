@@ -5,7 +5,6 @@ import gc
 import statistics
 import threading
 import time
-import tracemalloc
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -33,6 +32,25 @@ def median_time(fn: Callable[[], object], *, device: Optional[torch.device] = No
         if len(times) >= 10 * repeat:
             break
     return statistics.median(times)
+
+
+def interleaved_medians(fns: dict, repeat: int, *, device: Optional[torch.device] = None,
+                        warmup: int = 1) -> dict:
+    """Median seconds of each fn, timed round-robin (one call of each per round) so that load
+    changes on a shared machine hit every implementation alike and same-run ratios stay
+    meaningful. ``warmup`` untimed rounds first (allocations, optimizer state)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _rss_bytes() -> int:
