@@ -46,7 +46,7 @@ def test_bpe_tokenizer_trained_and_cached_beside_corpus(corpus, cache):
     assert tok2.encode(s) == ids and tok2.eos_token_id == tok.eos_token_id
 
 
-def test_byte_tokenizer_and_fallback(monkeypatch):
+def test_byte_tokenizer_and_no_silent_fallback(monkeypatch):
     b = data.ByteTokenizer()
     assert b.decode(b.encode("héllo")) == "héllo" and b.vocab_size == 257
     import builtins
@@ -59,9 +59,12 @@ def test_byte_tokenizer_and_fallback(monkeypatch):
         return real(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", no_tokenizers)
-    with pytest.warns(UserWarning, match="tokenizers"):
-        tok = data.get_tokenizer(4096)
-    assert isinstance(tok, data.ByteTokenizer)
+    # a missing 'tokenizers' is an error naming it, never a quiet switch to the byte tokenizer
+    with pytest.raises(ImportError, match="'tokenizers' package"):
+        data.get_tokenizer(4096)
+    with pytest.raises(ImportError, match="'tokenizers' package"):
+        data.train_bpe(["some text"] * 4, vocab_size=300)
+    assert isinstance(data.get_tokenizer(kind="bytes"), data.ByteTokenizer)
 
 
 def test_tokenizer_save_load(tmp_path):

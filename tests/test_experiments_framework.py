@@ -38,6 +38,18 @@ def test_cli_bad_input_exit_code(tmp_path, capsys):
     assert "unknown scale" in capsys.readouterr().err
 
 
+def test_missing_package_fails_before_any_work(tmp_path, monkeypatch):
+    from pyinterp.experiments import solu
+
+    monkeypatch.setattr(solu, "REQUIRES", ("tokenizers", "no_such_package_xyz"))
+    out = tmp_path / "runs"
+    for paper in ("all", "solu"):
+        with pytest.raises(experiments.ExperimentError, match="'no_such_package_xyz' \\(needed by solu\\)"):
+            experiments.reproduce(paper, scale="tiny", out=out, log=lambda *a: None)
+    assert not out.exists()  # nothing was written
+    experiments.check_requirements(["superposition", "double-descent"])  # theirs are all there
+
+
 def test_cuda_requested_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("needs a machine without a GPU to check the error")

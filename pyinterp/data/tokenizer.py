@@ -1,5 +1,5 @@
-"""Tokenizers: a byte-level BPE trained with ``tokenizers`` (cached beside the corpus) and a
-dependency-free byte-level fallback.
+"""Tokenizers: a byte-level BPE trained with ``tokenizers`` (a core dependency; cached beside the
+corpus) and a plain byte-level tokenizer (``kind="bytes"``), chosen explicitly, never as a fallback.
 
 Both expose ``encode(text) -> list[int]``, ``encode_batch``, ``decode(ids) -> str``,
 ``vocab_size``, ``eos_token_id`` (= ``bos_token_id`` = ``pad_token_id``: one
@@ -8,7 +8,6 @@ Both expose ``encode(text) -> list[int]``, ``encode_batch``, ``decode(ids) -> st
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Union
 
@@ -85,13 +84,20 @@ class BPETokenizer:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
 
 
+def _require_tokenizers() -> None:
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError as e:
+        raise ImportError("the BPE tokenizer needs the 'tokenizers' package, a core dependency of "
+                          "pyinterp that is not installed here: pip install tokenizers (or "
+                          "reinstall pyinterp with pip install .)") from e
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> BPETokenizer:
     """Train a byte-level BPE (GPT-2 style pre-tokenisation) on ``texts``; needs ``tokenizers``."""
-    try:
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    except ImportError as e:
-        raise ImportError("training a BPE tokenizer needs the 'tokenizers' package: "
-                          "pip install 'pyinterp[hf]' (or pip install tokenizers)") from e
+    _require_tokenizers()
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     if vocab_size < 257 + 1:
         raise ValueError(f"vocab_size must be > 257 (256 bytes + {EOT}), got {vocab_size}")
     tok = Tokenizer(models.BPE())
@@ -109,20 +115,15 @@ def get_tokenizer(vocab_size: int = 4096, kind: str = "bpe",
     """The tokenizer of the default corpus.
 
     ``kind="bpe"``: a byte-level BPE with ``vocab_size`` tokens trained on
-    :func:`pyinterp.data.default_corpus` and cached beside it (trained once, ~10 s). When the
-    ``tokenizers`` package is missing this warns and returns the :class:`ByteTokenizer`
-    (vocab 257). ``kind="bytes"``: the byte tokenizer.
+    :func:`pyinterp.data.default_corpus` and cached beside it (trained once, ~10 s); ImportError
+    naming the package if ``tokenizers`` is missing (a silent switch to bytes would change every
+    result that depends on the vocabulary). ``kind="bytes"``: the byte tokenizer (vocab 257).
     """
     if kind == "bytes":
         return ByteTokenizer()
     if kind != "bpe":
         raise ValueError(f"kind must be 'bpe' or 'bytes', got {kind!r}")
-    try:
-        import tokenizers  # noqa: F401
-    except ImportError:
-        warnings.warn("the 'tokenizers' package is not installed: using the byte-level "
-                      "tokenizer (vocab_size 257); pip install 'pyinterp[hf]' for BPE")
-        return ByteTokenizer()
+    _require_tokenizers()
     from pyinterp.data.corpus import corpus_path, default_corpus
 
     corpus = default_corpus(cache)

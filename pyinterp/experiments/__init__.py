@@ -1,8 +1,9 @@
 """Paper reproductions: ``pyinterp reproduce <paper>|all``.
 
 Each paper is a module with ``NAME``, ``TITLE``, a ``Config`` dataclass
-(``Config.for_scale("tiny"|"quick"|"full")``) and ``run(config, out_dir) -> dict`` writing
-``metrics.json``, PNG figures and ``index.html`` into ``out_dir``.
+(``Config.for_scale("tiny"|"quick"|"full")``), ``run(config, out_dir) -> dict`` writing
+``metrics.json``, PNG figures and ``index.html`` into ``out_dir``, and optionally ``REQUIRES``
+(import names of the packages it needs beyond the always-needed ones; checked before any work).
 
     from pyinterp import experiments
     experiments.reproduce("superposition", scale="quick", out="runs")   # -> runs/superposition/
@@ -11,6 +12,7 @@ Each paper is a module with ``NAME``, ``TITLE``, a ``Config`` dataclass
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import time
 import traceback
 from pathlib import Path
@@ -32,6 +34,8 @@ PAPERS = {
 }
 
 DEFAULT_OUT = "runs"
+# Needed by every paper (steps are safetensors files, figures matplotlib PNGs).
+REQUIRES = ("safetensors", "matplotlib")
 
 
 class NotImplementedPaper(ExperimentError):
@@ -49,6 +53,20 @@ def paper_module(name: str):
         if e.name == modname:
             raise NotImplementedPaper(f"paper {name!r} is registered but {modname} is not implemented yet") from None
         raise
+
+
+def check_requirements(names) -> None:
+    """Fail before any work if a package a paper needs is missing (ExperimentError naming the
+    packages and the papers), instead of failing, or silently doing something else, mid-run."""
+    missing = {}
+    for name in names:
+        for pkg in REQUIRES + tuple(getattr(paper_module(name), "REQUIRES", ())):
+            if importlib.util.find_spec(pkg) is None:
+                missing.setdefault(pkg, []).append(name)
+    if missing:
+        what = "; ".join(f"{pkg!r} (needed by {', '.join(papers)})" for pkg, papers in missing.items())
+        raise ExperimentError(f"missing Python package(s): {what}. They are dependencies of pyinterp: "
+                              f"reinstall it (pip install .) or pip install {' '.join(missing)}")
 
 
 def make_config(name: str, scale: str = "quick", device: Optional[str] = None, **overrides):
@@ -80,8 +98,9 @@ def reproduce(paper: str, scale: str = "quick", device: Optional[str] = None, ou
         if paper == "all":
             raise ExperimentError(f"settings {sorted(overrides)} apply to one paper, not to 'all'")
         make_config(paper, scale, device, **overrides)
-    root = prepare_out_dir(out)
     names = list(PAPERS) if paper == "all" else [paper]
+    check_requirements(names)
+    root = prepare_out_dir(out)
     entries = []
     for name in names:
         title = PAPERS[name][1]
@@ -114,4 +133,4 @@ def reproduce(paper: str, scale: str = "quick", device: Optional[str] = None, ou
 
 
 __all__ = ["PAPERS", "SCALES", "BaseConfig", "Experiment", "ExperimentError", "NotImplementedPaper",
-           "make_config", "paper_module", "reproduce", "run_paper"]
+           "check_requirements", "make_config", "paper_module", "reproduce", "run_paper"]

@@ -26,11 +26,27 @@ def corpus_rows(vocab_size: int, n_ctx: int, max_rows: int, seed: int = 0, kind:
     return torch.cat(chunks)[:max_rows].contiguous()
 
 
-def decoder(vocab_size: int, kind: str = "bpe"):
-    """token id -> display string of the corpus tokenizer."""
+def tokenizer_info(tok) -> dict:
+    """What a run actually tokenised with, for metrics.json and the page (kind, vocab size)."""
+    return {"kind": tok.kind, "vocab_size": int(tok.vocab_size)}
+
+
+def tokenizer_text(tok) -> str:
+    """e.g. 'byte-level BPE, 1024 tokens' or 'UTF-8 bytes, 257 tokens'."""
+    name = {"bpe": "byte-level BPE", "bytes": "UTF-8 bytes"}.get(tok.kind, tok.kind)
+    return f"{name}, {tok.vocab_size} tokens"
+
+
+def tokenizer(vocab_size: int, kind: str = "bpe"):
+    """The corpus tokenizer ``corpus_rows`` uses for these settings."""
     from pyinterp import data
 
-    tok = data.get_tokenizer(vocab_size=vocab_size, kind=kind)
+    return data.get_tokenizer(vocab_size=vocab_size, kind=kind)
+
+
+def decoder(vocab_size: int, kind: str = "bpe"):
+    """token id -> display string of the corpus tokenizer."""
+    tok = tokenizer(vocab_size, kind)
     return lambda i: tok.decode([i])
 
 

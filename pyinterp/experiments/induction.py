@@ -38,6 +38,7 @@ TITLE = "In-context Learning and Induction Heads"
 CITATION = ("Olsson et al. 2022, <i>In-context Learning and Induction Heads</i>, Transformer Circuits Thread, "
             "<a href='https://transformer-circuits.pub/2022/in-context-learning-and-induction-heads/index.html'>"
             "transformer-circuits.pub/2022/in-context-learning-and-induction-heads</a>")
+REQUIRES = ("tokenizers",)  # the BPE of its corpus
 
 
 @dataclasses.dataclass
@@ -318,7 +319,8 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.setting("initialisation", "not stated for these models", f"normal, std {model_config(cfg, 1).init_std:.3g} "
                "(TransformerLens's 0.8/sqrt(d_model) unless set)", "the library's GPT-2 std 0.02 is too small at "
                "d_model 64: the QK circuits start near the saddle at zero and the plateau outlasts the budget")
-    metrics = {"best_induction": {"1l": best_ind[1].tolist(), "2l": best_ind[2].tolist()},
+    metrics = {"tokenizer": _lm.tokenizer_info(_lm.tokenizer(cfg.vocab_size, cfg.tokenizer)),
+               "best_induction": {"1l": best_ind[1].tolist(), "2l": best_ind[2].tolist()},
                "eval_steps": steps2.tolist(), "icl_final": icl_end,
                "ablation": {"heads": heads, "clean": clean, "ablated": abl, "control_heads": control, "control": ctl},
                "final_induction_2l": final.tolist()}

@@ -20,7 +20,7 @@ from typing import ClassVar, Dict, Optional, Tuple
 
 import torch
 
-from pyinterp.experiments import dictlearn as DL
+from pyinterp.experiments import _lm, dictlearn as DL
 from pyinterp.experiments._experiment import BaseConfig, Experiment
 
 NAME = "monosemanticity"
@@ -28,6 +28,7 @@ TITLE = "Towards Monosemanticity"
 CITATION = ("Bricken et al. 2023, <i>Towards Monosemanticity: Decomposing Language Models With Dictionary "
             "Learning</i>, Transformer Circuits Thread, <a href='https://transformer-circuits.pub/2023/"
             "monosemantic-features/index.html'>transformer-circuits.pub/2023/monosemantic-features</a>")
+REQUIRES = ("tokenizers",)  # the BPE of its corpus
 
 
 @dataclasses.dataclass
@@ -341,6 +342,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.setting("interpretability score", "human and automated (Claude) ratings",
                "token concentration of the top activations", "no language model judge here")
     metrics = {
+        "tokenizer": _lm.tokenizer_info(tok),
         "dictionaries": {n: {k: ev[n][k] for k in ("l0", "fvu", "mse", "dead_fraction", "dense_fraction",
                                                      "clean", "zero_ablation", "spliced", "loss_recovered")}
                          | {"d_sae": saes[n].d_sae} for n in names},

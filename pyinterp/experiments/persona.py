@@ -42,6 +42,7 @@ TITLE = "Persona Vectors"
 CITATION = ("Chen, Arditi, Sleight, Evans, Lindsey 2025, <i>Persona Vectors: Monitoring and Controlling "
             "Character Traits in Language Models</i>, <a href='https://arxiv.org/abs/2507.21509'>"
             "arXiv:2507.21509</a>")
+REQUIRES = ("tokenizers",)  # the BPE of its corpus
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ from typing import ClassVar, Dict, Optional, Tuple
 
 import torch
 
-from pyinterp.experiments import dictlearn as DL
+from pyinterp.experiments import _lm, dictlearn as DL
 from pyinterp.experiments._experiment import BaseConfig, Experiment
 
 NAME = "scaling"
@@ -30,6 +30,7 @@ TITLE = "Scaling Monosemanticity"
 CITATION = ("Templeton et al. 2024, <i>Scaling Monosemanticity: Extracting Interpretable Features from Claude 3 "
             "Sonnet</i>, Transformer Circuits Thread, <a href='https://transformer-circuits.pub/2024/"
             "scaling-monosemanticity/index.html'>transformer-circuits.pub/2024/scaling-monosemanticity</a>")
+REQUIRES = ("tokenizers",)  # the BPE of its corpus
 
 
 @dataclasses.dataclass
@@ -313,6 +314,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.setting("scaling-law fit", "compute-optimal frontier over many (features, steps) runs",
                "one run per size with the same tokens: a fit through the final losses", "time budget")
     metrics = {
+        "tokenizer": _lm.tokenizer_info(tok),
         "sizes": sizes, "eval_loss": losses, "power_law_size": {"a": a_n, "b": b_n},
         "power_law_compute": {"a": a_c, "b": b_c}, "dead_fraction": dead,
         "l0": [ev[n]["l0"] for n in names], "fvu": [ev[n]["fvu"] for n in names],

@@ -27,6 +27,7 @@ NAME = "solu"
 TITLE = "Softmax Linear Units"
 CITATION = ("Elhage et al. 2022, <i>Softmax Linear Units</i>, Transformer Circuits Thread, "
             "<a href='https://transformer-circuits.pub/2022/solu/index.html'>transformer-circuits.pub/2022/solu</a>")
+REQUIRES = ("tokenizers",)  # the BPE of its corpus
 
 
 @dataclasses.dataclass
@@ -162,7 +163,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
                              ", ".join(f"{k} {v:.0%}" for k, v in mono.items())))
 
     # top-activating contexts
-    dec = _lm.decoder(cfg.vocab_size)
+    dec = _lm.decoder(cfg.vocab_size)  # the tokenizer the rows were made with (never a fallback)
     g = torch.Generator().manual_seed(cfg.seed)
     parts = ["<p class='small'>Randomly chosen neurons (same indices are unrelated between models); each line is "
              "one of the neuron's top-activating positions (outlined) with its context, shaded by activation.</p>"]
@@ -181,11 +182,13 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.compare("interpretable neurons", "~35% GELU → ~60% SoLU (human judges)",
                f"proxy: GELU {mono['GELU']:.0%} → SoLU {mono['SoLU (before LN)']:.0%}", comparable=False,
                note="automated one-token proxy, not human judgement")
+    tok = _lm.tokenizer(cfg.vocab_size)
     ex.setting("model", "1–64 layers, paper-size models trained on a large web corpus",
                f"{cfg.n_layers} layer(s), d_model {cfg.d_model}, d_mlp {cfg.d_mlp}, n_ctx {cfg.n_ctx}, "
-               f"vocab {cfg.vocab_size}", "default corpus (Python stdlib docs), fits this scale")
+               f"tokenizer: {_lm.tokenizer_text(tok)}", "default corpus (Python stdlib docs), fits this scale")
     ex.setting("training", "billions of tokens", f"{cfg.steps} steps × {cfg.batch} × {cfg.n_ctx} tokens", "time budget")
     ex.setting("interpretability", "human raters, ~20 snippets", f"token-concentration proxy over top {cfg.top_k}", "automated")
-    metrics = {"eval_loss": loss, "loss_ratio": ratio, "participation_ratio": pr, "monosemantic_fraction": mono,
+    metrics = {"tokenizer": _lm.tokenizer_info(tok),
+               "eval_loss": loss, "loss_ratio": ratio, "participation_ratio": pr, "monosemantic_fraction": mono,
                "mean_concentration": {k: r["mean_concentration"] for k, r in reports.items()}}
     return ex.finish(metrics)
