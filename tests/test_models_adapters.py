@@ -9,32 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip(
     "transformers", reason="the from_hf adapter tests need transformers (pip install 'pyinterp[hf]')")
 
+from hf_testing import FAMILIES, V, build, toks  # noqa: E402
 from pyinterp.models import from_hf  # noqa: E402
 from pyinterp.models.hf import SUPPORTED_FAMILIES  # noqa: E402
-
-V = 64
-FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "qwen3"]
-
-
-def build(family, attn="sdpa", seed=0):
-    torch.manual_seed(seed)
-    if family == "gpt2":
-        cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=V, n_positions=32,
-                                      bos_token_id=0, eos_token_id=0)
-        cls = transformers.GPT2LMHeadModel
-    else:
-        names = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}[family]
-        cfg = getattr(transformers, f"{names}Config")(
-            num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=48, vocab_size=V, max_position_embeddings=64, head_dim=8,
-            bos_token_id=0, eos_token_id=0)
-        cls = getattr(transformers, f"{names}ForCausalLM")
-    cfg._attn_implementation = attn
-    return cls(cfg).eval()
-
-
-def toks(B=2, T=9, seed=0):
-    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -8,6 +8,7 @@ token as (B, 1, ...).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -58,19 +59,83 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, top_k: O
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
+@dataclass
+class Prompts:
+    """Prompts as a left-padded batch, and how to give results back (the input's kind)."""
+
+    tokens: torch.Tensor  # (B, T) left-padded
+    mask: torch.Tensor  # (B, T) 1 = real token
+    kind: str  # "tensor" | "list" | "str"
+    single: bool  # one prompt given (not a batch): return one result
+
+
+def prepare_prompts(model, inputs, attention_mask=None, tokenizer=None, pad: int = 0,
+                    device=None) -> Prompts:
+    """A (B, T) tensor (+ optional mask), token-id lists or string(s) -> :class:`Prompts`."""
+    kind, single = "tensor", False
+    if isinstance(inputs, str):
+        inputs, single = [inputs], True
+    if isinstance(inputs, torch.Tensor):
+        tokens = inputs if inputs.ndim == 2 else inputs[None]
+        single = inputs.ndim == 1
+        tokens = tokens.to(device).long()
+        mask = (torch.ones_like(tokens) if attention_mask is None
+                else attention_mask.to(device).long().reshape(tokens.shape))
+        return Prompts(tokens, mask, kind, single)
+    inputs = list(inputs)
+    if not inputs:
+        raise ValueError("inputs is empty: give at least one prompt")
+    if all(isinstance(p, str) for p in inputs):
+        kind = "str"
+        tok = _tokenizer_of(model, tokenizer)
+        seqs = [_encode(tok, p) for p in inputs]
+    else:
+        kind = "list"
+        seqs = [[int(t) for t in (p.tolist() if isinstance(p, torch.Tensor) else p)] for p in inputs]
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("every prompt needs at least one token")
+    tokens, mask = _left_pad(seqs, pad, device)
+    return Prompts(tokens, mask, kind, single)
+
+
+def finish(model, prompts: Prompts, gen_tokens: torch.Tensor, stops, include_prompt: bool,
+           tokenizer=None):
+    """Generated tokens (B, n_new) -> the result in the prompts' kind (see :func:`generate`);
+    list/str results end at the first stop token and drop the prompt's padding."""
+    tokens, mask = prompts.tokens, prompts.mask
+    if prompts.kind == "tensor":
+        out = torch.cat([tokens, gen_tokens], 1) if include_prompt else gen_tokens
+        return out[0] if prompts.single else out
+    stops = set(int(t) for t in (stops or ()))
+    results = []
+    for i in range(tokens.shape[0]):
+        g = gen_tokens[i].tolist()
+        for j, t in enumerate(g):
+            if t in stops:
+                g = g[: j + 1]
+                break
+        p = tokens[i][mask[i].bool()].tolist()
+        results.append(p + g if include_prompt else g)
+    if prompts.kind == "str":
+        tok = _tokenizer_of(model, tokenizer)
+        results = [tok.decode(r) for r in results]
+    return results[0] if prompts.single else results
+
+
 @torch.no_grad()
 def generate(model, inputs, max_new_tokens: int = 20, temperature: float = 1.0,
              top_p: float = 1.0, top_k: Optional[int] = None, seed: Optional[int] = 0,
              stop_tokens: Optional[Sequence[int]] = None, attention_mask=None,
              pad_token_id: Optional[int] = None, use_kv_cache: bool = True, tokenizer=None,
-             include_prompt: bool = True):
+             include_prompt: bool = True, do_sample: Optional[bool] = None):
     """Continue ``inputs`` by ``max_new_tokens`` sampled tokens, with the model's hooks active.
 
     inputs: a (B, T) token tensor (optionally with ``attention_mask``, left padding), a list of
     token-id lists (variable lengths; left-padded here), a string or a list of strings (encoded
-    with ``tokenizer`` or ``model.tokenizer``). temperature 0 is greedy; ``top_p`` nucleus and
-    ``top_k`` filtering; ``seed`` makes sampling reproducible. A row stops after emitting one of
-    ``stop_tokens`` (later positions are padding).
+    with ``tokenizer`` or ``model.tokenizer``). ``do_sample=None`` samples when temperature > 0
+    (temperature 0 is greedy); ``do_sample=False`` decodes greedily whatever the temperature.
+    ``top_p`` nucleus and ``top_k`` filtering; ``seed`` makes sampling reproducible. A row
+    stops after emitting one of ``stop_tokens`` (later positions are padding).
 
     Returns the same kind as given: a tensor (B, T + n_new) (padding = ``pad_token_id``), a list
     of token-id lists (without padding), or decoded string(s). ``include_prompt=False`` returns
@@ -82,6 +147,10 @@ def generate(model, inputs, max_new_tokens: int = 20, temperature: float = 1.0,
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if do_sample is False:
+        temperature = 0.0
+    elif do_sample and temperature == 0:
+        raise ValueError("do_sample=True needs temperature > 0")
     try:
         device = next(model.parameters()).device
     except StopIteration:
@@ -91,31 +160,8 @@ def generate(model, inputs, max_new_tokens: int = 20, temperature: float = 1.0,
     if pad is None:
         pad = getattr(model, "pad_token_id", None)
         pad = 0 if pad is None else pad
-
-    kind = "tensor"
-    single = False
-    if isinstance(inputs, str):
-        inputs, single = [inputs], True
-    if isinstance(inputs, torch.Tensor):
-        tokens = inputs if inputs.ndim == 2 else inputs[None]
-        single = inputs.ndim == 1
-        tokens = tokens.to(device).long()
-        mask = (torch.ones_like(tokens) if attention_mask is None
-                else attention_mask.to(device).long())
-    else:
-        inputs = list(inputs)
-        if not inputs:
-            raise ValueError("inputs is empty: give at least one prompt")
-        if all(isinstance(p, str) for p in inputs):
-            kind = "str"
-            tok = _tokenizer_of(model, tokenizer)
-            seqs = [_encode(tok, p) for p in inputs]
-        else:
-            kind = "list"
-            seqs = [[int(t) for t in (p.tolist() if isinstance(p, torch.Tensor) else p)] for p in inputs]
-        if any(len(s) == 0 for s in seqs):
-            raise ValueError("every prompt needs at least one token")
-        tokens, mask = _left_pad(seqs, pad, device)
+    prompts = prepare_prompts(model, inputs, attention_mask, tokenizer, pad, device)
+    tokens, mask = prompts.tokens, prompts.mask
     B, T = tokens.shape
     limit = getattr(model, "max_context", None)
     if limit is not None and T + max_new_tokens > limit:
@@ -147,20 +193,4 @@ def generate(model, inputs, max_new_tokens: int = 20, temperature: float = 1.0,
     finally:
         model.train(was_training)
     gen_tokens = torch.cat(new, 1) if new else tokens[:, :0]
-    if kind == "tensor":
-        out = torch.cat([tokens, gen_tokens], 1) if include_prompt else gen_tokens
-        return out[0] if single else out
-    results = []
-    for i in range(B):
-        g = gen_tokens[i].tolist()
-        if stops:
-            for j, t in enumerate(g):
-                if t in stops:
-                    g = g[: j + 1]
-                    break
-        p = tokens[i][mask[i, :T].bool()].tolist()
-        results.append(p + g if include_prompt else g)
-    if kind == "str":
-        tok = _tokenizer_of(model, tokenizer)
-        results = [tok.decode(r) for r in results]
-    return results[0] if single else results
+    return finish(model, prompts, gen_tokens, stops, include_prompt, tokenizer)

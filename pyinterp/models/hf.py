@@ -10,17 +10,28 @@ Supported families: GPT-2 (``gpt2``) and the Llama layout (``llama``, ``mistral`
 How: module-boundary activations (embeddings, residual stream, attention and MLP outputs,
 MLP neurons) use PyTorch forward hooks that are attached only while a pyinterp hook is
 registered on them. q/k/v after rotary embeddings, the pattern and z live inside the attention
-function, so the adapter wraps ``transformers``' attention functions (``sdpa``, ``eager``) in
-the library's ``AttentionInterface``: the wrapper calls the original function unchanged for
-modules of models that are not adapted or have no attention hook, so SDPA stays SDPA. With
-grouped-query attention hook_k/hook_v have ``n_key_value_heads`` heads (as in TransformerLens).
+function, so while any attention hook point of an adapted model has a hook function, the
+adapter wraps ``transformers``' attention functions (``sdpa``, ``eager``) in the library's
+``AttentionInterface``; when the last such hook is removed the registry is restored exactly as
+it was (no lasting global change). The wrapper calls the original function unchanged for
+modules of models that are not adapted or have no attention hook, so SDPA stays SDPA. A forward
+pass in which an active attention hook point did not fire (an attention implementation pyinterp
+does not wrap, such as flash attention) raises instead of returning a silently unhooked result.
+With grouped-query attention hook_k/hook_v have ``n_key_value_heads`` heads (as in
+TransformerLens).
+
+Wrapping is idempotent: ``from_hf(hf_model)`` on a model that already has a live wrapper
+returns that wrapper (two wrappers would fight over the attention modules).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -32,6 +43,9 @@ GPT2_FAMILIES = ("gpt2",)
 LLAMA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_FAMILIES = GPT2_FAMILIES + LLAMA_FAMILIES
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# Attribute (in the HF model's __dict__, so not a submodule) holding a weak reference to the
+# model's live HookedHF wrapper.
+_WRAPPER_ATTR = "_pyinterp_hooked_hf"
 
 
 def _require_transformers():
@@ -85,6 +99,11 @@ class _AttnHooks(nn.Module):
         self.hook_attn_scores = HookPoint()
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()
+        self.calls = 0  # hooked attention calls since HookedHF last reset it (fire check)
+
+    def points(self) -> List[HookPoint]:
+        return [self.hook_q, self.hook_k, self.hook_v, self.hook_attn_scores, self.hook_pattern,
+                self.hook_z]
 
     @property
     def active(self) -> bool:
@@ -247,6 +266,7 @@ def _hook_new(point: HookPoint, x: torch.Tensor, T: int) -> torch.Tensor:
 def _hooked_attention(hooks: _AttnHooks, fn, module, query, key, value, attention_mask,
                       *args, **kwargs):
     # query: (B, H, T, d) after rotary; key/value: (B, H_kv, S, d), past + new (after rotary).
+    hooks.calls += 1
     T = query.shape[2]
     if hooks.hook_q.active:
         query = hooks.hook_q(query.transpose(1, 2)).transpose(1, 2)
@@ -278,15 +298,48 @@ def _hooked_attention(hooks: _AttnHooks, fn, module, query, key, value, attentio
     return z, weights
 
 
-def _install_attention_wrappers() -> None:
-    from transformers.modeling_utils import AttentionInterface
+_MISSING = object()
 
-    mapping = AttentionInterface._global_mapping
-    for name in ("sdpa", "eager"):
-        cur = mapping.get(name)
-        if cur is not None and getattr(cur, "__name__", "").startswith("pyinterp_hooked_"):
-            continue
-        AttentionInterface.register(name, _wrap_attention(cur, name))
+
+class _AttentionFunctions:
+    """transformers' global ``sdpa``/``eager`` attention functions, wrapped only while at least
+    one attention hook point of an adapted model is active (reference-counted like a
+    :class:`_Site`), then put back exactly as they were."""
+
+    NAMES = ("sdpa", "eager")
+
+    def __init__(self):
+        self.users = 0
+        self.saved: dict = {}
+
+    def acquire(self):
+        self.users += 1
+        if self.users == 1:
+            from transformers.modeling_utils import AttentionInterface
+
+            mapping = AttentionInterface._global_mapping
+            for name in self.NAMES:
+                cur = mapping.get(name, _MISSING)
+                self.saved[name] = cur
+                AttentionInterface.register(name, _wrap_attention(None if cur is _MISSING else cur, name))
+
+    def release(self):
+        self.users = max(0, self.users - 1)
+        if self.users == 0 and self.saved:
+            from transformers.modeling_utils import AttentionInterface
+
+            mapping = AttentionInterface._global_mapping
+            for name, orig in self.saved.items():
+                if not getattr(mapping.get(name), "__name__", "").startswith("pyinterp_hooked_"):
+                    continue  # someone registered their own function since: keep theirs
+                if orig is _MISSING:
+                    del mapping[name]
+                else:
+                    mapping[name] = orig
+            self.saved = {}
+
+
+_ATTENTION_FUNCTIONS = _AttentionFunctions()
 
 
 # -- the adapter ----------------------------------------------------------------------------------
@@ -301,6 +354,10 @@ class HookedHF(HookedModel, nn.Module):
     def __init__(self, hf_model: nn.Module, tokenizer=None):
         super().__init__()
         family = _family(hf_model)
+        if _live_wrapper(hf_model) is not None:
+            raise ValueError(f"this {type(hf_model).__name__} already has a pyinterp wrapper; use "
+                             "pyinterp.models.from_hf(model), which returns it (two wrappers of "
+                             "one model would take each other's attention hooks)")
         self.model = hf_model
         self.family = family
         self.tokenizer = tokenizer
@@ -336,9 +393,9 @@ class HookedHF(HookedModel, nn.Module):
         self.ln_final = _LNHooks()
         self._resid_pre: dict = {}
         self._bind_sites(gpt2)
-        _install_attention_wrappers()
         self.setup_hooks()
         self.train(hf_model.training)  # the wrapper's mode is the wrapped model's
+        hf_model.__dict__[_WRAPPER_ATTR] = weakref.ref(self)
 
     def __deepcopy__(self, memo):
         """A new wrapper around a deep copy of the wrapped model, with its own hook sites.
@@ -358,6 +415,7 @@ class HookedHF(HookedModel, nn.Module):
                     mod._forward_hooks_with_kwargs.pop(key, None)
                     mod._forward_pre_hooks_with_kwargs.pop(key, None)
             mod.__dict__.pop("_pyinterp_attn_hooks", None)
+        hf_copy.__dict__.pop(_WRAPPER_ATTR, None)
         return HookedHF(hf_copy, tokenizer=self.tokenizer)
 
     @property
@@ -401,6 +459,8 @@ class HookedHF(HookedModel, nn.Module):
             # Plain attribute (not a registered submodule): the HF module tree stays unchanged.
             attn.__dict__["_pyinterp_attn_hooks"] = hb.attn
             hb.attn._bind_weights(attn, gpt2, self.cfg.n_heads, self.cfg.n_key_value_heads, self.cfg.d_head)
+            for point in hb.attn.points():
+                _bind(point, [_ATTENTION_FUNCTIONS])
             pre_site = _Site(layer, "pre", self._resid_pre_hook(i, hb))
             attn_site = _Site(attn, "fwd", self._attn_out_hook(i, hb))
             _bind(hb.hook_resid_pre, [pre_site])
@@ -444,6 +504,28 @@ class HookedHF(HookedModel, nn.Module):
         return fn
 
     # -- forward ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _attention_fires(self, layers: Optional[int] = None):
+        """Raise after the block if an active attention hook point of the first ``layers``
+        blocks (all by default) did not fire: its values would otherwise be silently missing."""
+        n = self.cfg.n_layers if layers is None else layers
+        active = [(i, hb.attn) for i, hb in enumerate(self.blocks[:n]) if hb.attn.active]
+        for _, a in active:
+            a.calls = 0
+        yield
+        silent = [i for i, a in active if a.calls == 0]
+        if silent:
+            names = [p.name for i in silent for p in self.blocks[i].attn.points() if p.active]
+            impl = getattr(self.model.config, "_attn_implementation", None)
+            if impl not in _AttentionFunctions.NAMES:
+                why = (f"the model runs attn_implementation={impl!r}, which pyinterp does not hook; "
+                       "load it with attn_implementation='sdpa' or 'eager'")
+            else:
+                why = ("its attention bypassed transformers' AttentionInterface (e.g. GPT-2 with "
+                       "reorder_and_upcast_attn) or another wrapper took over its attention modules")
+            raise RuntimeError(f"attention hook points {names} did not fire during the forward "
+                               f"pass: {why}")
+
     def _position_ids(self, attention_mask, past_len: int, T: int):
         if attention_mask is None:
             return None
@@ -474,7 +556,8 @@ class HookedHF(HookedModel, nn.Module):
                   position_ids=self._position_ids(attention_mask, 0, tokens.shape[1]))
         if stop_at_layer is not None:
             return self._run_until(stop_at_layer, kw)
-        logits = self.model(**kw).logits
+        with self._attention_fires():
+            logits = self.model(**kw).logits
         if return_type == "logits":
             return logits
         if return_type is None:
@@ -495,12 +578,16 @@ class HookedHF(HookedModel, nn.Module):
             h = self._layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
         try:
             # Registered after the user's pre-hooks, so it sees hook_resid_pre's replacement.
-            self.model(**kw)
-        except _StopForward as stop:
-            return stop.value
+            with self._attention_fires(layer):
+                try:
+                    self.model(**kw)
+                except _StopForward as stop:
+                    value = stop.value
+                else:
+                    raise RuntimeError("stop_at_layer: the forward pass ended before the requested layer")
         finally:
             h.remove()
-        raise RuntimeError("stop_at_layer: the forward pass ended before the requested layer")
+        return value
 
     def loss(self, tokens, per_token: bool = False, attention_mask=None):
         """Next-token cross entropy: scalar mean, or (B, T-1) with ``per_token=True``."""
@@ -508,9 +595,10 @@ class HookedHF(HookedModel, nn.Module):
 
     def _decode_step(self, tokens, attention_mask, cache):
         past = 0 if cache is None else cache.get_seq_length()
-        out = self.model(input_ids=tokens, attention_mask=attention_mask, use_cache=True,
-                         position_ids=self._position_ids(attention_mask, past, tokens.shape[1]),
-                         **{self._cache_kw: cache})
+        with self._attention_fires():
+            out = self.model(input_ids=tokens, attention_mask=attention_mask, use_cache=True,
+                             position_ids=self._position_ids(attention_mask, past, tokens.shape[1]),
+                             **{self._cache_kw: cache})
         new = out.get("cache") if "cache" in out else out.get("past_key_values")
         return out.logits, new
 
@@ -522,11 +610,70 @@ class HookedHF(HookedModel, nn.Module):
         params = inspect.signature(self.model.forward).parameters
         return "cache" if "cache" in params else "past_key_values"
 
-    def generate(self, inputs, max_new_tokens: int = 20, **kwargs):
-        """Sample with hooks active; see :func:`pyinterp.models.generate`."""
-        from pyinterp.models.generate import generate
+    @torch.no_grad()
+    def generate(self, inputs=None, max_new_tokens: Optional[int] = None, *,
+                 do_sample: Optional[bool] = None, temperature: Optional[float] = None,
+                 top_p: Optional[float] = None, top_k: Optional[int] = None,
+                 num_beams: Optional[int] = None, max_length: Optional[int] = None,
+                 seed: Optional[int] = 0, stop_tokens: Optional[Sequence[int]] = None,
+                 attention_mask=None, pad_token_id: Optional[int] = None,
+                 use_kv_cache: bool = True, tokenizer=None, include_prompt: bool = True,
+                 input_ids=None, **hf_kwargs):
+        """Hugging Face ``generate`` (greedy unless ``do_sample``, ``num_beams`` beam search,
+        ``max_length``/``max_new_tokens``, any other generation kwarg) with pyinterp's hooks
+        active: hooks see the prompt, then each new token (with the KV cache).
 
-        return generate(self, inputs, max_new_tokens=max_new_tokens, **kwargs)
+        Defaults come from the model's ``generation_config`` as in HF (greedy, stop at EOS),
+        except that without ``max_new_tokens``/``max_length`` 20 new tokens are generated.
+        pyinterp conveniences: inputs may be a (B, T) tensor (or ``input_ids=``), token-id lists
+        (left-padded here) or strings (with ``tokenizer``/``model.tokenizer``), returned in the
+        same kind (see :func:`pyinterp.models.generate`); ``temperature=0`` means greedy;
+        ``stop_tokens`` replaces the EOS ids; ``seed`` makes sampling reproducible without
+        touching the global RNG (``seed=None``: the global RNG, as HF).
+        """
+        from pyinterp.models.generate import finish, prepare_prompts
+
+        if inputs is None:
+            inputs = input_ids
+        if inputs is None:
+            raise ValueError("generate needs inputs (a token tensor, token-id lists or strings)")
+        gc = self.model.generation_config
+        pad = pad_token_id if pad_token_id is not None else self.pad_token_id
+        prompts = prepare_prompts(self, inputs, attention_mask, tokenizer, pad, self.W_E.device)
+        if temperature == 0:  # pyinterp's spelling of greedy decoding
+            temperature, do_sample = None, False
+        if max_new_tokens is None and max_length is None:
+            max_new_tokens = 20
+        kw = dict(max_new_tokens=max_new_tokens, max_length=max_length, do_sample=do_sample,
+                  temperature=temperature, top_p=top_p, top_k=top_k, num_beams=num_beams,
+                  pad_token_id=pad, use_cache=use_kv_cache)
+        if stop_tokens is not None:
+            kw["eos_token_id"] = [int(t) for t in stop_tokens]
+        kw = {k: v for k, v in kw.items() if v is not None}
+        kw.update(hf_kwargs)
+        T = prompts.tokens.shape[1]
+        total = kw.get("max_length", T + kw.get("max_new_tokens", 0))
+        if self.max_context is not None and total > self.max_context:
+            raise ValueError(f"prompt length {T} + new tokens exceeds the model's context "
+                             f"n_ctx={self.max_context}")
+        was_training = self.model.training
+        self.model.eval()
+        rng = contextlib.nullcontext() if seed is None else torch.random.fork_rng(
+            devices=[self.W_E.device] if self.W_E.device.type == "cuda" else [])
+        try:
+            with rng, self._attention_fires():
+                if seed is not None:
+                    torch.manual_seed(int(seed))
+                out = self.model.generate(input_ids=prompts.tokens, attention_mask=prompts.mask, **kw)
+        finally:
+            self.model.train(was_training)
+        rep = out.shape[0] // prompts.tokens.shape[0]
+        if rep > 1:  # num_return_sequences: each prompt's results are consecutive rows
+            prompts = type(prompts)(prompts.tokens.repeat_interleave(rep, 0),
+                                    prompts.mask.repeat_interleave(rep, 0), prompts.kind, False)
+        stops = kw.get("eos_token_id", gc.eos_token_id)
+        stops = [stops] if isinstance(stops, int) else list(stops or ())
+        return finish(self, prompts, out[:, T:], stops, include_prompt, tokenizer)
 
 
 def _family(model: nn.Module) -> str:
@@ -539,6 +686,13 @@ def _family(model: nn.Module) -> str:
         raise ValueError(f"{type(model).__name__} has no language-model head: pass a causal LM "
                          "(e.g. AutoModelForCausalLM), not the base model")
     return mt
+
+
+def _live_wrapper(model: nn.Module) -> Optional["HookedHF"]:
+    ref = model.__dict__.get(_WRAPPER_ATTR)
+    w = ref() if ref is not None else None
+    # a deep copy of the raw model carries the weak reference along: it is not its wrapper
+    return w if w is not None and w.model is model else None
 
 
 def _check_dir(path: Path) -> None:
@@ -557,18 +711,61 @@ def _check_dir(path: Path) -> None:
         raise FileNotFoundError(f"{str(path)!r} has no weights (*.safetensors or *.bin files)")
 
 
+def _looks_like_hub_id(name: str) -> bool:
+    """'gpt2' or 'org/name': no more than one '/', not absolute, not starting with . or ~."""
+    if not name or name.startswith((".", "~", "/")) or os.sep != "/" and os.sep in name:
+        return False
+    parts = name.split("/")
+    return len(parts) <= 2 and all(parts)
+
+
+def _resolve_model_dir(name: str, revision: Optional[str]) -> Path:
+    """A hub id -> its snapshot directory in the Hugging Face cache (downloading config,
+    weights and tokenizer files unless HF_HUB_OFFLINE is set)."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError as e:
+        raise ImportError("loading a model by hub id needs huggingface_hub: pip install "
+                          "'pyinterp[hf]'") from e
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+    try:
+        return Path(snapshot_download(name, revision=revision, allow_patterns=patterns))
+    except LocalEntryNotFoundError as e:
+        offline = _hub_offline()
+        where = ("HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
+                 if offline else "it could not be downloaded and is not in the local cache")
+        raise FileNotFoundError(f"{name!r} is neither a local model directory nor loadable from "
+                                f"the Hugging Face hub: {where} ({e})") from None
+    except Exception as e:  # repository not found, gated, network errors: say which id failed
+        raise FileNotFoundError(f"{name!r} is neither a local model directory nor loadable from "
+                                f"the Hugging Face hub: {type(e).__name__}: {e}") from None
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def from_hf(model_or_path: Union[str, Path, nn.Module], tokenizer=None,
             device: Optional[Union[str, torch.device]] = None,
-            dtype: Optional[torch.dtype] = None) -> HookedHF:
-    """Wrap a Hugging Face causal LM (a model object or a local directory) with pyinterp hooks.
+            dtype: Optional[torch.dtype] = None, revision: Optional[str] = None) -> HookedHF:
+    """Wrap a Hugging Face causal LM with pyinterp hooks: a model object, a local directory,
+    or a hub id (``"gpt2"``, ``"org/name"``, at ``revision``).
 
-    A directory is loaded offline (``local_files_only``) with ``AutoModelForCausalLM``; its
-    tokenizer is loaded too when present. Raises a clear error for missing directories, missing
-    weights and unsupported families (supported: gpt2, llama, mistral, qwen2, qwen3).
+    A hub id goes through ``huggingface_hub``'s cache (downloaded once; ``HF_HUB_OFFLINE=1``
+    reads the cache only). A directory is loaded with ``AutoModelForCausalLM`` (offline); its
+    tokenizer is loaded too when present. A model that already has a wrapper gets that wrapper
+    back (``device``/``dtype`` still move it; a ``tokenizer`` is set when it has none). Raises
+    a clear error for missing directories, missing weights and unsupported families
+    (supported: gpt2, llama, mistral, qwen2, qwen3).
     """
     transformers = _require_transformers()
     if isinstance(model_or_path, (str, Path)):
         path = Path(model_or_path)
+        if not path.exists() and isinstance(model_or_path, str) and _looks_like_hub_id(model_or_path):
+            path = _resolve_model_dir(model_or_path, revision)
         _check_dir(path)
         kw = {"local_files_only": True}
         if dtype is not None:  # transformers 5 calls it dtype, 4.x torch_dtype
@@ -581,14 +778,21 @@ def from_hf(model_or_path: Union[str, Path, nn.Module], tokenizer=None,
                 tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             except Exception:  # a model without a usable tokenizer is still a model
                 tokenizer = None
+    elif isinstance(model_or_path, HookedHF):
+        model = model_or_path.model if dtype is None else model_or_path.model.to(dtype)
     elif isinstance(model_or_path, nn.Module):
         model = model_or_path
         if dtype is not None:
             model = model.to(dtype)
     else:
-        raise TypeError("from_hf takes a transformers model or a local directory path, got "
-                        f"{type(model_or_path).__name__}")
+        raise TypeError("from_hf takes a transformers model, a local directory path or a hub id, "
+                        f"got {type(model_or_path).__name__}")
     if device is not None:
         model = model.to(device)
+    existing = _live_wrapper(model)
+    if existing is not None:
+        if tokenizer is not None and existing.tokenizer is None:
+            existing.tokenizer = tokenizer
+        return existing
     model.eval()
     return HookedHF(model, tokenizer=tokenizer)

@@ -67,7 +67,8 @@ def generate_responses(model, prompts: Sequence[Tuple[str, str]], *, tokenizer=N
     for b, start in enumerate(starts):
         chunk = jobs[start:start + batch_size]
         gen = model.generate([c[0] for c in chunk], max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_p=top_p, seed=seed + b,
+                             temperature=temperature, do_sample=temperature > 0, top_p=top_p,
+                             seed=seed + b,
                              stop_tokens=stop_tokens, include_prompt=False)
         for (ids, system, question, m, s), resp in zip(chunk, gen):
             out.append(Sample(prompt_ids=list(ids), response_ids=list(resp), question=question,
