@@ -18,6 +18,23 @@ from pyinterp import ops
 
 __version__ = "0.1.0"
 
+# Subpackages imported on first attribute access (``pyinterp.sae.load(...)`` works after a
+# bare ``import pyinterp``) without paying for them at import time.
+_LAZY = ("attention", "bench", "data", "distributed", "experiments", "integrations", "models",
+         "nn", "persona", "sae")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"pyinterp.{name}")
+    raise AttributeError(f"module 'pyinterp' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",

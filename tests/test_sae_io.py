@@ -135,7 +135,7 @@ def test_legacy_sae_lens_config(tmp_path):
 
 
 def test_bad_sae_directories_name_the_file(tmp_path, monkeypatch):
-    with pytest.raises(CorruptFileError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist.*from_pretrained"):
         load(tmp_path / "nope")
     d = tmp_path / "d"
     _ours("topk").save(d)

@@ -20,6 +20,7 @@ for Towards Monosemanticity's unit-norm decoder), :class:`TopKSAE`, :class:`Batc
 from pyinterp.sae._files import CorruptFileError
 from pyinterp.sae.accelerate import accelerate, restore
 from pyinterp.sae.config import SAEConfig
+from pyinterp.sae.hub import from_pretrained
 from pyinterp.sae.io import load, save
 from pyinterp.sae.modules import (
     BatchTopKSAE,
@@ -37,6 +38,6 @@ from pyinterp.sae import metrics
 __all__ = [
     "ActivationStore", "BatchTopKSAE", "CorruptFileError", "JumpReLUSAE", "NonFiniteError",
     "ReLUSAE", "SAEConfig", "SAELoss", "SAETrainer", "SparseAutoencoder", "TopKSAE",
-    "TrainConfig", "accelerate", "build", "collect", "load", "metrics", "restore", "save",
+    "TrainConfig", "accelerate", "build", "collect", "from_pretrained", "load", "metrics", "restore", "save",
     "stream", "train",
 ]

@@ -145,8 +145,11 @@ def load(path: Union[str, Path], *, device="cpu", dtype=None) -> SparseAutoencod
     Errors name the file and what is missing or wrong.
     """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"SAE directory {path} does not exist (for an SAE on the Hugging "
+                                "Face hub use pyinterp.sae.from_pretrained(release, sae_id))")
     if not path.is_dir():
-        raise CorruptFileError(f"SAE directory {path} does not exist or is not a directory")
+        raise NotADirectoryError(f"{path} is not an SAE directory (cfg.json + sae_weights.safetensors)")
     cfg_file = path / CFG_FILENAME
     weights_file = path / WEIGHTS_FILENAME
     raw = read_json(cfg_file, "SAE config")
