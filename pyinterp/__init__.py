@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 # Subpackages imported on first attribute access (``pyinterp.sae.load(...)`` works after a
 # bare ``import pyinterp``) without paying for them at import time.
-_LAZY = ("attention", "bench", "data", "distributed", "experiments", "integrations", "models",
+_LAZY = ("attention", "bench", "circuits", "data", "distributed", "experiments", "integrations", "models",
          "nn", "persona", "sae")
 
 

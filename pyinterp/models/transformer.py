@@ -128,7 +128,9 @@ class Attention(nn.Module):
         if mask is None:
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
         scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
-        pattern = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+        # float32 softmax for half precisions; float64 stays float64 (as SDPA does).
+        pattern = torch.softmax(scores if scores.dtype == torch.float64 else scores.float(),
+                                dim=-1).to(v.dtype)
         pattern = self.hook_pattern(pattern)  # (B, H, T, S)
         return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
 

@@ -1,0 +1,207 @@
+"""The local replacement model of one prompt (Ameisen et al. 2025).
+
+One forward pass of the real model is recorded: residual streams, attention patterns,
+normalisation scales and MLP outputs. Each MLP is then replaced by the dictionary's
+reconstruction from the features active on this prompt plus an *error* vector (the MLP output
+minus the reconstruction). With patterns and scales frozen, the residual stream is linear in
+its inputs, the nodes of the attribution graph:
+
+    r_0     = embedding                                  (embedding nodes, one per position)
+    m_l     = r_l + sum_h P_h (LN1(r_l) W_V_h + b_V_h) W_O_h + b_O
+    r_{l+1} = m_l + sum_{s<=l} f_s W_dec^{s->l} + b_l + x_l W_skip + err_l   (feature, error nodes)
+    logits  = LNf(r_L) W_U + b_U,          x_l = LN2(m_l) or m_l (the dictionary's input_site)
+
+:meth:`LocalReplacement.forward` recomputes the logits from those pieces: it reproduces the
+real forward exactly (up to float rounding) whatever the dictionary, since the error nodes hold
+what the features miss. The ``*_T`` methods are the adjoints (transposes) of the linear maps,
+batched over attribution targets: (B, T', d_model) gradients over the first T' positions.
+"""
+from __future__ import annotations
+
+import torch
+
+from pyinterp.circuits._weights import ModelWeights, model_weights
+from pyinterp.circuits.dictionary import check_dictionary, targets_of
+
+
+def _site_names(n_layers: int) -> list[str]:
+    names = []
+    for l in range(n_layers):
+        names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_resid_mid",
+                  f"blocks.{l}.attn.hook_pattern", f"blocks.{l}.hook_mlp_out"]
+    names.append(f"blocks.{n_layers - 1}.hook_resid_post")
+    return names
+
+
+def _tokens_1d(tokens) -> torch.Tensor:
+    if not isinstance(tokens, torch.Tensor):
+        tokens = torch.as_tensor(tokens)
+    if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"tokens must be integer token ids, got {tokens.dtype}")
+    if tokens.ndim == 2 and tokens.shape[0] == 1:
+        tokens = tokens[0]
+    if tokens.ndim != 1 or tokens.numel() == 0:
+        raise ValueError("tokens must be one prompt: shape (T,) or (1, T) with T >= 1, got "
+                         f"{tuple(tokens.shape)}")
+    return tokens.long()
+
+
+class LocalReplacement:
+    """The frozen pass of ``model`` on ``tokens`` with ``dictionary`` replacing its MLPs.
+
+    Attributes (all on the CPU/GPU of the model, in ``dtype``): ``embed`` (T, d),
+    ``patterns[l]`` (H, T, T), ``scale1/scale2[l]`` and ``scale_f`` (T, 1), ``inputs[l]``
+    (T, d) the dictionary inputs, ``codes[l]`` = (values, indices) (T, k_l), ``errors[l]``
+    (T, d), ``mlp_out[l]`` (T, d), ``logits`` (T, V) of the real model.
+    """
+
+    def __init__(self, model, dictionary, tokens, *, dtype: torch.dtype = torch.float32):
+        self.weights: ModelWeights = model_weights(model, dtype)
+        W = self.weights
+        check_dictionary(dictionary, W.n_layers, W.d_model)
+        self.dictionary = dictionary
+        self.dtype = dtype
+        self.tokens = _tokens_1d(tokens)
+        L = W.n_layers
+        dev = W.W_U.device
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(self.tokens[None].to(dev), names_filter=_site_names(L))
+        self.logits = logits[0].to(dtype)
+        c = {k: v[0].to(dtype) for k, v in cache.items()}
+        self.T = self.tokens.numel()
+        self.embed = c["blocks.0.hook_resid_pre"]
+        self.resid_pre = [c[f"blocks.{l}.hook_resid_pre"] for l in range(L)]
+        self.resid_mid = [c[f"blocks.{l}.hook_resid_mid"] for l in range(L)]
+        self.resid_final = c[f"blocks.{L - 1}.hook_resid_post"]
+        self.patterns = [c[f"blocks.{l}.attn.hook_pattern"] for l in range(L)]
+        self.mlp_out = [c[f"blocks.{l}.hook_mlp_out"] for l in range(L)]
+        self.scale1 = [W.layers[l].ln1.scale(self.resid_pre[l]) for l in range(L)]
+        self.scale2 = [W.layers[l].ln2.scale(self.resid_mid[l]) for l in range(L)]
+        self.scale_f = W.ln_final.scale(self.resid_final)
+        mlp_in = dictionary.input_site == "mlp_in"
+        self.inputs = [W.layers[l].ln2.forward(self.resid_mid[l], self.scale2[l]) if mlp_in
+                       else self.resid_mid[l] for l in range(L)]
+        self.codes = []
+        for l in range(L):
+            with torch.no_grad():
+                v, i = dictionary.encode(l, self.inputs[l].to(self._dict_dtype(l)))
+            if v.shape != i.shape or v.ndim != 2 or v.shape[0] != self.T:
+                raise ValueError(f"dictionary.encode(layer={l}) must return (values, indices) of shape "
+                                 f"(T={self.T}, k), got {tuple(v.shape)} and {tuple(i.shape)}")
+            self.codes.append((v.detach().to(dtype), i.detach().long()))
+        self._dec = {}  # (source, target) -> decoder weight in dtype
+        self.errors = [self.mlp_out[l] - self.reconstruction(l) for l in range(L)]
+
+    # -- dictionary access ------------------------------------------------------------------------
+    def _dict_dtype(self, layer: int) -> torch.dtype:
+        return self.dictionary.encoder_weight(layer).dtype
+
+    def encoder(self, layer: int) -> torch.Tensor:
+        """(d_model, d_sae) encoder weight of ``layer`` in ``dtype`` (cached)."""
+        key = ("enc", layer)
+        if key not in self._dec:
+            self._dec[key] = self.dictionary.encoder_weight(layer).detach().to(self.dtype)
+        return self._dec[key]
+
+    def decoder(self, source: int, target: int) -> torch.Tensor:
+        key = (source, target)
+        if key not in self._dec:
+            self._dec[key] = self.dictionary.decoder_weight(source, target).detach().to(self.dtype)
+        return self._dec[key]
+
+    def sources_of(self, target: int) -> list[int]:
+        """Dictionary layers whose features write to layer ``target``'s MLP output."""
+        return [s for s in range(target + 1) if target in targets_of(self.dictionary, s)]
+
+    def skip(self, layer: int) -> torch.Tensor | None:
+        w = self.dictionary.skip_weight(layer)
+        return None if w is None else w.detach().to(self.dtype)
+
+    def reconstruction(self, layer: int, values: list[torch.Tensor] | None = None,
+                       x: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer ``layer``'s MLP output as the dictionary reconstructs it: (T, d); ``values``
+        replace the recorded feature values, ``x`` the dictionary input (for the skip)."""
+        from pyinterp import ops
+
+        out = torch.zeros_like(self.mlp_out[layer])
+        for s in self.sources_of(layer):
+            v = self.codes[s][0] if values is None else values[s]
+            out = out + ops.sparse_decode(v, self.codes[s][1], self.decoder(s, layer))
+        b = self.dictionary.output_bias(layer)
+        if b is not None:
+            out = out + b.detach().to(self.dtype)
+        w = self.skip(layer)
+        if w is not None:
+            out = out + (self.inputs[layer] if x is None else x) @ w
+        return out
+
+    # -- the linear model -------------------------------------------------------------------------
+    def attention(self, layer: int, r: torch.Tensor) -> torch.Tensor:
+        """Attention output of ``layer`` with the frozen pattern and scale: r (T, d) -> (T, d)."""
+        Ly = self.weights.layers[layer]
+        a = Ly.ln1.forward(r, self.scale1[layer])
+        v = torch.einsum("td,hde->hte", a, Ly.W_V)
+        if Ly.b_V is not None:
+            v = v + Ly.b_V[:, None, :]
+        z = torch.bmm(self.patterns[layer], v)  # (H, T, e)
+        out = torch.einsum("hte,hed->td", z, Ly.W_O)
+        return out if Ly.b_O is None else out + Ly.b_O
+
+    @torch.no_grad()
+    def forward(self, values: list[torch.Tensor] | None = None,
+                errors: list[torch.Tensor] | None = None,
+                embed: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (T, V) of the replacement model: with the recorded feature values and errors
+        it equals the real model's logits. ``values[l]`` (T, k_l) replace the feature values
+        (same indices as ``codes``); ``errors[l]`` the error vectors; ``embed`` (T, d) the
+        embeddings. Downstream features are not re-encoded (the attribution graph's linear
+        model, affine in embeddings, feature values and errors)."""
+        W = self.weights
+        errors = self.errors if errors is None else errors
+        r = self.embed if embed is None else embed
+        for l in range(W.n_layers):
+            m = r + self.attention(l, r)
+            x = W.layers[l].ln2.forward(m, self.scale2[l]) if self.dictionary.input_site == "mlp_in" else m
+            r = m + self.reconstruction(l, values, x) + errors[l]
+        x = W.ln_final.forward(r, self.scale_f)
+        out = x @ W.W_U
+        return out if W.b_U is None else out + W.b_U
+
+    # -- adjoints, batched over targets -----------------------------------------------------------
+    def attention_T(self, layer: int, g: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
+        """Adjoint of the attention block's linear part, into the residual stream before LN1.
+
+        g: (B, T', d) gradient at the attention output over positions < T'. ``onehot`` (B,)
+        says that row b of g is zero except at position onehot[b] (a target's own position):
+        then only one row of each pattern is read (B x T' x H x d work instead of B x T'^2 x d).
+        """
+        Ly = self.weights.layers[layer]
+        B, Tp, d = g.shape
+        H, e = Ly.W_V.shape[0], Ly.W_V.shape[2]
+        P = self.patterns[layer][:, :Tp, :Tp]
+        if onehot is not None:
+            gq = g[torch.arange(B, device=g.device), onehot]           # (B, d)
+            gz = torch.einsum("bd,hed->bhe", gq, Ly.W_O)               # (B, H, e)
+            gw = torch.einsum("bhe,hde->bhd", gz, Ly.W_V)              # (B, H, d)
+            rows = P[:, onehot, :].permute(1, 2, 0)                    # (B, T', H)
+            ga = torch.bmm(rows, gw)                                   # (B, T', d)
+        else:
+            gz = torch.einsum("bqd,hed->hqbe", g, Ly.W_O).reshape(H, Tp, B * e)
+            gv = torch.bmm(P.transpose(1, 2), gz).reshape(H, Tp, B, e)  # keys <- queries
+            ga = torch.einsum("hkbe,hde->bkd", gv, Ly.W_V)
+        return Ly.ln1.transpose(ga, self.scale1[layer][:Tp])
+
+    def input_T(self, layer: int, g: torch.Tensor) -> torch.Tensor:
+        """Adjoint of m_l -> dictionary input x_l: g (B, T', d) at x_l -> at m_l."""
+        if self.dictionary.input_site == "resid_mid":
+            return g
+        return self.weights.layers[layer].ln2.transpose(g, self.scale2[layer][:g.shape[1]])
+
+    def unembed_T(self, directions: torch.Tensor) -> torch.Tensor:
+        """Logit directions (B, V)-space vectors as (B, d): gradient at r_L's last position
+        of ``x @ W_U @ u`` before the final norm is applied (use with :meth:`final_norm_T`)."""
+        return directions @ self.weights.W_U.T
+
+    def final_norm_T(self, g: torch.Tensor, position: int) -> torch.Tensor:
+        """Adjoint of the final norm at one position: g (B, d) -> (B, d)."""
+        return self.weights.ln_final.transpose(g, self.scale_f[position])

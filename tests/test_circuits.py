@@ -1,0 +1,278 @@
+"""pyinterp.circuits: the local replacement model, streamed attribution against the dense
+reference (autograd through the real model, dense adjacency), pruning, scores, interventions,
+the graph JSON and the HTML view."""
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+from circuits_testing import NullDictionary, RandomDictionary, tiny_model, tokens
+
+from pyinterp.circuits import LocalReplacement, NeuronDictionary, attribute
+from pyinterp.circuits.interventions import (
+    ablate,
+    compare_ablations,
+    demeaned_logit,
+    intervene,
+)
+from pyinterp.circuits.reference import dense_attribution
+
+D = 16
+
+
+def dictionaries():
+    return {
+        "null": NullDictionary(2, D),
+        "clt_skip": RandomDictionary(2, D, skip=True),
+        "per_layer": RandomDictionary(2, D, cross_layer=False, seed=1),
+        "resid_mid_skip": RandomDictionary(2, D, input_site="resid_mid", skip=True, seed=2),
+    }
+
+
+@pytest.mark.parametrize("name", list(dictionaries()))
+def test_replacement_forward_reproduces_the_model(name):
+    m = tiny_model()
+    t = tokens()
+    rm = LocalReplacement(m, dictionaries()[name], t, dtype=torch.float64)
+    with torch.no_grad():
+        ref = m(t[None])[0]  # plain forward (SDPA, no hooks)
+    torch.testing.assert_close(rm.forward(), ref, atol=1e-12, rtol=0)
+
+
+def test_perfect_dictionary_has_no_error_and_same_forward():
+    m = tiny_model(act_fn="relu")
+    t = tokens()
+    rm = LocalReplacement(m, NeuronDictionary(m), t, dtype=torch.float64)
+    for e in rm.errors:
+        assert e.abs().max() < 1e-12
+    torch.testing.assert_close(rm.forward(), m(t[None])[0].detach(), atol=1e-12, rtol=0)
+    # and the graph's targets are fully explained by features and embeddings
+    g = attribute(m, NeuronDictionary(m), t, dtype=torch.float64)
+    assert g.scores["replacement"] == pytest.approx(1.0)
+    assert g.scores["completeness"] == pytest.approx(1.0)
+
+
+def test_float32_model_forward_close():
+    m = tiny_model(dtype="float32")
+    t = tokens()
+    rm = LocalReplacement(m, RandomDictionary(2, D, skip=True, dtype=torch.float32), t)
+    torch.testing.assert_close(rm.forward(), m(t[None])[0].detach(), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(dictionaries()))
+def test_streamed_attribution_matches_dense_reference(name):
+    m = tiny_model()
+    t = tokens()
+    dic = dictionaries()[name]
+    g = attribute(m, dic, t, dtype=torch.float64)
+    ref = dense_attribution(m, dic, t)
+    A = ref["adjacency"]
+    assert g.n_nodes == ref["n_nodes"] and g.n_features == ref["n_features"]
+    assert torch.equal(torch.stack([g.feat_layer, g.feat_pos, g.feat_index], 1), ref["feat"])
+    assert torch.equal(g.logit_tokens, ref["logit_tokens"])
+    torch.testing.assert_close(g.root_rows, A[g.logit_start:], atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(g.influence, ref["influence"], atol=1e-12, rtol=1e-10)
+    assert g.scores["replacement"] == pytest.approx(ref["replacement"], abs=1e-12)
+    assert g.scores["completeness"] == pytest.approx(ref["completeness"], abs=1e-12)
+    assert torch.equal(g.node_mask, ref["node_mask"])
+    em = ref["edge_mask"] & (A != 0)
+    assert set(map(tuple, g.edges.tolist())) == set(map(tuple, em.nonzero().tolist()))
+    torch.testing.assert_close(g.edge_weight, A[g.edges[:, 0], g.edges[:, 1]], atol=1e-12, rtol=1e-10)
+
+
+def test_batching_and_readout_do_not_change_the_graph():
+    m = tiny_model()
+    t = tokens()
+    dic = RandomDictionary(2, D, skip=True)
+    a = attribute(m, dic, t, dtype=torch.float64)
+    b = attribute(m, dic, t, dtype=torch.float64, batch_size=1, readout="gather")
+    torch.testing.assert_close(a.influence, b.influence, atol=1e-13, rtol=1e-11)
+    assert torch.equal(a.edges, b.edges)
+
+
+def test_feature_target_row_matches_reference():
+    m = tiny_model()
+    t = tokens()
+    dic = RandomDictionary(2, D, skip=True)
+    ref = dense_attribution(m, dic, t)
+    j = int((ref["feat"][:, 0] == 1).nonzero()[0])  # the first layer-1 feature
+    l, p, f = ref["feat"][j].tolist()
+    g = attribute(m, dic, t, features=[(l, p, f)], dtype=torch.float64)
+    assert g.n_features == ref["n_features"] and int(g.logit_tokens.numel()) == 0
+    root = int(g.roots[0])
+    assert root == j and bool(g.node_mask[root])
+    n = g.n_nodes  # no logit nodes in this graph: compare the feature/error/embedding columns
+    torch.testing.assert_close(g.root_rows[0], ref["adjacency"][j, :n], atol=1e-12, rtol=1e-10)
+    assert g.influence[j + 1:g.error_start][g.feat_layer[j + 1:] >= l].abs().max() == 0
+
+
+def test_feature_budget_caps_rows():
+    m = tiny_model()
+    t = tokens()
+    dic = RandomDictionary(2, D, skip=True)
+    full = attribute(m, dic, t, dtype=torch.float64)
+    cap = attribute(m, dic, t, dtype=torch.float64, max_feature_nodes=12)
+    assert cap.stats["rows_computed"] <= 12 + cap.logit_tokens.numel()
+    assert cap.stats["rows_computed"] < full.stats["rows_computed"]
+    # the most influential features are expanded first: their influence is still close
+    top = full.influence[:full.n_features].topk(3).indices
+    torch.testing.assert_close(cap.influence[top], full.influence[top], rtol=0.3, atol=0)
+
+
+@pytest.mark.parametrize("name", ["clt_skip", "resid_mid_skip"])
+def test_direct_effect_ablation_equals_minus_the_edges(name):
+    m = tiny_model()
+    t = tokens()
+    dic = dictionaries()[name]
+    g = attribute(m, dic, t, dtype=torch.float64)
+    tok = int(g.logit_tokens[0])
+    clean = intervene(m, dic, t, [], direct_effects=True)
+    torch.testing.assert_close(clean, m(t[None])[0].detach(), atol=1e-12, rtol=0)
+    row = g.root_rows[0]
+    top = row[:g.n_features].abs().topk(3).indices.tolist()
+    for group in ([top[0]], top):
+        feats = [(int(g.feat_layer[j]), int(g.feat_pos[j]), int(g.feat_index[j])) for j in group]
+        new = ablate(m, dic, t, feats, direct_effects=True)
+        change = demeaned_logit(new, tok) - demeaned_logit(clean, tok)
+        assert change == pytest.approx(-float(row[group].sum()), abs=1e-10)
+    rows = compare_ablations(g, m, dic, [[top[0]]])
+    assert rows[0]["predicted"] == pytest.approx(-float(row[top[0]]))
+    # clamping to twice the value adds the edge once more
+    l, p, f = feats[0]
+    v = float(g.feat_value[top[0]])
+    new = intervene(m, dic, t, [(l, p, f, 2 * v)], direct_effects=True)
+    assert demeaned_logit(new, tok) - demeaned_logit(clean, tok) == pytest.approx(float(row[top[0]]), abs=1e-10)
+
+
+def test_graph_json_is_circuit_tracer_format():
+    m = tiny_model()
+    t = tokens()
+    g = attribute(m, RandomDictionary(2, D, skip=True), t, dtype=torch.float64, decode=lambda i: f"<{i}>\n",
+                  prompt="a prompt")
+    d = json.loads(g.to_json("slug-1"))
+    assert set(d) == {"metadata", "qParams", "nodes", "links"}
+    meta = d["metadata"]
+    for k, typ in (("slug", str), ("scan", str), ("transcoder_list", list), ("prompt_tokens", list),
+                   ("prompt", str), ("node_threshold", float)):
+        assert isinstance(meta[k], typ), k
+    assert meta["prompt_tokens"][0].endswith("⏎")
+    assert set(d["qParams"]) == {"pinnedIds", "supernodes", "linkType", "clickedId", "sg_pos"}
+    fields = {"node_id": str, "feature": int, "layer": str, "ctx_idx": int, "feature_type": str,
+              "token_prob": float, "is_target_logit": bool, "run_idx": int, "reverse_ctx_idx": int,
+              "jsNodeId": str, "clerp": str}
+    ids = [n["node_id"] for n in d["nodes"]]
+    assert len(ids) == len(set(ids))
+    kinds = {n["feature_type"] for n in d["nodes"]}
+    assert kinds <= {"cross layer transcoder", "mlp reconstruction error", "embedding", "logit"}
+    assert {"embedding", "logit"} <= kinds
+    for n in d["nodes"]:
+        for k, typ in fields.items():
+            assert isinstance(n[k], typ), (k, n)
+    assert sum(n["feature_type"] == "embedding" for n in d["nodes"]) == t.numel()
+    assert sum(n["is_target_logit"] for n in d["nodes"]) == 1
+    idset = set(ids)
+    assert d["links"] and all(l["source"] in idset and l["target"] in idset and isinstance(l["weight"], float)
+                              for l in d["links"])
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless check needs the chromium browser")
+def test_html_view_in_headless_chromium(tmp_path):
+    from pyinterp.circuits.html import write_html
+
+    m = tiny_model()
+    t = tokens()
+    g = attribute(m, RandomDictionary(2, D, skip=True), t, dtype=torch.float64)
+    d = g.to_dict("html")
+    feats = {n["node_id"]: {"contexts": [{"tokens": ["x", "<y>", "z"], "at": 1, "value": 1.5}],
+                            "logits_up": [["up", 1.0]], "logits_down": [["down", -1.0]]}
+             for n in d["nodes"] if n["feature_type"] == "cross layer transcoder"}
+    p = write_html(g, tmp_path / "g.html", features=feats)
+    text = p.read_text()
+    assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
+    out = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000",
+                          "--dump-dom", p.resolve().as_uri() + "#selftest"], capture_output=True, text=True,
+                         timeout=120).stdout
+    start = out.index('<pre id="selftest">') + len('<pre id="selftest">')
+    import html
+
+    res = json.loads(html.unescape(out[start:out.index("</pre>", start)]))
+    assert res["nodes"] == len(d["nodes"]) and res["edges"] == len(d["links"])
+    assert res["has_contexts"] and "&lt;y&gt;" not in res["hover_text"] and "<y>" in res["hover_text"]
+    assert res["highlighted_on_hover"] > 0 and res["pinned"] == 1 and res["pinned_class"]
+
+
+def test_bad_inputs():
+    m = tiny_model()
+    t = tokens()
+    with pytest.raises(ValueError, match="n_layers=3"):
+        attribute(m, RandomDictionary(3, D), t)
+    with pytest.raises(TypeError, match="CircuitDictionary"):
+        attribute(m, object(), t)
+    with pytest.raises(ValueError, match="one prompt"):
+        attribute(m, NullDictionary(2, D), torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="not active"):
+        attribute(m, RandomDictionary(2, D), t, features=[(0, 0, 10_000)])
+    with pytest.raises(ValueError, match="node_threshold"):
+        attribute(m, NullDictionary(2, D), t, node_threshold=1.5)
+    with pytest.raises(ValueError, match="attention-only"):
+        attribute(tiny_model(act_fn=None), NullDictionary(2, D), t)
+    with pytest.raises(ValueError, match="out of range"):
+        ablate(m, RandomDictionary(2, D), t, [(0, 99, 0)])
+
+
+def _edges_sum_to_the_logit(model, dic, t, atol, dtype=torch.float32):
+    """Attribution is complete: a logit row's edges plus the bias terms (the replacement
+    model with every node zeroed) give the demeaned logit."""
+    g = attribute(model, dic, t, dtype=dtype)
+    rm = LocalReplacement(model, dic, t, dtype=dtype)
+    zero = rm.forward(values=[torch.zeros_like(v) for v, _ in rm.codes],
+                      errors=[torch.zeros_like(e) for e in rm.errors], embed=torch.zeros_like(rm.embed))
+    for j, tok in enumerate(g.logit_tokens.tolist()):
+        total = float(g.root_rows[j].sum()) + demeaned_logit(zero, tok)
+        assert total == pytest.approx(demeaned_logit(rm.logits, tok), abs=atol)
+    return g
+
+
+def test_edges_sum_to_the_logit_pyinterp():
+    m = tiny_model()
+    _edges_sum_to_the_logit(m, RandomDictionary(2, D, skip=True), tokens(), 1e-10, torch.float64)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3"])
+def test_hugging_face_models(family):
+    pytest.importorskip("transformers", reason="the from_hf adapter needs transformers (pip install 'pyinterp[hf]')")
+    from hf_testing import build, toks
+
+    from pyinterp.models import from_hf
+
+    m = from_hf(build(family))
+    t = toks(B=1, T=9)[0]
+    dic = RandomDictionary(2, 32, skip=True, dtype=torch.float32)
+    rm = LocalReplacement(m, dic, t)
+    torch.testing.assert_close(rm.forward(), m(t[None])[0].detach(), atol=1e-4, rtol=1e-4)
+    _edges_sum_to_the_logit(m, dic, t, 1e-4)
+
+
+@pytest.mark.parametrize("norm,pos", [("LN", "standard"), ("RMS", "rotary"), ("LNPre", "standard")])
+def test_transformer_lens_models(norm, pos):
+    tl = pytest.importorskip("transformer_lens", reason="needs transformer-lens (pip install 'pyinterp[peers]')")
+    from pyinterp.models import from_transformer_lens
+
+    cfg = tl.HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50,
+                                     n_ctx=16, act_fn="gelu", positional_embedding_type=pos,
+                                     normalization_type=norm, seed=0, dtype=torch.float64)
+    m = from_transformer_lens(tl.HookedTransformer(cfg))
+    t = tokens(T=9, vocab=50)
+    dic = RandomDictionary(2, 32, skip=True)
+    rm = LocalReplacement(m, dic, t, dtype=torch.float64)
+    torch.testing.assert_close(rm.forward(), m(t[None])[0].detach(), atol=1e-10, rtol=0)
+    _edges_sum_to_the_logit(m, dic, t, 1e-10, torch.float64)
+    # the direct-effect intervention (TransformerLens norms have hook_scale) equals minus the edge
+    g = attribute(m, dic, t, dtype=torch.float64)
+    j = int(g.root_rows[0, :g.n_features].abs().argmax())
+    tok = int(g.logit_tokens[0])
+    f = (int(g.feat_layer[j]), int(g.feat_pos[j]), int(g.feat_index[j]))
+    clean = intervene(m, dic, t, [], direct_effects=True)
+    new = ablate(m, dic, t, [f], direct_effects=True)
+    assert demeaned_logit(new, tok) - demeaned_logit(clean, tok) == pytest.approx(-float(g.root_rows[0, j]), abs=1e-9)
