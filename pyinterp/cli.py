@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 
@@ -35,11 +36,12 @@ def _cmd_reproduce(args) -> int:
 
             check_config(experiments.make_config("persona", args.scale, args.device, **overrides))
         entries = experiments.reproduce(args.paper, scale=args.scale, device=args.device,
-                                         out=args.out, fresh=args.fresh, **overrides)
+                                         out=args.out, fresh=args.fresh, command=shlex.join(["pyinterp"] + args.argv),
+                                         **overrides)
     except experiments.ExperimentError as e:
         print(f"pyinterp reproduce: error: {e}", file=sys.stderr)
         return 2
-    return 0 if all(e["status"] in ("done", "not implemented yet") for e in entries) else 1
+    return 0 if all(e["status"] == "done" for e in entries) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line, shown on the top page of `reproduce all`
     return args.func(args)
 
 

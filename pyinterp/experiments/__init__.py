@@ -21,7 +21,8 @@ from typing import List, Optional, Union
 from pyinterp.experiments._experiment import SCALES, BaseConfig, Experiment, check_scale, resolve_device
 from pyinterp.experiments._io import ExperimentError, prepare_out_dir
 
-# name -> (module, title). The last three are added by issue 8.
+# name -> (module, title), in the order of ``reproduce all`` and its top page. A new paper is one
+# line here plus its module (see the module docstring); the top page needs nothing more.
 PAPERS = {
     "solu": ("pyinterp.experiments.solu", "Softmax Linear Units (Elhage et al. 2022)"),
     "induction": ("pyinterp.experiments.induction", "In-context Learning and Induction Heads (Olsson et al. 2022)"),
@@ -38,21 +39,11 @@ DEFAULT_OUT = "runs"
 REQUIRES = ("safetensors", "matplotlib")
 
 
-class NotImplementedPaper(ExperimentError):
-    """The paper is registered but its module has not been written yet."""
-
-
 def paper_module(name: str):
     """The module for paper ``name``; ExperimentError listing valid names if unknown."""
     if name not in PAPERS:
         raise ExperimentError(f"unknown paper {name!r}; valid papers: {', '.join(PAPERS)} (or 'all')")
-    modname = PAPERS[name][0]
-    try:
-        return importlib.import_module(modname)
-    except ModuleNotFoundError as e:
-        if e.name == modname:
-            raise NotImplementedPaper(f"paper {name!r} is registered but {modname} is not implemented yet") from None
-        raise
+    return importlib.import_module(PAPERS[name][0])
 
 
 def check_requirements(names) -> None:
@@ -84,14 +75,16 @@ def run_paper(name: str, scale: str = "quick", device: Optional[str] = None, out
 
 
 def reproduce(paper: str, scale: str = "quick", device: Optional[str] = None, out=DEFAULT_OUT,
-              fresh: bool = False, log=print, **overrides) -> List[dict]:
+              fresh: bool = False, log=print, command: str = "", **overrides) -> List[dict]:
     """``paper`` is a name or 'all'. Returns one entry per paper (status, checks, seconds).
 
-    For one paper, errors propagate. For 'all', every paper runs even if one fails; papers whose
-    module does not exist yet are listed as not implemented; ``out/index.html`` links them.
+    For one paper, errors propagate. For 'all', every paper runs even if one fails, and
+    ``out/index.html`` (the top page) and ``out/summary.json`` report them all; ``command`` is
+    the command line shown there.
     """
+    start = time.time()
     check_scale(scale)
-    resolve_device(device)
+    device_used = resolve_device(device)
     if paper != "all":
         paper_module(paper)  # unknown names fail before anything is written
     if overrides:  # settings of one paper (e.g. persona's model/judge): check them before any work
@@ -113,11 +106,6 @@ def reproduce(paper: str, scale: str = "quick", device: Optional[str] = None, ou
                          checks_total=data["checks_total"], seconds=time.perf_counter() - t0)
             log(f"[pyinterp] {name}: {data['checks_passed']}/{data['checks_total']} checks pass, "
                 f"{entry['seconds']:.1f} s; page {Path(root) / name / 'index.html'}")
-        except NotImplementedPaper as e:
-            if paper != "all":
-                raise
-            entry.update(status="not implemented yet")
-            log(f"[pyinterp] {name}: {e}")
         except Exception as e:  # noqa: BLE001 - 'all' keeps going and reports the failure
             if paper != "all":
                 raise
@@ -125,12 +113,16 @@ def reproduce(paper: str, scale: str = "quick", device: Optional[str] = None, ou
             log(f"[pyinterp] {name} FAILED:\n{traceback.format_exc()}")
         entries.append(entry)
     if paper == "all":
-        from pyinterp.experiments.report import write_index
+        from pyinterp.experiments import overview
 
-        p = write_index(root, entries, scale)
-        log(f"[pyinterp] index: {p}")
+        page = overview.write(root, entries, overview.run_info(scale, device_used, start, time.time(), command))
+        done = [e for e in entries if e["status"] == "done"]
+        log(f"[pyinterp] all: {len(done)}/{len(entries)} papers done, "
+            f"{sum(e['checks_passed'] for e in done)}/{sum(e['checks_total'] for e in done)} checks pass, "
+            f"total wall time {overview.duration(time.time() - start)}")
+        log(f"[pyinterp] report: {page} (and {page.with_name(overview.SUMMARY_FILE)})")
     return entries
 
 
-__all__ = ["PAPERS", "SCALES", "BaseConfig", "Experiment", "ExperimentError", "NotImplementedPaper",
-           "check_requirements", "make_config", "paper_module", "reproduce", "run_paper"]
+__all__ = ["PAPERS", "SCALES", "BaseConfig", "Experiment", "ExperimentError", "check_requirements",
+           "make_config", "paper_module", "reproduce", "run_paper"]

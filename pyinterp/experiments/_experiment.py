@@ -2,10 +2,15 @@
 
     ex = Experiment(NAME, TITLE, CITATION, config, out_dir)
     res = ex.step("train", lambda: {...tensors / JSON...})   # checkpointed, resumable
-    ex.figure(fig, "loss.png", "Test loss", expect="...", check=ex.check("peak", ok, "..."))
-    ex.compare("D*", paper="sticky at 1 and 1/2", ours="...", comparable=False)
+    ex.figure(fig, "loss.png", "Test loss", expect="...", check=ex.check("peak", ok, "..."),
+              headline=True)          # the thumbnail on the top page (default: the first figure)
+    ex.compare("D*", paper="sticky at 1 and 1/2", ours="...", comparable=False,
+               key=True)              # shown on the top page (default: the first two comparisons)
     ex.setting("steps", paper="10,000", ours="2,000", why="quick scale")
     return ex.finish(metrics)          # writes metrics.json and index.html, returns the metrics
+
+``finish`` puts what the top page of ``reproduce all`` shows under ``metrics.json``'s ``summary``
+(headline figure, key numbers); a new paper gets its place there by using these calls alone.
 
 Configs derive from ``BaseConfig``: ``Config.for_scale("tiny"|"quick"|"full")`` takes the
 dataclass defaults (the paper's settings, i.e. ``full``) and applies the class's ``SCALES``
@@ -94,12 +99,14 @@ class Experiment:
         self.page.checks.append(c)
         return c
 
-    def figure(self, fig, filename: str, title: str, expect: str, check: Optional[report.Check] = None):
+    def figure(self, fig, filename: str, title: str, expect: str, check: Optional[report.Check] = None,
+               headline: bool = False):
         report.save(fig, self.out / filename)
-        self.page.figures.append(report.FigureEntry(filename, title, expect, check))
+        self.page.figures.append(report.FigureEntry(filename, title, expect, check, headline))
 
-    def compare(self, quantity: str, paper: str, ours: str, comparable: bool = True, note: str = ""):
-        self.page.comparisons.append(report.Comparison(quantity, paper, ours, comparable, note))
+    def compare(self, quantity: str, paper: str, ours: str, comparable: bool = True, note: str = "",
+                key: bool = False):
+        self.page.comparisons.append(report.Comparison(quantity, paper, ours, comparable, note, key))
 
     def setting(self, name: str, paper, ours, why: str = ""):
         self.page.settings.append(report.Setting(name, str(paper), str(ours), why))
@@ -122,6 +129,7 @@ class Experiment:
             "checks_passed": sum(c.passed for c in self.page.checks),
             "checks_total": len(self.page.checks),
             "figures": [f.file for f in self.page.figures],
+            "summary": report.page_summary(self.page),
             "seconds_total": seconds,
             "steps_computed": list(self.steps.computed),
             "steps_loaded": list(self.steps.loaded),

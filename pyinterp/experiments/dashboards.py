@@ -77,7 +77,7 @@ def write_dashboards(out_dir, group: str, rows: torch.Tensor, vocab: Sequence[st
     dens = (sub > 0).float().mean(0)
     effects = logit_effects(logit_dirs, W_U, 8) if logit_dirs is not None and W_U is not None else None
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or group)}</title>"
-             f"<style>{report._CSS}</style></head><body><h1>{html.escape(title or group)}</h1>",
+             f"<style>{report.CSS}</style></head><body><h1>{html.escape(title or group)}</h1>",
              "<p class='small'>Each card: top-activating contexts (token background ∝ activation, the "
              "maximum-activation token outlined), the histogram of non-zero activations, and the top "
              "logit effects of the unit's output direction. <i>Token concentration</i> is the share of the "

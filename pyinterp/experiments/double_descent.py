@@ -147,7 +147,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.figure(fig, "test_loss.png", "Test loss against training set size",
               "Test loss first falls, then rises to a peak between the memorising and the generalising "
               "regime, then falls again (double descent); the paper's generalisation starts near T(1−S) ≈ 10.",
-              check=c_peak)
+              check=c_peak, headline=True)
 
     # hidden vectors and feature vectors on each side of the peak
     pi = peak if peak is not None else len(Ts) // 2
@@ -202,9 +202,9 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     full = cfg.scale == "full"
     ex.compare("peak of test loss", "between memorisation and generalisation, T(1−S) of order 1–10 (n=10,000, S=0.999)",
                f"T={Ts[peak]} (T(1−S)={Ts[peak] * (1 - cfg.sparsity):.2g})" if peak is not None else "no peak",
-               comparable=full, note="the peak moves with n and S" if not full else "")
+               comparable=full, note="the peak moves with n and S" if not full else "", key=True)
     ex.compare("small-T data-point dimensionality", "m/T (T-gon)",
-               f"top-5 mean {float(top_data[0]):.2f} at T={Ts[0]} (m/T={cfg.m / Ts[0]:.2f})")
+               f"top-5 mean {float(top_data[0]):.2f} at T={Ts[0]} (m/T={cfg.m / Ts[0]:.2f})", key=True)
     ex.compare("large-T feature geometry", "pentagon (D_i = 2/5)", f"top-5 mean feature D {float(top_feat[-1]):.2f}",
                comparable=full, note="" if full else "smaller n and S")
     if cfg.n != 10_000 or cfg.sparsity != 0.999:

@@ -228,7 +228,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
                              well_above and abrupt,
                              f"{ind_check.detail}; largest jump of the best 2-layer score between evaluations "
                              f"{float(jumps.max()) if len(jumps) else 0:.2f} at step {int(steps2[jump_at + 1]) if len(jumps) else 0} "
-                             f"(of a total rise {float(rise.max()):.2f})"))
+                             f"(of a total rise {float(rise.max()):.2f})"), headline=True)
 
     # ICL score, repeated-token loss, training loss
     fig, (a1, a2, a3) = new_figure(3, 1, size=(4.0, 3.2))
@@ -297,12 +297,12 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     full = cfg.scale == "full"
     ex.compare("ICL score, small attention-only models", "about −0.4 nats after the phase change (2-layer); 1-layer much less",
                f"2-layer {icl_end[2]:+.3f}, 1-layer {icl_end[1]:+.3f}", comparable=False,
-               note=f"tokens {late} − {early} of {cfg.n_ctx}, not 500 − 50")
+               note=f"tokens {late} − {early} of {cfg.n_ctx}, not 500 − 50", key=True)
     ex.compare("phase change", "abrupt, ~2.5–5B tokens", f"largest jump at step {int(steps2[jump_at + 1]) if len(jumps) else 0} "
                f"(~{int(steps2[jump_at + 1]) * cfg.batch * cfg.n_ctx if len(jumps) else 0:,} tokens)", comparable=False,
                note="far fewer tokens, smaller models, repeated random sequences in every batch" if cfg.rep_share
                else "smaller models")
-    ex.compare("induction heads in 1-layer models", "never", f"best 1-layer induction score {b1:.2f}")
+    ex.compare("induction heads in 1-layer models", "never", f"best 1-layer induction score {b1:.2f}", key=True)
     ex.setting("ICL token indices", "500 and 50", f"{late} and {early} (scaled to n_ctx={cfg.n_ctx})", "short contexts")
     ex.setting("model", "attention-only, 1–6 layers, d_model 768+", f"d_model {cfg.d_model}, {cfg.n_heads} heads, "
                f"n_ctx {cfg.n_ctx}, vocab {cfg.vocab_size} ({cfg.tokenizer} tokenizer)", "scale; a small vocabulary lets "

@@ -172,7 +172,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.figure(fig, "reconstruction.png", "Sparsity and reconstruction against dictionary size",
               "Dictionaries far smaller in L0 than d_sae reconstruct the MLP activations; larger dictionaries "
               "explain more variance and recover more of the loss (paper: 79% at 4,096 features, 94.5% at 131,072).",
-              check=c_rec)
+              check=c_rec, headline=True)
     fvus = [ev[n]["fvu"] for n in relu]
     ex.check("larger ReLU dictionaries explain more variance", all(b <= a * 1.02 for a, b in zip(fvus, fvus[1:])),
              f"FVU by size {[saes[n].d_sae for n in relu]}: {[round(v, 4) for v in fvus]}")
@@ -315,7 +315,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     dead_frac = ev[main]["dead_fraction"]
     ultralow = float(((dm > 0) & (dm < 1e-6)).double().mean()) if X.shape[0] >= 1e6 else None
     ex.compare("loss recovered (ReLU dictionary, 8× the MLP width)", "79% (4,096 features, MLP 512)",
-               f"{ev[main]['loss_recovered']:.1%} ({main}, d_sae={msae.d_sae})", comparable=full)
+               f"{ev[main]['loss_recovered']:.1%} ({main}, d_sae={msae.d_sae})", comparable=full, key=True)
     big = relu[-1]
     ex.compare("loss recovered (largest dictionary)", "94.5% (131,072 features)",
                f"{ev[big]['loss_recovered']:.1%} ({big}, d_sae={saes[big].d_sae})", comparable=False,
@@ -328,7 +328,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
                comparable=False, note="fewer tokens and features")
     ex.compare("features vs neurons interpretability", "0.74 vs 0.53 (automated, logit prediction)",
                f"{float(conc_f.mean()):.2f} vs {float(conc_n.mean()):.2f} (token concentration proxy)", comparable=False,
-               note="a different automated score; only the ordering compares")
+               note="a different automated score; only the ordering compares", key=True)
     ex.compare("L0 (ReLU dictionaries)", "sparse, tens of features per token", ", ".join(
         f"{n}: {ev[n]['l0']:.1f}" for n in names), comparable=False)
     ex.setting("model", "1 layer, residual 128, MLP 512, ReLU, trained on 100B tokens of the Pile",

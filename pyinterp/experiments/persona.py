@@ -434,7 +434,7 @@ def _fig_dose(ex, dose, layer):
               "Adding +coef·v makes responses express the trait more, −coef·v less, roughly monotone in the "
               "coefficient until coherence degrades (paper Fig. 3).",
               check=ex.check("steering moves the trait score in the sign of the coefficient", ok,
-                             f"coef {min(c):+g}: {lo:.1f}, 0: {base:.1f}, {max(c):+g}: {hi:.1f}"))
+                             f"coef {min(c):+g}: {lo:.1f}, 0: {base:.1f}, {max(c):+g}: {hi:.1f}"), headline=True)
     return ok
 
 
@@ -619,9 +619,10 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     small = cfg.scale != "full" or not hf
     ex.compare("steering (+ induces, − suppresses)", "coef ≈ +2 induces, ≈ −1.5 suppresses (Qwen2.5-7B, layer 20)",
                f"{'yes' if steer_ok else 'no'}: " + ", ".join(f"{c:+g}→{s:.0f}" for c, s in zip(dose["coefs"], dose["scores"])),
-               comparable=not small, note="coefficient scale depends on the model's residual norm" if small else "")
+               comparable=not small, note="coefficient scale depends on the model's residual norm" if small else "",
+               key=True)
     ex.compare("monitoring correlation r", "0.75–0.83", f"{mon['r']:.2f}", comparable=not small,
-               note="synthetic personas, lexicon judge" if small else "")
+               note="synthetic personas, lexicon judge" if small else "", key=True)
     ex.compare("finetuning shift vs trait change r", "0.76–0.97", fmt(r_shift), comparable=False,
                note=f"{len(cfg.contamination)} finetuned models (paper: many data sets)")
     ex.compare("projection difference ranks data sets", "predicts post-finetuning trait expression",

@@ -34,6 +34,7 @@ class FigureEntry:
     title: str
     expect: str  # what the paper's version of this figure shows
     check: Optional[Check] = None
+    headline: bool = False  # the paper's thumbnail on the top page
 
 
 @dataclass
@@ -43,6 +44,11 @@ class Comparison:
     ours: str
     comparable: bool = True
     note: str = ""
+    key: bool = False  # one of the one or two numbers the top page shows
+
+    def as_dict(self):
+        return {"quantity": self.quantity, "paper": self.paper, "ours": self.ours,
+                "comparable": bool(self.comparable), "note": self.note}
 
 
 @dataclass
@@ -65,6 +71,16 @@ class Page:
     checks: List[Check] = field(default_factory=list)
     sections: List[tuple] = field(default_factory=list)  # (title, raw html)
     footer: str = ""
+
+
+def page_summary(page: Page) -> dict:
+    """What the top page shows of this paper: the headline figure (the one marked ``headline``,
+    else the first) and the key numbers (the comparisons marked ``key``, else the first two)."""
+    head = next((f for f in page.figures if f.headline), page.figures[0] if page.figures else None)
+    key = [c for c in page.comparisons if c.key] or page.comparisons[:2]
+    return {"headline_figure": head.file if head else None,
+            "headline_title": head.title if head else None,
+            "key_numbers": [c.as_dict() for c in key]}
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, size=(5.0, 4.0), **kw):
@@ -90,7 +106,7 @@ def save(fig, path) -> Path:
     return p
 
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 .cite{color:#555;font-size:.95em} table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
@@ -117,7 +133,7 @@ def render(page: Page) -> str:
     """The page as a standalone HTML document (figures referenced by relative path)."""
     out = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{_esc(page.title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{_esc(page.title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{_esc(page.title)}</h1>",
         f"<p class='cite'>{page.citation}</p>",
         f"<p>{page.summary}</p>",
@@ -186,29 +202,5 @@ def highlight_tokens(tokens: Sequence[str], acts: Sequence[float], vmax: float, 
     return "<div class='ctx'>" + "".join(parts) + "</div>"
 
 
-def write_index(root, entries: Sequence[dict], scale: str) -> Path:
-    """Top-level page for ``reproduce all``: one row per paper with its status and checks.
-
-    entries: dicts with name, title, status ("done", "failed: ...", "not implemented ..."),
-    checks_passed, checks_total, seconds.
-    """
-    rows = []
-    for e in entries:
-        link = f"<a href='{_esc(e['name'])}/index.html'>{_esc(e['title'])}</a>" if e.get("page") else _esc(e["title"])
-        checks = (f"{e['checks_passed']}/{e['checks_total']}" if e.get("checks_total") is not None else "")
-        secs = f"{e['seconds']:.0f} s" if e.get("seconds") is not None else ""
-        rows.append(f"<tr><td>{_esc(e['name'])}</td><td>{link}</td><td>{_esc(e['status'])}</td>"
-                    f"<td>{checks}</td><td>{secs}</td></tr>")
-    doc = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>pyinterp reproductions</title>"
-        f"<style>{_CSS}</style></head><body><h1>pyinterp: paper reproductions</h1>"
-        f"<p>Scale: <b>{_esc(scale)}</b>. Each paper's page shows its figures, whether this run shows "
-        "what the paper reports, the paper's numbers beside ours and the settings that differ.</p>"
-        "<table><tr><th>paper</th><th>page</th><th>status</th><th>checks passed</th><th>time</th></tr>"
-        + "".join(rows) + "</table></body></html>\n"
-    )
-    return write_text(Path(root) / "index.html", doc)
-
-
-__all__ = ["Check", "Comparison", "FigureEntry", "Page", "Setting", "highlight_tokens", "mark",
-           "new_figure", "render", "save", "write_index", "write_page", "asdict"]
+__all__ = ["CSS", "Check", "Comparison", "FigureEntry", "Page", "Setting", "highlight_tokens", "mark",
+           "new_figure", "page_summary", "render", "save", "write_page", "asdict"]

@@ -177,7 +177,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
               "Loss falls as a power law in the number of features and in compute (straight lines in log-log).",
               check=ex.check("larger dictionaries reach lower loss", mono and b_n < 0,
                              f"eval loss by size {sizes}: {[round(v, 4) for v in losses]}; fitted exponents "
-                             f"N^{b_n:.3f}, C^{b_c:.3f}"))
+                             f"N^{b_n:.3f}, C^{b_c:.3f}"), headline=True)
 
     # --- dead latents against size
     dead = [ev[n]["dead_fraction"] for n in names]
@@ -297,12 +297,12 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.compare("dictionary sizes", "1M, 4M, 34M features", ", ".join(str(s) for s in sizes), comparable=False)
     ex.compare("dead features", "~2%, 35%, 65% (no firing over 1e7 tokens)",
                ", ".join(f"{d:.1%}" for d in dead) + f" (no firing over {X.shape[0]:,} tokens)", comparable=False,
-               note="far fewer eval tokens")
+               note="far fewer eval tokens", key=True)
     ex.compare("L0 and variance explained", "L0 < 300, ≥ 65% variance explained",
                ", ".join(f"N={s}: L0 {ev[n]['l0']:.1f}, {1 - ev[n]['fvu']:.0%}" for n, s in zip(names, sizes)),
                comparable=full, note="residual stream of a much smaller model")
     ex.compare("loss against compute", "power law", f"fitted L ∝ C^{b_c:.3f} (over {len(sizes)} sizes, same tokens)",
-               comparable=False, note="the paper fits the compute-optimal frontier over many runs")
+               comparable=False, note="the paper fits the compute-optimal frontier over many runs", key=True)
     ex.compare("clamping", "±5–10× the maximum activation steers the model's output",
                f"{mult[-1]:g}×: KL {eff['kl'][-1]:.3g} nats/token, P(promoted) ×{eff['p_promoted'][-1] / max(eff['p_promoted_clean'], 1e-12):.2g}")
     ex.setting("model", "Claude 3 Sonnet, middle-layer residual stream",

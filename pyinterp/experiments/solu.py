@@ -132,7 +132,8 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.figure(fig, "loss.png", "Training and held-out loss, GELU vs SoLU+LN",
               "SoLU+LN reaches the same loss as GELU (paper: within ±0.01 nats of a 0.95–1.05× GELU model).",
               check=ex.check("SoLU+LN loss within 5% of GELU", ok_loss,
-                             f"held-out loss GELU {loss['gelu']:.4f}, SoLU+LN {loss['solu_ln']:.4f} (ratio {ratio:.3f})"))
+                             f"held-out loss GELU {loss['gelu']:.4f}, SoLU+LN {loss['solu_ln']:.4f} (ratio {ratio:.3f})"),
+              headline=True)
 
     # sparsity
     fig, ax = new_figure(size=(6, 3.6))
@@ -178,10 +179,11 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.section("Top-activating contexts", "\n".join(parts))
 
     ex.compare("loss SoLU+LN / GELU", "≈ 1 (±0.01 nats)", f"{ratio:.3f} ({loss['solu_ln'] - loss['gelu']:+.3f} nats)",
-               comparable=cfg.scale == "full", note="" if cfg.scale == "full" else "tiny models, short training")
+               comparable=cfg.scale == "full", note="" if cfg.scale == "full" else "tiny models, short training",
+               key=True)
     ex.compare("interpretable neurons", "~35% GELU → ~60% SoLU (human judges)",
                f"proxy: GELU {mono['GELU']:.0%} → SoLU {mono['SoLU (before LN)']:.0%}", comparable=False,
-               note="automated one-token proxy, not human judgement")
+               note="automated one-token proxy, not human judgement", key=True)
     tok = _lm.tokenizer(cfg.vocab_size)
     ex.setting("model", "1–64 layers, paper-size models trained on a large web corpus",
                f"{cfg.n_layers} layer(s), d_model {cfg.d_model}, d_mlp {cfg.d_mlp}, n_ctx {cfg.n_ctx}, "

@@ -162,7 +162,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
               "entries appear; bar colour goes from blue (orthogonal) to red (in superposition).",
               check=ex.check("superposition grows with sparsity", c1.passed and c2.passed and
                              bool((n_rep[1:] >= n_rep[:-1] - 1).all()),
-                             f"features represented per sparsity: {n_rep.tolist()}"))
+                             f"features represented per sparsity: {n_rep.tolist()}"), headline=True)
     metrics["sweep"] = {"sparsity": S.tolist(), "features_represented": n_rep.tolist(),
                         "loss": sw["loss"].tolist()}
 
@@ -274,12 +274,12 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     metrics["pentagon"] = {"norms": pnorms.tolist(), "gaps_deg": gaps.tolist()}
 
     ex.compare("features represented, n=20, m=5, densest vs sparsest", "m (5) when dense; many more than m when very sparse",
-               f"{int(n_rep[0])} at S=0; {int(n_rep[-1])} at S={float(S[-1]):g}", comparable=True)
+               f"{int(n_rep[0])} at S=0; {int(n_rep[-1])} at S={float(S[-1]):g}", comparable=True, key=True)
     ex.compare("D* at 1/(1−S)=1", "1", fmt(plateau1), comparable=True)
     ex.compare("sticky values of D*", "1 and 1/2 (plateaus)", f"{near_half} models within 0.06 of 1/2",
                comparable=cfg.scale == "full", note="fewer, shorter-trained models" if cfg.scale != "full" else "")
     ex.compare("D_i clusters", "3/4, 2/3, 1/2, 2/5, 3/8, 0", f"{near_frac:.0%} within 0.03 of these",
-               comparable=cfg.scale == "full", note="smaller n, m" if cfg.scale != "full" else "")
+               comparable=cfg.scale == "full", note="smaller n, m" if cfg.scale != "full" else "", key=True)
     ex.compare("pentagon angular gaps", "72° each", ", ".join(f"{float(g):.0f}°" for g in gaps))
     ex.compare("phase change n=2, m=1", "first-order; superposition at low density, r near 1",
                f"superposition in {sparse_ok:.0%} of the sparsest row near r=1")
