@@ -1,32 +1,29 @@
-"""Backend registry and selection.
+"""Which backend runs an op: the user's choice, and ``auto``.
 
-Four backends run every op: ``reference`` (pure torch, the oracle), ``cpu`` (the C++
-extension ``pyinterp._C``), ``triton`` (``pyinterp.triton_kernels``; on CPU tensors only
-under ``TRITON_INTERPRET=1``) and ``cuda`` (``csrc/cuda`` compiled at run time by CuPy/NVRTC).
+The backends themselves are registered in :mod:`pyinterp.backends.registry` (built in:
+``reference``, the pure-torch oracle; ``cpu``, the C++ extension ``pyinterp._C``; ``triton``,
+on CPU tensors only under ``TRITON_INTERPRET=1``; ``cuda``, ``csrc/cuda`` compiled at run time
+by CuPy/NVRTC). Nothing here names a particular backend.
 
 The backend in force is, by priority: the innermost ``with pyinterp.backend(name)``, then
 ``pyinterp.set_backend(name)``, then the ``PYINTERP_BACKEND`` variable, then ``auto``.
 An explicitly named backend that cannot run the given tensors raises
-:class:`BackendUnavailableError`; only ``auto`` chooses among backends.
+:class:`BackendUnavailableError`; only ``auto`` chooses among backends, by each backend's
+priority for the tensors' device type.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
-import importlib
-import importlib.util
 import os
-from typing import Iterator, Optional
+from typing import Callable, Collection, Iterator, Optional, Union
 
 import torch
 
-BACKENDS = ("reference", "cpu", "triton", "cuda")
-CHOICES = BACKENDS + ("auto",)
+from pyinterp.backends import registry
 
-# Order in which `auto` tries backends, by tensor device. The Triton interpreter is a
-# correctness tool (about 1000x slower than torch), so `auto` never picks it on CPU.
-AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
+# The backends registered at import (the built-in ones); pyinterp.backends.names() is live.
+BACKENDS = registry.names()
 
 _context_backend: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
     "pyinterp_backend", default=None
@@ -38,9 +35,13 @@ class BackendUnavailableError(RuntimeError):
     """The requested backend cannot run the given op on the given tensors."""
 
 
+def choices() -> tuple[str, ...]:
+    return registry.names() + ("auto",)
+
+
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or name.lower() not in CHOICES:
-        raise ValueError(f"backend must be one of {CHOICES}, got {name!r}")
+    if not isinstance(name, str) or name.lower() not in choices():
+        raise ValueError(f"backend must be one of {choices()}, got {name!r}")
     return name.lower()
 
 
@@ -63,7 +64,7 @@ def get_backend() -> str:
             return _check_name(env)
         except ValueError:
             raise ValueError(
-                f"PYINTERP_BACKEND must be one of {CHOICES}, got {env!r}"
+                f"PYINTERP_BACKEND must be one of {choices()}, got {env!r}"
             ) from None
     return "auto"
 
@@ -78,92 +79,26 @@ def backend(name: str) -> Iterator[str]:
         _context_backend.reset(token)
 
 
-# ----------------------------------------------------------------------------------------
-# availability: (ok, reason) per backend, independent of any tensor
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_status() -> tuple[bool, str]:
-    try:
-        importlib.import_module("pyinterp._C")
-    except ImportError as exc:  # not built: a source checkout without tools/build_ext.sh
-        return False, f"C++ extension pyinterp._C is not built ({exc})"
-    return True, "pyinterp._C loaded"
-
-
-def triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_status() -> tuple[bool, str]:
-    if importlib.util.find_spec("triton") is None:
-        return False, "triton is not installed (pip install 'pyinterp[gpu]')"
-    try:
-        import triton  # noqa: F401
-
-        from pyinterp.backends.triton import kernels  # noqa: F401
-    except Exception as exc:  # pragma: no cover - depends on the install
-        return False, f"triton failed to import: {exc}"
-    if triton_interpreted():
-        return True, f"triton {triton.__version__} (interpreter: runs on CPU tensors)"
-    if torch.cuda.is_available():
-        return True, f"triton {triton.__version__}"
-    return False, (
-        f"triton {triton.__version__} is installed but there is no CUDA device "
-        "(set TRITON_INTERPRET=1 before importing triton to run it on CPU tensors)"
-    )
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_status() -> tuple[bool, str]:
-    if importlib.util.find_spec("cupy") is None:
-        return False, "cupy is not installed (pip install 'pyinterp[gpu]')"
-    if not torch.cuda.is_available():
-        return False, "no CUDA device visible to torch"
-    try:
-        from pyinterp.backends.cuda import runtime
-
-        runtime.check_nvrtc()
-    except Exception as exc:
-        return False, f"NVRTC unavailable: {exc}"
-    return True, "cupy + NVRTC"
-
-
 def availability(name: str) -> tuple[bool, str]:
     """Whether backend ``name`` can run at all here, and why not."""
     name = _check_name(name)
-    if name == "reference":
-        return True, f"torch {torch.__version__}"
-    if name == "cpu":
-        return _cpu_status()
-    if name == "triton":
-        return _triton_status()
-    if name == "cuda":
-        return _cuda_status()
-    return True, "picks per call"
+    if name == "auto":
+        return True, "picks per call"
+    return registry.status(name)
 
 
 def clear_caches() -> None:
-    """Forget cached availability (tests toggle environment variables)."""
-    for fn in (_cpu_status, _triton_status, _cuda_status):
-        fn.cache_clear()
+    """Forget cached availability and resolutions (tests toggle environment variables)."""
+    registry.clear_caches()
 
 
-def _device_ok(name: str, device_type: str) -> tuple[bool, str]:
-    if name == "reference":
+def device_ok(name: str, device_type: str) -> tuple[bool, str]:
+    """Whether backend ``name`` runs tensors of ``device_type`` here, and why not."""
+    b = registry.get(name)
+    if b.runs_on(device_type):
         return True, ""
-    if name == "cpu":
-        return device_type == "cpu", "the cpu backend runs CPU tensors only"
-    if name == "cuda":
-        return device_type == "cuda", "the cuda backend runs CUDA tensors only"
-    if name == "triton":
-        if device_type == "cuda":
-            return True, ""
-        if device_type == "cpu" and triton_interpreted():
-            return True, ""
-        return False, "the triton backend runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)"
-    return False, f"unknown backend {name}"
+    return False, f"the {name} backend runs {'/'.join(b.device_types())} tensors only"
+
 
 
 def device_type_of(*tensors: Optional[torch.Tensor]) -> str:
@@ -173,35 +108,57 @@ def device_type_of(*tensors: Optional[torch.Tensor]) -> str:
     return types.pop() if types else "cpu"
 
 
-def resolve(op: str, supported: tuple[str, ...], *tensors: Optional[torch.Tensor],
-            name: Optional[str] = None) -> str:
-    """Pick the backend that runs ``op`` on ``tensors``.
+Supported = Union[Collection[str], Callable[[str], bool]]
+_resolved: dict = {}
+registry._on_clear.append(_resolved.clear)
 
-    ``supported`` lists the backends that implement ``op``. An explicit backend that cannot
-    run raises :class:`BackendUnavailableError` naming the reason; ``auto`` falls back.
-    """
-    requested = _check_name(name) if name is not None else get_backend()
-    device_type = device_type_of(*tensors)
+
+def _supported(supported: Supported, name: str) -> bool:
+    return supported(name) if callable(supported) else name in supported
+
+
+def resolve_name(op: str, supported: Supported, device_type: str, requested: str) -> str:
+    """The backend that runs ``op`` on ``device_type`` tensors when ``requested`` (a backend
+    name or ``auto``) is asked for. ``supported(name)`` (or a collection of names) says which
+    backends implement ``op``. An explicit backend that cannot run raises
+    :class:`BackendUnavailableError` naming the reason; ``auto`` takes, among the backends
+    that can run, the highest ``auto`` priority for the device type, else the oracle."""
+    key = (op, device_type, requested, supported if callable(supported) else tuple(supported))
+    hit = _resolved.get(key)
+    if hit is not None:
+        return hit
     if requested != "auto":
-        if requested not in supported:
+        if not _supported(supported, requested):
+            have = tuple(n for n in registry.names() if _supported(supported, n))
             raise BackendUnavailableError(
-                f"{op}: backend {requested!r} does not implement this op (it has {supported})"
-            )
+                f"{op}: backend {requested!r} does not implement this op (it has {have})")
         ok, why = availability(requested)
         if not ok:
             raise BackendUnavailableError(f"{op}: backend {requested!r} is unavailable: {why}")
-        ok, why = _device_ok(requested, device_type)
+        ok, why = device_ok(requested, device_type)
         if not ok:
             raise BackendUnavailableError(
-                f"{op}: backend {requested!r} cannot run {device_type} tensors: {why}"
-            )
-        return requested
-    for candidate in AUTO_ORDER.get(device_type, ("reference",)):
-        if candidate in supported and availability(candidate)[0] and _device_ok(candidate, device_type)[0]:
-            return candidate
-    return "reference"
+                f"{op}: backend {requested!r} cannot run {device_type} tensors: {why}")
+        choice = requested
+    else:
+        ranked = sorted(
+            (b for b in map(registry.get, registry.names())
+             if b.auto_priority(device_type) is not None),
+            key=lambda b: -b.auto_priority(device_type))
+        choice = next((b.name for b in ranked
+                       if availability(b.name)[0] and b.runs_on(device_type)
+                       and _supported(supported, b.name)), "reference")
+    _resolved[key] = choice
+    return choice
+
+
+def resolve(op: str, supported: Supported, *tensors: Optional[torch.Tensor],
+            name: Optional[str] = None) -> str:
+    """Pick the backend that runs ``op`` on ``tensors`` (see :func:`resolve_name`)."""
+    requested = _check_name(name) if name is not None else get_backend()
+    return resolve_name(op, supported, device_type_of(*tensors), requested)
 
 
 def available_backends(device_type: str = "cpu") -> list[str]:
     """Backends that can run tensors of ``device_type`` here."""
-    return [b for b in BACKENDS if availability(b)[0] and _device_ok(b, device_type)[0]]
+    return [b for b in registry.names() if availability(b)[0] and device_ok(b, device_type)[0]]

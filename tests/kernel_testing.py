@@ -40,7 +40,7 @@ def require(backend: str) -> torch.device:
     if not ok:
         pytest.skip(f"{backend} backend unavailable here: {why}")
     device = device_for(backend)
-    ok, why = _backend._device_ok(backend, device.type)
+    ok, why = _backend.device_ok(backend, device.type)
     if not ok:
         pytest.skip(f"{backend} backend cannot run {device.type} tensors here: {why}")
     return device

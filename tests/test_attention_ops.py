@@ -241,7 +241,7 @@ _AOT_SCRIPT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import pyinterp.backends.triton
+import pyinterp.backends.triton.kernels  # noqa: F401
 from pyinterp.triton_kernels import attention as tk
 
 target = GPUTarget("cuda", 90, 32)

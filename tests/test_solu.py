@@ -153,8 +153,7 @@ def test_non_contiguous_and_empty_rows(op, backend):
 @pytest.mark.parametrize("op", ["solu", "solu_ln"])
 def test_triton_multi_block_path(op, shape, dtype, monkeypatch):
     device = require("triton")
-    from pyinterp.backends.triton import kernels  # noqa: F401  (registers the package)
-    import pyinterp.triton_kernels.solu as tk
+    import pyinterp.backends.triton.solu as tk
 
     monkeypatch.setattr(tk, "MAX_BLOCK", 64)
     block, single, _ = tk.block_config(shape[-1])
@@ -165,8 +164,7 @@ def test_triton_multi_block_path(op, shape, dtype, monkeypatch):
 def test_triton_multi_block_row_starting_with_minus_inf(monkeypatch):
     """A first block of -inf must not poison the online sum of the later blocks."""
     device = require("triton")
-    from pyinterp.backends.triton import kernels  # noqa: F401
-    import pyinterp.triton_kernels.solu as tk
+    import pyinterp.backends.triton.solu as tk
 
     monkeypatch.setattr(tk, "MAX_BLOCK", 16)
     x = torch.randn(2, 50)

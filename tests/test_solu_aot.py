@@ -20,7 +20,8 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import pyinterp.backends.triton
+import pyinterp.backends.triton.kernels
+from pyinterp.backends.triton.solu import block_config
 from pyinterp.triton_kernels import solu as tk
 
 target = GPUTarget("cuda", 90, 32)
@@ -44,7 +45,7 @@ def jobs(dt, acc, block, single):
 
 todo = []
 for n_cols in (2048, 300000):  # one block per row / the multi-block loop
-    block, single, warps = tk.block_config(n_cols)
+    block, single, warps = block_config(n_cols)
     todo += [(j, warps) for j in jobs("fp32", "fp32", block, single)]
 todo += [(j, 4) for j in jobs("bf16", "fp32", 256, True)]
 todo += [(j, 4) for j in jobs("fp16", "fp32", 256, False)]

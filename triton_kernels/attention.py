@@ -1,4 +1,5 @@
-"""Attention statistics and patterns in Triton (same interface as pyinterp.reference.attention).
+"""Attention statistics and pattern kernels in Triton (launchers:
+``pyinterp/backends/triton/attention.py``).
 
 ``_stats_kernel`` is a FlashAttention-2-style forward without the value product: one program
 per (block of BLOCK_M queries, batch x head) walks the key blocks with ``tl.dot`` and an online
@@ -10,19 +11,11 @@ in the epilogue. ``_pattern_kernel`` writes exp(s - lse) tile by tile for chosen
 Forward only (docs/decisions/attention-stats-no-grad.md). Under TRITON_INTERPRET=1 the operands
 of tl.dot are cast to float32 (the interpreter's bf16 dot is wrong).
 """
-from __future__ import annotations
-
-import os
-
-import torch
 import triton
 import triton.language as tl
 
-RULE_KINDS = {"offset": 0, "pos": 1, "duplicate": 2, "induction": 3}
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# Rule kinds (pyinterp._common.RULE_KINDS): 0 offset (key = query - n), 1 pos (key = n),
+# 2 duplicate, 3 induction.
 
 
 @triton.jit
@@ -165,76 +158,3 @@ def _pattern_kernel(
     p = tl.where(valid, tl.exp(tl.where(valid, s - lse[:, None], 0.0)), 0.0)
     tl.store(OUT + (bh * Tq + offs_m[:, None]) * Tk + offs_n[None, :], p,
              mask=row_ok[:, None] & n_ok[None, :])
-
-
-# ---------------------------------------------------------------------------------------
-# launchers
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _blocks(D: int, dtype: torch.dtype):
-    block_d = max(16, triton.next_power_of_2(D))
-    if _interpreted():
-        return 32, 32, block_d, 4
-    if dtype == torch.float64 or block_d > 128:
-        return 32, 32, block_d, 4
-    return 64, 64, block_d, 4
-
-
-def _cast_f32(dtype: torch.dtype) -> bool:
-    # The interpreter's bf16/fp16 tl.dot is unreliable; on a GPU the tensor cores take them as is.
-    return _interpreted() and dtype in (torch.float16, torch.bfloat16)
-
-
-def attention_stats(q, k, tokens, rules, causal, kpm, scale, q_offset):
-    q = q.contiguous()
-    k = k.contiguous()
-    B, H, Tq, D = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
-    ad = acc_dtype(q.dtype)
-    dev = q.device
-    lse = torch.empty(B, H, Tq, dtype=ad, device=dev)
-    ent = torch.empty(B, H, Tq, dtype=ad, device=dev)
-    mass = torch.empty(len(rules), B, H, Tq, dtype=ad, device=dev)
-    if B * H * Tq == 0:
-        return lse, ent, mass
-    kinds = torch.tensor([RULE_KINDS[r.kind] for r in rules] or [0], dtype=torch.int32, device=dev)
-    ns = torch.tensor([int(r.n) for r in rules] or [0], dtype=torch.int64, device=dev)
-    has_dup = any(r.kind == "duplicate" for r in rules)
-    has_ind = any(r.kind == "induction" for r in rules)
-    tok = tokens.to(torch.int64).contiguous() if (has_dup or has_ind) else kinds
-    pad = kpm.contiguous().view(torch.uint8) if kpm is not None else kinds
-    bm, bn, bd, warps = _blocks(D, q.dtype)
-    grid = (triton.cdiv(Tq, bm), B * H)
-    _stats_kernel[grid](
-        q, k, tok, pad, kinds, ns, lse, ent, mass,
-        H, H // Hkv, Tq, Tk, D, int(q_offset), float(scale), B * H * Tq,
-        R=len(rules), CAUSAL=bool(causal), HAS_PAD=kpm is not None,
-        HAS_DUP=has_dup, HAS_IND=has_ind, CAST_F32=_cast_f32(q.dtype),
-        ACC_F64=ad == torch.float64, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps,
-    )
-    return lse, ent, mass
-
-
-def attention_pattern(q, k, lse, causal, kpm, scale, q_offset):
-    q = q.contiguous()
-    k = k.contiguous()
-    B, H, Tq, D = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
-    ad = acc_dtype(q.dtype)
-    out = torch.empty(B, H, Tq, Tk, dtype=ad, device=q.device)
-    if out.numel() == 0:
-        return out
-    lse = lse.to(ad).contiguous()
-    pad = kpm.contiguous().view(torch.uint8) if kpm is not None else lse
-    bm, bn, bd, warps = _blocks(D, q.dtype)
-    grid = (triton.cdiv(Tq, bm), B * H, triton.cdiv(Tk, bn))
-    _pattern_kernel[grid](
-        q, k, pad, lse, out, H, H // Hkv, Tq, Tk, D, int(q_offset), float(scale),
-        CAUSAL=bool(causal), HAS_PAD=kpm is not None, CAST_F32=_cast_f32(q.dtype),
-        ACC_F64=ad == torch.float64, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps,
-    )
-    return out

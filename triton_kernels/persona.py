@@ -1,5 +1,4 @@
-"""Persona projections in Triton: the two launchers that ``pyinterp.ops._persona_plan`` wraps in
-its (shared, torch) autograd Functions. Same interface as ``pyinterp.backends.cpu.persona``.
+"""Persona projection kernels in Triton (launchers: ``pyinterp/backends/triton/persona.py``).
 
 Layers are read in place: a device table of L data pointers (int64, cast back to typed pointers
 in the kernel) and a table of L x 3 element strides, so a list of non-contiguous views of a
@@ -14,25 +13,8 @@ model's residual stream costs one launch and no copy.
   BLOCK_P directions, reducing over D in BLOCK_D chunks with a broadcast multiply-sum (P is
   small; a tl.dot would need P >= 16 and TF32 would cost float32 accuracy).
 """
-from __future__ import annotations
-
-import os
-from typing import Optional
-
-import torch
 import triton
 import triton.language as tl
-
-_TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
-       torch.float64: tl.float64}
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @triton.jit
@@ -120,64 +102,3 @@ def _tokens_kernel(TABLE, STRIDES, WV, OUT, w_lstride, B, T, D, P,
     out = OUT + ((lb * T + offs_t)[:, None]) * P + offs_p[None, :]
     tl.store(out, acc, mask=t_ok[:, None] & p_ok[None, :])
 
-
-def _tables(layers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    device = layers[0].device
-    ptrs = torch.tensor([h.data_ptr() for h in layers], dtype=torch.int64, device=device)
-    strides = torch.tensor([s for h in layers for s in h.stride()], dtype=torch.int64, device=device)
-    return ptrs, strides
-
-
-def _target_programs(device: torch.device) -> int:
-    if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 8  # interpreter: small, so that tests on small shapes exercise the split path
-
-
-def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
-                 index: Optional[torch.Tensor], *, splits: Optional[int] = None) -> torch.Tensor:
-    """layers: L x (B, T, D); weights: (B, T) contiguous compute-dtype, or index: (B,) int64.
-    Returns hbar (L, B, D) in the compute dtype."""
-    h0 = layers[0]
-    L, (B, T, D) = len(layers), h0.shape
-    acc = _acc(h0.dtype)
-    table, strides = _tables(layers)
-    block_d = min(128, triton.next_power_of_2(D))
-    n_d = triton.cdiv(D, block_d)
-    f64 = acc == torch.float64
-    if index is not None:
-        out = torch.empty(L, B, D, dtype=acc, device=h0.device)
-        _gather_kernel[(L * B, n_d)](table, strides, index.contiguous(), out, B, D,
-                                     DT=_TL[h0.dtype], ACC_F64=f64, BLOCK_D=block_d)
-        return out
-    block_t = 8 if _interpreted() else 16
-    if splits is None:
-        splits = max(1, min(triton.cdiv(T, block_t), _target_programs(h0.device) // (L * B * n_d)))
-    per_split = triton.cdiv(T, splits)
-    per_split = triton.cdiv(per_split, block_t) * block_t  # whole tiles per split
-    splits = triton.cdiv(T, per_split)
-    out = torch.empty(splits, L, B, D, dtype=acc, device=h0.device)
-    _pool_kernel[(L * B, n_d, splits)](table, strides, weights, out, L, B, T, D, per_split,
-                                       DT=_TL[h0.dtype], ACC_F64=f64, BLOCK_T=block_t,
-                                       BLOCK_D=block_d)
-    return out[0] if splits == 1 else out.sum(dim=0)
-
-
-def persona_tokens(layers: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
-    """layers: L x (B, T, D); w: (L, P, D) compute dtype (rows of each layer contiguous; a
-    stride-0 layer dim for shared directions). Returns (L, B, T, P) in the compute dtype."""
-    h0 = layers[0]
-    L, (B, T, D) = len(layers), h0.shape
-    P = w.shape[1]
-    if not w[0].is_contiguous():
-        w = w.contiguous()
-    table, strides = _tables(layers)
-    out = torch.empty(L, B, T, P, dtype=w.dtype, device=h0.device)
-    block_p = min(16, triton.next_power_of_2(P))
-    block_t = 16
-    block_d = 32 if w.dtype == torch.float64 else 64
-    grid = (L * B, triton.cdiv(T, block_t), triton.cdiv(P, block_p))
-    _tokens_kernel[grid](table, strides, w, out, w.stride(0), B, T, D, P,
-                         DT=_TL[h0.dtype], ACC_F64=w.dtype == torch.float64,
-                         BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_P=block_p)
-    return out

@@ -15,33 +15,13 @@
   or (``deterministic=True`` or ``torch.use_deterministic_algorithms``) a sort-based segment
   sum where each latent sums its entries in a fixed order.
 
-Not fused (documented in docs/decisions/sae-gpu-coverage.md): k above MAX_FUSED_K, float64,
+Not fused (documented in docs/decisions/sae-gpu-coverage.md): k above the launcher's MAX_FUSED_K, float64,
 and the data-dependent-width encoders (threshold/JumpReLU, BatchTopK) select with torch over
 row chunks of the pre-activation (pyinterp.backends.sae_select); their backward uses the
-kernels here.
+kernels here. Launchers (grids, block sizes, the split/merge loop): pyinterp/backends/triton/sae.py.
 """
-from __future__ import annotations
-
-import os
-
-import torch
 import triton
 import triton.language as tl
-
-from pyinterp.backends import sae_autograd
-from pyinterp.backends import sae_select as S
-
-MAX_FUSED_K = 256
-_MIN_KEY = -(2 ** 63)
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _cd(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
 
 # ----------------------------------------------------------------------------------------
 # key packing: int64 key = (order-preserving int32 of the float32 value) << 32 | (2^32-1 - col)
@@ -129,48 +109,6 @@ def _topk_finalize_kernel(CAND, VALS, IDX, N, k, KP: tl.constexpr, BLOCK_M: tl.c
     tl.store(IDX + rows[:, None] * k + slot[None, :], col, mask=m)
 
 
-def _next_pow2(v: int) -> int:
-    return 1 << max(0, (v - 1).bit_length())
-
-
-def _topk_fused(x, W_enc, b_enc, b_dec, k):
-    n, d_in = x.shape
-    d_sae = W_enc.shape[1]
-    dev = x.device
-    bias = S.fold_bias(b_enc, b_dec, W_enc).contiguous()  # (x - b_dec) @ W + b = x @ W + bias
-    KP = _next_pow2(k)
-    interp = _interpreted()
-    BLOCK_M = 16 if interp else 64
-    BLOCK_N = max(KP, 32 if interp else 128)
-    BLOCK_K = 32 if interp else 64
-    m_blocks = triton.cdiv(n, BLOCK_M)
-    n_tiles = triton.cdiv(d_sae, BLOCK_N)
-    sms = 1 if interp else torch.cuda.get_device_properties(dev).multi_processor_count
-    n_splits = max(1, min(n_tiles, triton.cdiv(2 * sms, m_blocks)))
-    cols_per_split = triton.cdiv(n_tiles, n_splits) * BLOCK_N
-    n_splits = triton.cdiv(d_sae, cols_per_split)
-    cand = torch.empty(n, n_splits, KP, dtype=torch.int64, device=dev)
-    if n:
-        _topk_partial_kernel[(m_blocks, n_splits)](
-            x, W_enc, bias, cand, n, d_in, d_sae, cols_per_split, n_splits,
-            x.stride(0), W_enc.stride(0), W_enc.stride(1), _MIN_KEY,
-            KP=KP, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-            CAST_F32=interp and x.dtype != torch.float32, IEEE=x.dtype == torch.float32)
-    G = max(2, 2048 // KP) if not interp else 4
-    while cand.shape[1] > 1 and n:
-        n_in = cand.shape[1]
-        n_out = triton.cdiv(n_in, G)
-        nxt = torch.empty(n, n_out, KP, dtype=torch.int64, device=dev)
-        _topk_merge_kernel[(n, n_out)](cand, nxt, n_in, n_out, _MIN_KEY, KP=KP, G=G)
-        cand = nxt
-    values = torch.empty(n, k, dtype=x.dtype, device=dev)
-    indices = torch.empty(n, k, dtype=torch.int64, device=dev)
-    if n:
-        FM = 16
-        _topk_finalize_kernel[(triton.cdiv(n, FM),)](cand, values, indices, n, k, KP=KP, BLOCK_M=FM)
-    return values, indices, values > 0
-
-
 # ----------------------------------------------------------------------------------------
 # gather / scatter kernels (W addressed by strides: W_dec (d_sae, d) or W_enc (d, d_sae))
 
@@ -255,91 +193,3 @@ def _scatter_segment_kernel(COEF, ORDER, OFFSETS, X, OUT, COLSUM, K, D, stride_o
     if HAS_COLSUM:
         if pid_d == 0:
             tl.store(COLSUM + lat + tl.arange(0, 1), cs.to(COLSUM.dtype.element_ty))
-
-
-def _blocks(d):
-    return (32 if _interpreted() else 128), min(triton.next_power_of_2(max(d, 1)), 64 if _interpreted() else 256)
-
-
-def gather(coef, idx, W, stride_l, stride_d, d, bias, out_dtype):
-    """out[n] = bias + sum_j coef[n, j] * W[idx[n, j], :] (W addressed by strides)."""
-    n, k = idx.shape
-    out = torch.empty(n, d, dtype=out_dtype, device=coef.device)
-    if n:
-        BJ, BD = 16, _blocks(d)[1]
-        _gather_kernel[(n, triton.cdiv(d, BD))](
-            coef, idx, W, bias if bias is not None else coef, out, k, d, stride_l, stride_d,
-            HAS_BIAS=bias is not None, ACC_F64=coef.dtype == torch.float64, BLOCK_J=BJ, BLOCK_D=BD)
-    return out
-
-
-def gather_dot(g, idx, W, stride_l, stride_d):
-    """out[n, j] = dot(g[n], W[idx[n, j], :]); g (N, d) in the compute dtype."""
-    n, k = idx.shape
-    d = g.shape[1]
-    out = torch.empty(n, k, dtype=g.dtype, device=g.device)
-    if n:
-        BJ, BD = 16, _blocks(d)[1]
-        _gather_dot_kernel[(n, triton.cdiv(k, BJ))](g, idx, W, out, k, d, stride_l, stride_d,
-                                                    ACC_F64=g.dtype == torch.float64,
-                                                    BLOCK_J=BJ, BLOCK_D=BD)
-    return out
-
-
-def deterministic_wanted(flag: bool) -> bool:
-    return bool(flag) or torch.are_deterministic_algorithms_enabled()
-
-
-def segments(idx, d_sae):
-    """Entries grouped by latent: (order, offsets), stable (entries keep their order)."""
-    flat = idx.reshape(-1)
-    order = torch.sort(flat, stable=True).indices
-    offsets = torch.zeros(d_sae + 1, dtype=torch.int64, device=idx.device)
-    offsets[1:] = torch.cumsum(torch.bincount(flat, minlength=d_sae), 0)
-    return order, offsets
-
-
-def scatter_rows(coef, idx, X, d_sae, out_dtype, transposed, want_colsum, deterministic):
-    """out[l] = sum over entries e with idx e == l of coef[e] * X[row(e)]: (d_sae, d), or its
-    transpose (d, d_sae). coef (N, k), X (N, d) in the compute dtype. Also the per-latent sum
-    of coef when ``want_colsum``."""
-    n, k = idx.shape
-    d = X.shape[1]
-    dev = X.device
-    cd = coef.dtype
-    shape = (d, d_sae) if transposed else (d_sae, d)
-    BD = _blocks(d)[1]
-    if deterministic_wanted(deterministic):
-        out = torch.empty(shape, dtype=out_dtype, device=dev)
-        colsum = torch.empty(d_sae, dtype=cd, device=dev) if want_colsum else None
-        order, offsets = segments(idx, d_sae)
-        so_l, so_d = (1, d_sae) if transposed else (d, 1)
-        _scatter_segment_kernel[(d_sae, triton.cdiv(d, BD))](
-            coef, order, offsets, X, out, colsum if want_colsum else coef, k, d, so_l, so_d,
-            HAS_COLSUM=want_colsum, ACC_F64=cd == torch.float64, BLOCK_D=BD)
-        return out, colsum
-    acc = torch.zeros(shape, dtype=cd, device=dev)
-    colsum = torch.zeros(d_sae, dtype=cd, device=dev) if want_colsum else None
-    so_l, so_d = (1, d_sae) if transposed else (d, 1)
-    if n:
-        _scatter_atomic_kernel[(n, triton.cdiv(d, BD))](
-            coef, idx, X, acc, colsum if want_colsum else coef, k, d, so_l, so_d,
-            HAS_COLSUM=want_colsum, BLOCK_D=BD)
-    return acc.to(out_dtype), colsum
-
-
-# ----------------------------------------------------------------------------------------
-# ops (autograd shared with the cuda backend: pyinterp.backends.sae_autograd)
-
-
-def _topk(x, W_enc, b_enc, b_dec, k):
-    if k <= MAX_FUSED_K and x.dtype != torch.float64:
-        return _topk_fused(x, W_enc, b_enc, b_dec, k)
-    return S.topk_chunked(x, W_enc, b_enc, b_dec, k)
-
-
-_ops = sae_autograd.build(_topk, gather, gather_dot, scatter_rows)
-topk_encode = _ops.topk_encode
-threshold_encode = _ops.threshold_encode
-batchtopk_encode = _ops.batchtopk_encode
-sparse_decode = _ops.sparse_decode

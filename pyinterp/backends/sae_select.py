@@ -1,31 +1,27 @@
-"""Torch-level selection shared by the GPU backends of the sparse SAE ops (triton, cuda) for
-the data-dependent-width encoders (threshold / JumpReLU, BatchTopK) and for the top-k cases
-the fused kernels do not cover (k above their register budget, float64).
+"""Torch-level encoder launchers shared by the GPU backends (triton, cuda): the
+data-dependent-width encoders (threshold / JumpReLU, BatchTopK) and the top-k cases their
+fused kernels do not cover (k above the register budget, float64).
 
 Pre-activations are produced in row chunks (``CHUNK_ELEMS`` at a time), so the (N, d_sae)
-matrix is never held in full; BatchTopK keeps a running top-(k*N) of the batch. Results carry
-no autograd: each backend wraps them in its own Function with its sparse backward kernels.
-Every function returns ``(values, indices, mask)``; ``mask`` (N, width) marks the entries that
-carry gradient.
+matrix is never held in full; BatchTopK keeps a running top-(k*N) of the batch. Every
+launcher returns ``(values, indices, mask)``; ``mask`` (N, width) marks the entries that carry
+gradient. Written independently of the oracle (``pyinterp.reference.sae``), which the tests
+compare these with: selection here is one stable descending sort per row chunk.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from pyinterp.reference import sae as ref
+from pyinterp._common import acc_dtype
 
 CHUNK_ELEMS = 1 << 24
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def fold_bias(b_enc, b_dec, W_enc, cols: int = 8192):
     """b_enc - b_dec @ W_enc in float32 (float64 for float64), column chunk by column chunk
     (never a float32 copy of the whole W_enc): (x - b_dec) @ W + b = x @ W + fold_bias."""
-    cd = compute_dtype(W_enc.dtype)
+    cd = acc_dtype(W_enc.dtype)
     bias = b_enc.to(cd).clone()
     if b_dec is None:
         return bias
@@ -35,59 +31,75 @@ def fold_bias(b_enc, b_dec, W_enc, cols: int = 8192):
     return bias
 
 
-def _row_chunks(n: int, d_sae: int):
-    rows = max(1, min(n, CHUNK_ELEMS // max(1, d_sae)))
-    return range(0, n, rows), rows
+class _Preacts:
+    """Row chunks of x @ W_enc + fold_bias in the accumulation dtype."""
+
+    def __init__(self, x, W_enc, b_enc, b_dec):
+        cd = acc_dtype(x.dtype)
+        self.x, self.W = x, W_enc.to(cd)
+        self.bias = fold_bias(b_enc, b_dec, W_enc)
+        n, d_sae = x.shape[0], W_enc.shape[1]
+        self.rows = max(1, min(n, CHUNK_ELEMS // max(1, d_sae)))
+        self.starts = range(0, n, self.rows)
+
+    def __call__(self, r0: int) -> torch.Tensor:
+        return torch.addmm(self.bias, self.x[r0:r0 + self.rows].to(self.W.dtype), self.W)
+
+
+def _by_rule(key: torch.Tensor, width: int):
+    """The ``width`` first entries of each row ordered by the tie rule (value descending,
+    then latent index ascending): a stable descending sort keeps equal values in index order."""
+    v, i = torch.sort(key, dim=1, descending=True, stable=True)
+    if width > key.shape[1]:
+        pad = width - key.shape[1]
+        return F.pad(v, (0, pad)), F.pad(i, (0, pad))
+    return v[:, :width], i[:, :width]
 
 
 @torch.no_grad()
-def topk_chunked(x, W_enc, b_enc, b_dec, k):
+def topk(x, W_enc, b_enc, b_dec, k):
     """Per-row top-k by the tie rule over row chunks of the pre-activation."""
     n = x.shape[0]
     values = torch.empty(n, k, dtype=x.dtype, device=x.device)
     indices = torch.empty(n, k, dtype=torch.int64, device=x.device)
-    starts, rows = _row_chunks(n, W_enc.shape[1])
-    for r0 in starts:
-        pre = ref.preacts(x[r0:r0 + rows], W_enc, b_enc, b_dec)
-        v, i = ref.topk_select(pre, k)
-        values[r0:r0 + rows] = torch.relu(v).to(x.dtype)
-        indices[r0:r0 + rows] = i
+    pre = _Preacts(x, W_enc, b_enc, b_dec)
+    for r0 in pre.starts:
+        v, i = _by_rule(pre(r0), k)
+        values[r0:r0 + pre.rows] = torch.relu(v).to(x.dtype)
+        indices[r0:r0 + pre.rows] = i
     return values, indices, values > 0
 
 
 @torch.no_grad()
-def threshold_chunked(x, W_enc, b_enc, b_dec, threshold, max_active):
-    n, d_sae = x.shape[0], W_enc.shape[1]
+def threshold(x, W_enc, b_enc, b_dec, thr, max_active):
+    """Entries strictly above the threshold (a float or (d_sae,) tensor), sorted by the tie
+    rule, padded with 0 / 0 to the batch's largest count (one host sync) or ``max_active``
+    (rows with more keep their max_active largest)."""
     dev = x.device
+    pre = _Preacts(x, W_enc, b_enc, b_dec)
+    thr = thr.to(pre.W.dtype) if isinstance(thr, torch.Tensor) else thr
+    neg_inf = torch.tensor(float("-inf"), dtype=pre.W.dtype, device=dev)
     parts = []
-    starts, rows = _row_chunks(n, d_sae)
-    for r0 in starts:
-        pre = ref.preacts(x[r0:r0 + rows], W_enc, b_enc, b_dec)
-        thr = threshold.to(pre.dtype) if isinstance(threshold, torch.Tensor) else threshold
-        sel = pre > thr
+    for r0 in pre.starts:
+        p = pre(r0)
+        sel = p > thr
         count = sel.sum(1)
-        if max_active is not None:
-            key = torch.where(sel, pre, torch.tensor(float("-inf"), dtype=pre.dtype, device=dev))
-            _, ki = ref.topk_select(key, min(max_active, d_sae))
-            sel = torch.zeros_like(sel).scatter_(1, ki, torch.gather(sel, 1, ki))
-            count = sel.sum(1)
-            width = max_active
-        else:
-            width = max(1, int(count.max()))
-        v, i = ref._order_rows(pre, sel, width)
-        parts.append((v.to(x.dtype), i, count))
-    width = max_active if max_active is not None else max([p[0].shape[1] for p in parts] or [1])
+        width = max_active if max_active is not None else max(1, int(count.max()))
+        v, i = _by_rule(torch.where(sel, p, neg_inf), width)
+        keep = torch.arange(width, device=dev) < count.unsqueeze(1)
+        parts.append((torch.where(keep, v, 0.0).to(x.dtype), torch.where(keep, i, 0), keep))
     if not parts:
-        z = torch.zeros(0, width, device=dev)
-        return z.to(x.dtype), z.to(torch.int64), z.bool()
-    values = torch.cat([F.pad(v, (0, width - v.shape[1])) for v, _, _ in parts])
-    indices = torch.cat([F.pad(i, (0, width - i.shape[1])) for _, i, _ in parts])
-    counts = torch.cat([c for _, _, c in parts])
-    return values, indices, torch.arange(width, device=dev) < counts.unsqueeze(1)
+        width = max_active or 1
+        return (torch.zeros(0, width, dtype=x.dtype, device=dev),
+                torch.zeros(0, width, dtype=torch.int64, device=dev),
+                torch.zeros(0, width, dtype=torch.bool, device=dev))
+    width = max(p[0].shape[1] for p in parts)
+    return tuple(torch.cat([F.pad(t, (0, width - t.shape[1])) for t in ts])
+                 for ts in zip(*parts))
 
 
 @torch.no_grad()
-def batchtopk_chunked(x, W_enc, b_enc, b_dec, k):
+def batchtopk(x, W_enc, b_enc, b_dec, k):
     """Exact BatchTopK: a running top-(k*N) of (value, flat index) over row chunks."""
     n, d_sae = x.shape[0], W_enc.shape[1]
     dev = x.device
@@ -96,18 +108,18 @@ def batchtopk_chunked(x, W_enc, b_enc, b_dec, k):
         return z.to(x.dtype), z.to(torch.int64), z.bool()
     m = k * n
     cand_v = cand_i = None
-    starts, rows = _row_chunks(n, d_sae)
-    for r0 in starts:
-        pre = ref.preacts(x[r0:r0 + rows], W_enc, b_enc, b_dec).reshape(-1)
-        flat = torch.arange(r0 * d_sae, r0 * d_sae + pre.numel(), device=dev)
+    pre = _Preacts(x, W_enc, b_enc, b_dec)
+    for r0 in pre.starts:
+        p = pre(r0).reshape(-1)
+        flat = torch.arange(r0 * d_sae, r0 * d_sae + p.numel(), device=dev)
         if cand_v is not None:
-            pre = torch.cat([cand_v, pre])
+            p = torch.cat([cand_v, p])
             flat = torch.cat([cand_i, flat])
         # tie rule over the batch: value desc, then flat (row-major) index asc
-        if pre.numel() > m:
-            cand_v, cand_i = _topk_flat(pre, flat, m)
+        if p.numel() > m:
+            cand_v, cand_i = _topk_flat(p, flat, m)
         else:
-            cand_v, cand_i = pre, flat
+            cand_v, cand_i = p, flat
     return group_rows(cand_v, cand_i, n, d_sae, x.dtype)
 
 

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from pyinterp import _backend
+from pyinterp.bench.backends import auto_backend, timed_backends
 from pyinterp.bench.timing import Row, median_time, peak_memory
 
 RULES = ("prev", "first", "duplicate", "induction")
@@ -74,7 +74,7 @@ def _stats_rows(device, B, H, T, d, repeat, run_baseline=True):
 
     q, k, tokens = _inputs(B, H, T, d, device)
     scale = 1 / math.sqrt(d)
-    backend = _backend.resolve("attention_stats", _backend.BACKENDS, q)
+    backend = auto_backend("attention_stats", q.device.type)
     shape = f"B={B} H={H} T={T} d={d}"
 
     def ours():
@@ -113,14 +113,14 @@ def _stats_rows(device, B, H, T, d, repeat, run_baseline=True):
     return rows
 
 
-def _gpu_extra_rows(q, k, tokens, scale, shape, auto_backend, t_base, repeat):
-    """GPU: the other GPU backend, and the issue's yardstick: SDPA forward on the same q, k."""
+def _gpu_extra_rows(q, k, tokens, scale, shape, auto_name, t_base, repeat):
+    """GPU: the other GPU backends, and the issue's yardstick: SDPA forward on the same q, k."""
     from pyinterp import ops
 
     device = q.device
     rows = []
-    for name in ("triton", "cuda"):
-        if name == auto_backend or not _backend.availability(name)[0]:
+    for name in timed_backends("attention_stats", device.type):
+        if name == auto_name:
             continue
         fn = lambda: ops.attention_stats(q, k, tokens, RULES, scale=scale, backend=name)  # noqa: E731
         t = median_time(fn, device=device, warmup=1, repeat=repeat)

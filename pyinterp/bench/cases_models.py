@@ -60,8 +60,8 @@ def hookpoint_call_seconds(n: int = 200_000) -> float:
 
 
 def run(args) -> list[Row]:
-    from pyinterp import _backend
     from pyinterp.bench._plain_transformer import PlainTransformer
+    from pyinterp.bench.backends import auto_backend
     from pyinterp.models import Transformer
 
     quick = getattr(args, "quick", False)
@@ -79,13 +79,7 @@ def run(args) -> list[Row]:
                                        atol=2e-4, rtol=2e-4)
         backend = "-"
         if act == "solu_ln":
-            from pyinterp.ops.solu import solu_ln  # noqa: F401  (resolve the backend auto picks)
-
-            try:
-                backend = _backend.resolve("solu_ln", ("reference", "cpu", "triton", "cuda"),
-                                           tokens.float())
-            except Exception:  # resolve's signature is the foundation's; the label is cosmetic
-                backend = "auto"
+            backend = auto_backend("solu_ln", "cpu")
         t = interleaved_medians({"plain_train": _train_step(plain, tokens), "ours_train": _train_step(ours, tokens),
                                  "plain_fwd": _forward(plain, tokens), "ours_fwd": _forward(ours, tokens)},
                                 repeat, warmup=2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pyinterp import _backend
+from pyinterp.bench.backends import auto_backend, timed_backends
 from pyinterp.bench.timing import Row, median_time, peak_memory
 
 
@@ -70,9 +70,8 @@ def _project_rows(device, L, B, T, D, P, repeat):
                     t_stack, bytes_moved=nbytes, roofline_seconds=t_roof,
                     peak_bytes=peak_memory(stack, device)))
 
-    auto = _backend.resolve("persona_project", _backend.BACKENDS, hidden)
-    names = [auto] + ([b for b in ("triton", "cuda") if b != auto and _backend.availability(b)[0]]
-                      if device.type == "cuda" else [])
+    auto = auto_backend("persona_project", device.type)
+    names = [auto] + [b for b in timed_backends("persona_project", device.type) if b != auto]
     for name in names:
         for label, mask, reduce, moved in (
             ("mean, all tokens", full, "mean", nbytes),

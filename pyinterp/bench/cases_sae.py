@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from pyinterp import _backend
+from pyinterp.bench.backends import timed_backends
 from pyinterp.bench.timing import Row, interleaved_medians, peak_memory
 
 CPU_FULL = (4096, 512, 16384, 32)
@@ -46,7 +46,6 @@ def _inputs(N, d_in, d_sae, k, dtype, device, seed=0):
 
 def run(args) -> list[Row]:
     from pyinterp import ops
-    from pyinterp.ops.sae import SUPPORTED
 
     device = torch.device(getattr(args, "device", "cpu"))
     quick = getattr(args, "quick", False)
@@ -70,9 +69,7 @@ def run(args) -> list[Row]:
     def gemm():
         return x @ W_enc
 
-    backends = [b for b in SUPPORTED["topk_encode"] if b != "reference"
-                and _backend.availability(b)[0] and _backend._device_ok(b, device.type)[0]
-                and not (b == "triton" and _backend.triton_interpreted())]
+    backends = timed_backends("topk_encode", device.type)
     fns = {"torch": torch_encode, "gemm": gemm}
     for b in backends:
         fns[b] = (lambda b=b: ops.topk_encode(x, W_enc, b_enc, b_dec, k, backend=b))
@@ -96,7 +93,7 @@ def run(args) -> list[Row]:
         code = torch.zeros(N, d_sae, dtype=dtype, device=device).scatter_(1, indices, values)
         return code @ W_dec + b_dec
 
-    dbackends = [b for b in SUPPORTED["sparse_decode"] if b in backends]
+    dbackends = timed_backends("sparse_decode", device.type)
     fns = {"dense": dense_decode}
     for b in dbackends:
         fns[b] = (lambda b=b: ops.sparse_decode(values, indices, W_dec, b_dec, check_indices=False,

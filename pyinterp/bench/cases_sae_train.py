@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from pyinterp import _backend
+from pyinterp.bench.backends import auto_backend
 from pyinterp.bench.timing import Row, interleaved_medians, peak_memory
 
 FULL = (4096, 512, 16384, 32)
@@ -25,7 +25,6 @@ def _step_fn(module, loss_fn, x):
 
 
 def run(args) -> list[Row]:
-    from pyinterp.ops.sae import SUPPORTED
     from pyinterp.sae import TopKSAE
     from pyinterp.sae.reference import DenseTopKSAE
 
@@ -37,7 +36,7 @@ def run(args) -> list[Row]:
     x = torch.randn(N, d_in, generator=gen).to(device)
     sae = TopKSAE(d_in, d_sae, k=k, seed=0, device=device)
     dense = DenseTopKSAE.like(sae)
-    backend = _backend.resolve("topk_encode", SUPPORTED["topk_encode"], x)
+    backend = auto_backend("topk_encode", x.device.type)
     shape = f"N={N} d_in={d_in} d_sae={d_sae} k={k}"
     base_step = _step_fn(dense, dense.loss, x)
     ours_step = _step_fn(sae, lambda t: sae.loss(t).total, x)

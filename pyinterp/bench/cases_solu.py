@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pyinterp import _backend
+from pyinterp.bench.backends import timed_backends
 from pyinterp.bench.timing import Row, interleaved_medians, peak_memory
 
 
@@ -82,10 +82,7 @@ def _case_rows(device, shape, dtype, backends, repeat, with_memory):
 def run(args) -> list[Row]:
     device = torch.device(getattr(args, "device", "cpu") or "cpu")
     quick = getattr(args, "quick", False)
-    # the Triton interpreter is a correctness tool, never benchmarked on CPU tensors
-    backends = [be for be in ("cpu", "triton", "cuda")
-                if _backend.availability(be)[0] and _backend._device_ok(be, device.type)[0]
-                and not (be == "triton" and device.type == "cpu")]
+    backends = timed_backends("solu_ln", device.type)
     if not backends:
         return []
     if device.type == "cuda":

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyinterp import ops
+from pyinterp._common import acc_dtype
 from pyinterp.distributed import _group as G
 
 
@@ -240,7 +241,7 @@ class LatentParallelTopKSAE(nn.Module):
         xn = self._flatten(x)
         v, i = self._encode_normalized(xn)
         x_hat = self._decode_normalized(v, i)
-        cd = torch.float64 if xn.dtype == torch.float64 else torch.float32
+        cd = acc_dtype(xn.dtype)
         return (x_hat.to(cd) - xn.to(cd)).pow(2).sum(-1).mean()
 
     @torch.no_grad()

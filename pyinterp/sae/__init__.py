@@ -12,7 +12,8 @@ the model in one pass with ``SAETrainer(saes, stream(model, token_batches, hook_
 Several dictionaries (hook points or sizes) train together: pass ``{name: sae}``, each
 dictionary reading the batch at its ``hook_name``, each with its own optimiser.
 
-Modules: :class:`ReLUSAE` ("standard", L1 weighted by decoder norms; ``decoder_norm="unit"``
+Architectures are registered by name (:func:`register_sae_class`, pyinterp/sae/registry.py);
+files and :func:`build` find classes there. Modules: :class:`ReLUSAE` ("standard", L1 weighted by decoder norms; ``decoder_norm="unit"``
 for Towards Monosemanticity's unit-norm decoder), :class:`TopKSAE`, :class:`BatchTopKSAE`,
 :class:`JumpReLUSAE` (inference). Each has ``encode(x) -> (values, indices)``,
 ``decode(values, indices)``, ``forward(x) -> reconstruction`` and ``loss(x)``.
@@ -22,6 +23,7 @@ from pyinterp.sae.accelerate import accelerate, restore
 from pyinterp.sae.config import SAEConfig
 from pyinterp.sae.hub import from_pretrained
 from pyinterp.sae.io import load, save
+from pyinterp.sae.registry import architectures, get_sae_class, register_sae_class
 from pyinterp.sae.modules import (
     BatchTopKSAE,
     JumpReLUSAE,
@@ -38,6 +40,6 @@ from pyinterp.sae import metrics
 __all__ = [
     "ActivationStore", "BatchTopKSAE", "CorruptFileError", "JumpReLUSAE", "NonFiniteError",
     "ReLUSAE", "SAEConfig", "SAELoss", "SAETrainer", "SparseAutoencoder", "TopKSAE",
-    "TrainConfig", "accelerate", "build", "collect", "from_pretrained", "load", "metrics", "restore", "save",
-    "stream", "train",
+    "TrainConfig", "accelerate", "architectures", "build", "collect", "from_pretrained",
+    "get_sae_class", "load", "metrics", "register_sae_class", "restore", "save", "stream", "train",
 ]

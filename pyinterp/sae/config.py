@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 import torch
 
-ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
+from pyinterp.sae.registry import get_sae_class
+
 DECODER_NORMS = ("free", "unit")
 # Per-row normalisations SAELens applies inside the SAE (besides the fixed scalar scale,
 # which pyinterp keeps in the ``input_scale`` buffer).
@@ -42,7 +43,8 @@ def parse_dtype(value) -> torch.dtype:
 class SAEConfig:
     """Everything needed to rebuild a dictionary (weights aside).
 
-    architecture: "standard" (ReLU + L1), "topk", "batchtopk" or "jumprelu" (inference).
+    architecture: a registered architecture (pyinterp/sae/registry.py): "standard" (ReLU + L1),
+        "topk", "batchtopk", "jumprelu" (inference), or one registered later.
     k: active latents per row (topk), or on average per row (batchtopk).
     l1_coefficient: lambda of the ReLU dictionary's sparsity penalty.
     decoder_norm: "free" (decoder rows unconstrained; the L1 penalty is weighted by row
@@ -72,8 +74,7 @@ class SAEConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        get_sae_class(self.architecture)  # ValueError naming the registered architectures
         for name in ("d_in", "d_sae"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -13,10 +13,15 @@ from typing import Optional, Union
 
 import torch
 
-from pyinterp.sae._files import (CorruptFileError, atomic_save_tensors, atomic_write_json,
-                                 load_tensors, read_json)
+from pyinterp.sae._files import (
+    CorruptFileError,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    read_json,
+)
 from pyinterp.sae.config import SAEConfig, dtype_name, parse_dtype
-from pyinterp.sae.modules import BatchTopKSAE, JumpReLUSAE, SparseAutoencoder, build
+from pyinterp.sae.registry import architecture_of, architectures, get_sae_class
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -38,19 +43,19 @@ def _sae_lens_version() -> str:
 
 # ---------------------------------------------------------------------------------- save
 @torch.no_grad()
-def save(sae: SparseAutoencoder, path: Union[str, Path], *,
+def save(sae, path: Union[str, Path], *,
          feature_density: Optional[torch.Tensor] = None) -> Path:
     """Write ``sae`` as an SAELens directory that ``sae_lens.SAE.load_from_disk`` reads.
 
     The fixed activation scale is folded into the weights (W_enc * s, W_dec / s, b_dec / s),
     so SAELens gives the same reconstructions from raw activations; pyinterp's own fields
     (and the scale) go to ``metadata.pyinterp`` so :func:`load` restores the module exactly
-    up to rounding. A BatchTopK dictionary is saved, as SAELens does, as a JumpReLU with its
-    learned threshold. ``feature_density`` (d_sae,) optionally writes sparsity.safetensors
-    (log10 density, SAELens's ``sparsity`` tensor).
+    up to rounding. Each architecture adds what its files need through its ``saelens_save``
+    hook (pyinterp/sae/registry.py): e.g. a BatchTopK dictionary is saved, as SAELens does, as
+    a JumpReLU with its learned threshold. ``feature_density`` (d_sae,) optionally writes
+    sparsity.safetensors (log10 density, SAELens's ``sparsity`` tensor).
     """
-    if not isinstance(sae, SparseAutoencoder):
-        raise TypeError(f"sae must be a pyinterp.sae dictionary, got {type(sae).__name__}")
+    arch = architecture_of(sae)
     path = Path(path)
     cfg = sae.cfg
     s = float(sae.input_scale)
@@ -61,7 +66,6 @@ def save(sae: SparseAutoencoder, path: Union[str, Path], *,
         "b_enc": sae.b_enc.detach().double(),
         "b_dec": sae.b_dec.detach().double() / s,
     }
-    arch = cfg.architecture
     meta = {
         "sae_lens_version": _sae_lens_version(),
         "sae_lens_training_version": None,
@@ -72,13 +76,6 @@ def save(sae: SparseAutoencoder, path: Union[str, Path], *,
     if cfg.normalize_activations != "none" and s != 1.0:
         raise ValueError("cannot fold a fixed activation scale into a dictionary that also "
                          f"normalises per row ({cfg.normalize_activations!r})")
-    if isinstance(sae, BatchTopKSAE):
-        arch = "jumprelu"
-        w["threshold"] = torch.full((cfg.d_sae,), float(sae.threshold), dtype=torch.float64)
-        meta["training_architecture"] = "batchtopk"
-        meta["training_architecture_details"] = {"k": cfg.k}
-    elif isinstance(sae, JumpReLUSAE):
-        w["threshold"] = sae.threshold.detach().double()
     out_cfg = {
         "architecture": arch,
         "d_in": cfg.d_in,
@@ -91,10 +88,7 @@ def save(sae: SparseAutoencoder, path: Union[str, Path], *,
         "hook_name": cfg.hook_name,
         "metadata": meta,
     }
-    if arch == "topk":
-        out_cfg["k"] = int(cfg.k)
-        out_cfg["rescale_acts_by_decoder_norm"] = False
-        out_cfg["activation_fn_kwargs"] = {"k": int(cfg.k)}
+    sae.saelens_save(w, out_cfg, meta)
     dens = None
     if feature_density is not None:
         dens = feature_density.detach().double().cpu()
@@ -135,7 +129,7 @@ def _require(cfg: dict, field: str, file: Path):
     return cfg[field]
 
 
-def load(path: Union[str, Path], *, device="cpu", dtype=None) -> SparseAutoencoder:
+def load(path: Union[str, Path], *, device="cpu", dtype=None):
     """Read an SAELens SAE directory (written by SAELens or by :func:`save`).
 
     Architectures: standard, topk, batchtopk (SAELens training saves), jumprelu. Honours
@@ -161,9 +155,9 @@ def load(path: Union[str, Path], *, device="cpu", dtype=None) -> SparseAutoencod
     arch = cfg.get("architecture", "standard")
     d_in = _require(cfg, "d_in", cfg_file)
     d_sae = _require(cfg, "d_sae", cfg_file)
-    if arch not in ("standard", "topk", "batchtopk", "jumprelu"):
+    if arch not in architectures():
         raise ValueError(f"{cfg_file}: architecture {arch!r} is not supported by pyinterp.sae "
-                         "(standard, topk, batchtopk, jumprelu)")
+                         f"({', '.join(architectures())})")
     if cfg.get("reshape_activations", "none") not in ("none", None):
         raise ValueError(f"{cfg_file}: reshape_activations={cfg['reshape_activations']!r} is not "
                          "supported; flatten (..., n_heads, d_head) inputs to (..., d_in) yourself")
@@ -178,7 +172,8 @@ def load(path: Union[str, Path], *, device="cpu", dtype=None) -> SparseAutoencod
     target_dtype = parse_dtype(dtype if dtype is not None else cfg.get("dtype", "float32"))
 
     tensors = load_tensors(weights_file, "SAE weights")
-    needed = ["W_enc", "W_dec", "b_enc", "b_dec"] + (["threshold"] if arch == "jumprelu" else [])
+    needed = ["W_enc", "W_dec", "b_enc", "b_dec"] + list(
+        get_sae_class(arch).saelens_tensors(cfg))
     missing = [n for n in needed if n not in tensors]
     if missing:
         raise CorruptFileError(f"{weights_file} is missing the tensors {missing} "
@@ -229,7 +224,7 @@ def load(path: Union[str, Path], *, device="cpu", dtype=None) -> SparseAutoencod
                        normalize_activations=norm, hook_name=hook_name,
                        dtype=dtype_name(target_dtype))
         scale = 1.0
-    sae = build(sc, device=device)
+    sae = get_sae_class(sc.architecture)(cfg=sc, device=device)
     with torch.no_grad():
         # Undo the fold that save() applied, back to the training parametrisation.
         sae.W_enc.copy_(w["W_enc"] / scale)
@@ -237,11 +232,7 @@ def load(path: Union[str, Path], *, device="cpu", dtype=None) -> SparseAutoencod
         sae.b_enc.copy_(w["b_enc"])
         sae.b_dec.copy_(w["b_dec"] * scale)
         sae.input_scale.fill_(scale)
-        if isinstance(sae, BatchTopKSAE):
-            sae.threshold.fill_(float(threshold) if threshold is not None else 0.0)
-            sae.threshold_updates.fill_(1)
-        elif isinstance(sae, JumpReLUSAE):
-            sae.threshold.copy_(threshold)
+        sae.saelens_load({"threshold": threshold} if threshold is not None else {})
     return sae.eval()
 
 

@@ -18,9 +18,12 @@ from typing import Optional
 import torch
 from torch import nn
 
+from pyinterp._common import acc_dtype
 from pyinterp.sae import _kernels as K
+from pyinterp.sae import io
 from pyinterp.sae.config import SAEConfig
 from pyinterp.sae.init import geometric_median, random_directions
+from pyinterp.sae.registry import get_sae_class, register_sae_class
 
 
 @dataclass
@@ -225,16 +228,25 @@ class SparseAutoencoder(nn.Module):
     # ------------------------------------------------------------------ files
     def save(self, path, **kwargs):
         """Write an SAELens directory (cfg.json + sae_weights.safetensors); see pyinterp.sae.io.save."""
-        from pyinterp.sae.io import save
-
-        return save(self, path, **kwargs)
+        return io.save(self, path, **kwargs)
 
     @staticmethod
     def load(path, **kwargs) -> "SparseAutoencoder":
         """Read an SAELens directory; see pyinterp.sae.io.load."""
-        from pyinterp.sae.io import load
+        return io.load(path, **kwargs)
 
-        return load(path, **kwargs)
+    # Per-architecture file hooks of pyinterp.sae.io (see pyinterp/sae/registry.py). The base
+    # files hold W_enc, W_dec, b_enc, b_dec and the config; these add what a class needs.
+    @classmethod
+    def saelens_tensors(cls, cfg_json: dict) -> tuple[str, ...]:
+        """Names of the tensors a file of this architecture holds besides the four weights."""
+        return ()
+
+    def saelens_save(self, tensors: dict, cfg_json: dict, metadata: dict) -> None:
+        """Add this architecture's tensors (float64, in place) and cfg.json fields."""
+
+    def saelens_load(self, extra: dict) -> None:
+        """Restore this architecture's state from the extra tensors of a loaded file."""
 
     # ------------------------------------------------------------------ training
     def _sparsity(self, values, indices, l1_scale) -> torch.Tensor:
@@ -253,7 +265,7 @@ class SparseAutoencoder(nn.Module):
         xn, _ = self._normalize_in(self._flatten(x))
         values, indices = self._encode_train(xn)
         x_hat = self._decode(values, indices)
-        cd = torch.float64 if xn.dtype == torch.float64 else torch.float32  # accumulate >= fp32
+        cd = acc_dtype(xn.dtype)
         mse = (x_hat.to(cd) - xn.to(cd)).pow(2).sum(-1).mean()
         sparsity = self._sparsity(values, indices, l1_scale)
         aux = self._aux(xn, x_hat, dead_mask) if dead_mask is not None else mse.new_zeros(())
@@ -302,6 +314,7 @@ def _auxk_loss(sae: SparseAutoencoder, xn, x_hat, dead_mask) -> torch.Tensor:
     return sae.cfg.aux_coefficient * scale * (e_hat.float() - residual.float()).pow(2).sum(-1).mean()
 
 
+@register_sae_class
 class ReLUSAE(SparseAutoencoder):
     """f = ReLU(W_enc^T (x - b_dec) + b_enc), x_hat = W_dec^T f + b_dec.
 
@@ -317,16 +330,21 @@ class ReLUSAE(SparseAutoencoder):
                                   **self._kw())
 
     def _sparsity(self, values, indices, l1_scale):
-        cd = torch.float64 if values.dtype == torch.float64 else torch.float32
+        cd = acc_dtype(values.dtype)
         norms = self.W_dec.norm(dim=1)
         weighted = values.to(cd) * norms[indices].to(cd)
         return self.cfg.l1_coefficient * l1_scale * weighted.sum(-1).mean()
 
 
+@register_sae_class
 class TopKSAE(SparseAutoencoder):
     """f = ReLU(TopK_k(W_enc^T (x - b_dec) + b_enc)) (Gao et al. 2024), with AuxK."""
 
     architecture = "topk"
+
+    def saelens_save(self, tensors, cfg_json, metadata):
+        k = int(self.cfg.k)
+        cfg_json.update(k=k, rescale_acts_by_decoder_norm=False, activation_fn_kwargs={"k": k})
 
     def _encode(self, xn):
         return K.topk_encode(xn, self.W_enc, self.b_enc, self._b_dec_in(), int(self.cfg.k),
@@ -346,6 +364,7 @@ class _ThresholdMixin:
                                   **self._kw())
 
 
+@register_sae_class
 class BatchTopKSAE(_ThresholdMixin, SparseAutoencoder):
     """BatchTopK (Bussmann et al. 2024): in training the top k*N activations of the batch.
 
@@ -399,7 +418,21 @@ class BatchTopKSAE(_ThresholdMixin, SparseAutoencoder):
         if code is not None:
             self.update_threshold(code.values)
 
+    def saelens_save(self, tensors, cfg_json, metadata):
+        # As SAELens: saved as a JumpReLU with the learned (scalar) threshold for every latent.
+        cfg_json["architecture"] = "jumprelu"
+        tensors["threshold"] = torch.full((self.d_sae,), float(self.threshold), dtype=torch.float64)
+        metadata["training_architecture"] = "batchtopk"
+        metadata["training_architecture_details"] = {"k": self.cfg.k}
 
+    @torch.no_grad()
+    def saelens_load(self, extra):
+        t = extra.get("threshold")
+        self.threshold.fill_(float(t.reshape(-1)[0]) if t is not None else 0.0)
+        self.threshold_updates.fill_(1)
+
+
+@register_sae_class
 class JumpReLUSAE(_ThresholdMixin, SparseAutoencoder):
     """Inference JumpReLU dictionary (e.g. loaded from SAELens): keep pre > threshold_i."""
 
@@ -413,10 +446,18 @@ class JumpReLUSAE(_ThresholdMixin, SparseAutoencoder):
     def _encode(self, xn):
         return self._threshold_code(xn, self.threshold)
 
+    @classmethod
+    def saelens_tensors(cls, cfg_json):
+        return ("threshold",)
 
-ARCHITECTURE_CLASSES = {c.architecture: c for c in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)}
+    def saelens_save(self, tensors, cfg_json, metadata):
+        tensors["threshold"] = self.threshold.detach().double()
+
+    @torch.no_grad()
+    def saelens_load(self, extra):
+        self.threshold.copy_(extra["threshold"])
 
 
 def build(cfg: SAEConfig, **kwargs) -> SparseAutoencoder:
-    """The module class for ``cfg.architecture``, constructed from ``cfg``."""
-    return ARCHITECTURE_CLASSES[cfg.architecture](cfg=cfg, **kwargs)
+    """The registered module class for ``cfg.architecture``, constructed from ``cfg``."""
+    return get_sae_class(cfg.architecture)(cfg=cfg, **kwargs)

@@ -1,7 +1,11 @@
-"""The C++ CPU backend: launchers and autograd Functions over ``pyinterp._C``."""
+"""The C++ CPU backend: launchers over the extension ``pyinterp._C`` (csrc/cpu)."""
 from __future__ import annotations
 
+import importlib
+
 import torch
+
+from pyinterp.backends.registry import Backend, register_backend
 
 
 def ext():
@@ -21,3 +25,20 @@ DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.floa
 
 def dtype_code(t: torch.Tensor) -> int:
     return DTYPE_CODES[t.dtype]
+
+
+def ptr(t) -> int:
+    """A tensor's address as a kernel argument (0 for None)."""
+    return 0 if t is None else t.data_ptr()
+
+
+def _available() -> tuple[bool, str]:
+    try:
+        importlib.import_module("pyinterp._C")
+    except ImportError as exc:  # not built: a source checkout without tools/build_ext.sh
+        return False, f"C++ extension pyinterp._C is not built ({exc})"
+    return True, "pyinterp._C loaded"
+
+
+register_backend(Backend(name="cpu", module=__name__, available=_available, devices=("cpu",),
+                         auto={"cpu": 10}))

@@ -1,6 +1,7 @@
-"""CPU backend of the sparse SAE ops: torch.addmm (MKL/OpenBLAS) over row x column chunks of
-the pre-activation, followed by the multi-threaded C++ epilogue in ``csrc/cpu/sae.cpp``
-(running per-row top-k, threshold selection), the gather decoder and the sparse backward.
+"""Sparse SAE launchers on the CPU backend (the contract is in :mod:`pyinterp.ops.sae.function`):
+torch.addmm (MKL/OpenBLAS) over row x column chunks of the pre-activation, followed by the
+multi-threaded C++ epilogue in ``csrc/cpu/sae.cpp`` (running per-row top-k, threshold
+selection), the gather decoder and the sparse backward.
 
 The (N, d_sae) pre-activation never exists: at most ``CHUNK_ELEMS`` of it at a time
 (docs/decisions/sae-cpu-chunked-epilogue.md). Every kernel here is deterministic (no atomics;
@@ -8,12 +9,12 @@ scatters sum each latent's entries in a fixed order), so ``deterministic`` chang
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
+from pyinterp._common import acc_dtype as _cd
 from pyinterp.backends.cpu import dtype_code, ext, num_threads
+from pyinterp.backends.cpu import ptr as _p
 from pyinterp.backends.sae_select import group_rows
 
 # Pre-activation chunk: at most CHUNK_ELEMS values (16 MiB in float32). Rows are favoured
@@ -21,14 +22,6 @@ from pyinterp.backends.sae_select import group_rows
 # N=4096, d_sae=16384 gives (4096, 1024) chunks; the running per-row top-k lives across them.
 CHUNK_ELEMS = 1 << 22
 MIN_COLS = 256
-
-
-def _cd(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _p(t: Optional[torch.Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
 
 
 def _chunks(n: int, d_sae: int, k_state: int = 0, full_rows: bool = False):
@@ -65,7 +58,7 @@ class _Pre:
         return out
 
 
-def _topk_forward(x, W_enc, b_enc, b_dec, k):
+def topk(x, W_enc, b_enc, b_dec, k):
     n, d_sae = x.shape[0], W_enc.shape[1]
     pre = _Pre(x, W_enc, b_enc, b_dec)
     C, nt, pcode = ext(), num_threads(), (3 if pre.cd == torch.float64 else 0)
@@ -88,12 +81,12 @@ def _topk_forward(x, W_enc, b_enc, b_dec, k):
     return values, indices, values > 0
 
 
-def _threshold_forward(x, W_enc, b_enc, b_dec, threshold, max_active):
+def threshold(x, W_enc, b_enc, b_dec, thr, max_active):
     n, d_sae = x.shape[0], W_enc.shape[1]
     pre = _Pre(x, W_enc, b_enc, b_dec)
     C, nt = ext(), num_threads()
-    thr_t = threshold.to(pre.cd).contiguous() if isinstance(threshold, torch.Tensor) else None
-    thr_s = 0.0 if thr_t is not None else float(threshold)
+    thr_t = thr.to(pre.cd).contiguous() if isinstance(thr, torch.Tensor) else None
+    thr_s = 0.0 if thr_t is not None else float(thr)
     cmp = thr_t if thr_t is not None else thr_s
     R, _ = _chunks(n, d_sae, full_rows=True)
     parts = []
@@ -116,7 +109,7 @@ def _threshold_forward(x, W_enc, b_enc, b_dec, threshold, max_active):
     return values, indices, torch.arange(width) < counts.unsqueeze(1)
 
 
-def _batchtopk_forward(x, W_enc, b_enc, b_dec, k):
+def batchtopk(x, W_enc, b_enc, b_dec, k):
     n, d_sae = x.shape[0], W_enc.shape[1]
     m = k * n
     if n == 0:
@@ -150,133 +143,48 @@ def _csr(indices: torch.Tensor, d_sae: int):
     return offsets, order
 
 
-def _scatter_rows(coef, X, indices, d_sae, out_dtype, transposed, want_colsum=False):
-    """out[l] = sum over entries e with indices e == l of coef[e] * X[row(e)] (deterministic).
-    coef: (N, k) compute dtype; X: (N, d) compute dtype. out (d_sae, d) or transposed (d, d_sae)."""
-    n, k = indices.shape
+def _rows(W, stride_l, stride_d, d, dtype):
+    """W's latent rows as a contiguous (n_latents, d) matrix of ``dtype``: W itself when it is
+    laid out so, else a copy (e.g. W_enc's columns: the C++ kernels read contiguous rows)."""
+    if stride_d == 1 and stride_l == d and W.dtype == dtype and W.is_contiguous():
+        return W
+    return torch.as_strided(W, (W.numel() // d, d), (stride_l, stride_d)).to(dtype).contiguous()
+
+
+def gather(coef, idx, W, stride_l, stride_d, d, bias, out_dtype):
+    """out[n] = bias + sum_j coef[n, j] * W[idx[n, j]] in ``out_dtype``; coef in the
+    accumulation dtype."""
+    n, k = idx.shape
+    rows = _rows(W, stride_l, stride_d, d, out_dtype)
+    out = torch.empty(n, d, dtype=out_dtype)
+    if n:
+        ext().sae_gather(coef.data_ptr(), idx.data_ptr(), rows.data_ptr(), _p(bias),
+                         out.data_ptr(), n, k, d, dtype_code(rows), num_threads())
+    return out
+
+
+def gather_dot(g, idx, W, stride_l, stride_d):
+    """out[n, j] = dot(g[n], W[idx[n, j]]); g (N, d) in the accumulation dtype."""
+    n, k = idx.shape
+    d = g.shape[1]
+    rows = _rows(W, stride_l, stride_d, d, W.dtype)
+    out = torch.empty(n, k, dtype=g.dtype)
+    if n:
+        ext().sae_gather_dot(g.data_ptr(), idx.data_ptr(), rows.data_ptr(), out.data_ptr(), n, k,
+                             d, dtype_code(rows), num_threads())
+    return out
+
+
+def scatter_rows(coef, idx, X, d_sae, out_dtype, transposed, want_colsum, deterministic):
+    """out[l] = sum over entries e with idx e == l of coef[e] * X[row(e)]: (d_sae, d), or its
+    transpose (d, d_sae). coef (N, k), X (N, d) in the accumulation dtype. Every entry of a
+    latent is summed in a fixed order (no atomics), so ``deterministic`` changes nothing."""
+    n, k = idx.shape
     d = X.shape[1]
-    offsets, order = _csr(indices, d_sae)
+    offsets, order = _csr(idx, d_sae)
     out = torch.empty((d, d_sae) if transposed else (d_sae, d), dtype=out_dtype)
     colsum = torch.empty(d_sae, dtype=coef.dtype) if want_colsum else None
     ext().sae_scatter_rows(coef.data_ptr(), X.data_ptr(), offsets.data_ptr(), order.data_ptr(), k,
                            d_sae, d, transposed, out.data_ptr(), _p(colsum), dtype_code(out),
                            num_threads())
     return out, colsum
-
-
-def _gather(coef, indices, W, bias):
-    """out[n] = bias + sum_j coef[n, j] * W[indices[n, j]] in W's dtype; coef in the compute
-    dtype."""
-    n, k = indices.shape
-    d = W.shape[1]
-    out = torch.empty(n, d, dtype=W.dtype)
-    if n:
-        ext().sae_gather(coef.data_ptr(), indices.data_ptr(), W.data_ptr(), _p(bias), out.data_ptr(),
-                         n, k, d, dtype_code(W), num_threads())
-    return out
-
-
-def _gather_dot(g, indices, W):
-    """out[n, j] = dot(g[n], W[indices[n, j]]); g (N, d) in the compute dtype."""
-    n, k = indices.shape
-    out = torch.empty(n, k, dtype=g.dtype)
-    if n:
-        ext().sae_gather_dot(g.data_ptr(), indices.data_ptr(), W.data_ptr(), out.data_ptr(), n, k,
-                             W.shape[1], dtype_code(W), num_threads())
-    return out
-
-
-def encoder_backward(ctx, grad_values):
-    """Gradients of any sparse encoder through its kept entries (mask), never dense."""
-    x, W_enc, b_dec, indices, mask = ctx.saved_tensors
-    has_b_dec = ctx.has_b_dec
-    cd = _cd(x.dtype)
-    d_sae = W_enc.shape[1]
-    g = (grad_values.to(cd) * mask).contiguous()
-    need_x, need_W, need_be, need_bd = ctx.needs_input_grad[:4]
-    need_bd = need_bd and has_b_dec
-    gx = gW = gbe = gbd = None
-    if need_W:
-        xc = x.to(cd)
-        if has_b_dec:
-            xc = xc - b_dec.to(cd)
-        gW, colsum = _scatter_rows(g, xc.contiguous(), indices, d_sae, W_enc.dtype, True, need_be)
-        if need_be:
-            gbe = colsum.to(W_enc.dtype)
-    elif need_be:
-        gbe = torch.zeros(d_sae, dtype=cd).index_add_(0, indices.reshape(-1), g.reshape(-1))
-        gbe = gbe.to(W_enc.dtype)
-    if need_x or need_bd:
-        WT = W_enc.t().to(cd).contiguous()  # (d_sae, d_in): rows gathered contiguously
-        gxc = _gather(g, indices, WT, None)
-        if need_x:
-            gx = gxc.to(x.dtype)
-        if need_bd:
-            gbd = (-gxc.sum(0)).to(x.dtype)
-    return gx, gW, gbe, gbd
-
-
-class _Encode(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, W_enc, b_enc, b_dec, kind, arg, max_active):
-        if kind == "topk":
-            values, indices, mask = _topk_forward(x, W_enc, b_enc, b_dec, arg)
-        elif kind == "threshold":
-            values, indices, mask = _threshold_forward(x, W_enc, b_enc, b_dec, arg, max_active)
-        else:
-            values, indices, mask = _batchtopk_forward(x, W_enc, b_enc, b_dec, arg)
-        ctx.has_b_dec = b_dec is not None
-        ctx.save_for_backward(x, W_enc, b_dec if b_dec is not None else x.new_zeros(0), indices,
-                              mask)
-        ctx.mark_non_differentiable(indices)
-        return values, indices
-
-    @staticmethod
-    def backward(ctx, grad_values, grad_indices):
-        gx, gW, gbe, gbd = encoder_backward(ctx, grad_values)
-        return gx, gW, gbe, gbd, None, None, None
-
-
-def topk_encode(x, W_enc, b_enc, b_dec, k):
-    return _Encode.apply(x.contiguous(), W_enc, b_enc, b_dec, "topk", k, None)
-
-
-def threshold_encode(x, W_enc, b_enc, b_dec, threshold, max_active):
-    return _Encode.apply(x.contiguous(), W_enc, b_enc, b_dec, "threshold", threshold, max_active)
-
-
-def batchtopk_encode(x, W_enc, b_enc, b_dec, k):
-    return _Encode.apply(x.contiguous(), W_enc, b_enc, b_dec, "batchtopk", k, None)
-
-
-class _Decode(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values, indices, W_dec, b_dec):
-        cd = _cd(W_dec.dtype)
-        W = W_dec.contiguous()
-        coef = values.to(cd).contiguous()
-        out = _gather(coef, indices, W, None if b_dec is None else b_dec.contiguous())
-        ctx.save_for_backward(coef, indices, W)
-        ctx.has_b_dec = b_dec is not None
-        ctx.values_dtype = values.dtype
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        coef, indices, W = ctx.saved_tensors
-        cd = coef.dtype
-        g = grad_out.to(cd).contiguous()
-        need_v, _, need_W, need_b = ctx.needs_input_grad
-        gv = gW = gb = None
-        if need_v:
-            gv = _gather_dot(g, indices, W).to(ctx.values_dtype)
-        if need_W:
-            gW, _ = _scatter_rows(coef, g, indices, W.shape[0], W.dtype, False)
-        if need_b and ctx.has_b_dec:
-            gb = g.sum(0).to(W.dtype)
-        return gv, None, gW, gb
-
-
-def sparse_decode(values, indices, W_dec, b_dec, deterministic):
-    # every CPU kernel is deterministic; the flag needs no separate path here
-    return _Decode.apply(values, indices.contiguous(), W_dec, b_dec)

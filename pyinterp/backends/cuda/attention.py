@@ -1,6 +1,5 @@
-"""Attention statistics and patterns on the CUDA backend (``csrc/cuda/attention.cu``).
-
-Same interface as :mod:`pyinterp.reference.attention`; forward only. Launch geometry:
+"""Attention launchers on the CUDA backend (``csrc/cuda/attention.cu``); the contract is in
+:mod:`pyinterp.ops.attention.function`. Forward only. Launch geometry:
 stats - one block per (BM queries, batch x head), one thread per query, BM = BN chosen so the
 staged query rows and key tile fit 48 KiB of shared memory; pattern - one thread per output.
 """
@@ -9,15 +8,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pyinterp._common import RULE_KINDS, acc_dtype
 from pyinterp.backends.cuda import runtime as rt
 
-RULE_KINDS = {"offset": 0, "pos": 1, "duplicate": 2, "induction": 3}
 _FILE = "attention.cu"
 _SMEM_LIMIT = 48 * 1024
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _tile(D: int, acc_bytes: int) -> int:
@@ -27,7 +22,7 @@ def _tile(D: int, acc_bytes: int) -> int:
     raise ValueError(f"d_head = {D} is too large for the cuda attention kernel (max ~{_SMEM_LIMIT // (64 * acc_bytes) - 1})")
 
 
-def attention_stats(q, k, tokens, rules, causal, kpm, scale, q_offset):
+def attention_stats(q, k, tokens, kinds, ns, causal, kpm, scale, q_offset):
     q = q.contiguous()
     k = k.contiguous()
     B, H, Tq, D = q.shape
@@ -36,12 +31,13 @@ def attention_stats(q, k, tokens, rules, causal, kpm, scale, q_offset):
     dev = q.device
     lse = torch.empty(B, H, Tq, dtype=ad, device=dev)
     ent = torch.empty(B, H, Tq, dtype=ad, device=dev)
-    mass = torch.empty(len(rules), B, H, Tq, dtype=ad, device=dev)
+    mass = torch.empty(len(kinds), B, H, Tq, dtype=ad, device=dev)
     if B * H * Tq == 0:
         return lse, ent, mass
-    kinds = torch.tensor([RULE_KINDS[r.kind] for r in rules] or [0], dtype=torch.int32, device=dev)
-    ns = torch.tensor([int(r.n) for r in rules] or [0], dtype=torch.int64, device=dev)
-    needs_tok = any(r.kind in ("duplicate", "induction") for r in rules)
+    needs_tok = any(c in (RULE_KINDS["duplicate"], RULE_KINDS["induction"]) for c in kinds)
+    n_rules = len(kinds)
+    kinds = torch.tensor(list(kinds) or [0], dtype=torch.int32, device=dev)
+    ns = torch.tensor(list(ns) or [0], dtype=torch.int64, device=dev)
     tok = tokens.to(torch.int64).contiguous() if needs_tok else None
     pad = kpm.contiguous().view(torch.uint8) if kpm is not None else None
     acc_bytes = 8 if ad == torch.float64 else 4
@@ -49,7 +45,7 @@ def attention_stats(q, k, tokens, rules, causal, kpm, scale, q_offset):
     fn = rt.kernel(_FILE, "attention_stats", q.dtype)
     grid = ((Tq + bm - 1) // bm, B * H, 1)
     rt.launch(fn, grid, (bm, 1, 1), (
-        rt.ptr(q), rt.ptr(k), rt.ptr(tok), rt.ptr(pad), rt.ptr(kinds), rt.ptr(ns), rt.i32(len(rules)),
+        rt.ptr(q), rt.ptr(k), rt.ptr(tok), rt.ptr(pad), rt.ptr(kinds), rt.ptr(ns), rt.i32(n_rules),
         rt.ptr(lse), rt.ptr(ent), rt.ptr(mass), rt.i32(H), rt.i32(H // Hkv), rt.i32(Tq), rt.i32(Tk),
         rt.i32(D), rt.i32(q_offset), rt.i32(int(causal)), np.float64(scale), rt.i32(bm),
     ), shared_mem=2 * bm * (D + 1) * acc_bytes)

@@ -1,6 +1,5 @@
-"""Persona projections on the CUDA backend (``csrc/cuda/persona.cu``): the two launchers that
-:mod:`pyinterp.ops._persona_plan` wraps in its autograd Functions. Same interface as
-``pyinterp.backends.cpu.persona``.
+"""Persona launchers on the CUDA backend (``csrc/cuda/persona.cu``); the contract is in
+:mod:`pyinterp.ops.persona.function`.
 
 Layers are passed as device tables of data pointers and element strides (one small host-to-device
 copy of 4*L int64 values per call), so views of a model's residual stream are read in place.
@@ -11,15 +10,12 @@ from typing import Optional
 
 import torch
 
+from pyinterp._common import acc_dtype as _acc
 from pyinterp.backends.cuda import runtime
 
 _FILE = "persona.cu"
 _POOL_THREADS = 256
 _TOKENS_WARPS = 8
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _tables(layers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,19 +1,20 @@
-"""Sparse SAE ops on the CUDA backend (``csrc/cuda/sae.cu``), same interface as
-``pyinterp.backends.cpu.sae``; autograd from :mod:`pyinterp.backends.sae_autograd`.
+"""Sparse SAE launchers on the CUDA backend (``csrc/cuda/sae.cu``); the contract is in
+:mod:`pyinterp.ops.sae.function`.
 
 topk_encode: torch's cuBLAS GEMM writes float32 pre-activation chunks (at most CHUNK_ELEMS at
 a time, never the whole (N, d_sae) matrix; bf16/fp16 operands with a float32 result) and ``sae_topk_chunk_f32`` folds each chunk into a
 per-row running top-k of packed (value, column) keys; ``sae_topk_unpack`` writes values and
-indices. k > KMAX and float64 select with torch over row chunks (sae_select). Centring folds
+indices. k > KMAX and float64 select with torch over row chunks (sae_select), as do the threshold and
+BatchTopK encoders. Centring folds
 into the bias: (x - b_dec) @ W + b = x @ W + (b - b_dec @ W).
 """
 from __future__ import annotations
 
 import torch
 
-from pyinterp.backends import sae_autograd
 from pyinterp.backends import sae_select as S
 from pyinterp.backends.cuda import runtime
+from pyinterp.backends.sae_select import batchtopk, threshold  # noqa: F401  (launchers)
 
 _FILE = "sae.cu"
 KMAX = 1024          # csrc/cuda/sae.cu KMAX
@@ -65,10 +66,10 @@ def _topk_epilogue(x, W_enc, b_enc, b_dec, k):
     return values, indices, values > 0
 
 
-def _topk(x, W_enc, b_enc, b_dec, k):
+def topk(x, W_enc, b_enc, b_dec, k):
     if k <= KMAX and x.dtype != torch.float64:
         return _topk_epilogue(x, W_enc, b_enc, b_dec, k)
-    return S.topk_chunked(x, W_enc, b_enc, b_dec, k)
+    return S.topk(x, W_enc, b_enc, b_dec, k)
 
 
 def gather(coef, idx, W, stride_l, stride_d, d, bias, out_dtype):
@@ -125,9 +126,3 @@ def scatter_rows(coef, idx, X, d_sae, out_dtype, transposed, want_colsum, determ
                                      runtime.ptr(colsum), runtime.i32(k), runtime.i32(d)))
     return acc.to(out_dtype), colsum
 
-
-_ops = sae_autograd.build(_topk, gather, gather_dot, scatter_rows)
-topk_encode = _ops.topk_encode
-threshold_encode = _ops.threshold_encode
-batchtopk_encode = _ops.batchtopk_encode
-sparse_decode = _ops.sparse_decode

@@ -1,4 +1,5 @@
-"""SoLU on the CUDA backend (``csrc/cuda/solu.cu`` via NVRTC): launchers and autograd Functions.
+"""SoLU launchers on the CUDA backend (``csrc/cuda/solu.cu`` via NVRTC); the contract is in
+:mod:`pyinterp.ops.solu.function`.
 
 Forward: one block per row (one warp for short rows), the row cached in shared memory when it
 fits. Saved for backward: x and per-row statistics ((lse,) or (lse, mean, rstd)). Backward
@@ -8,12 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from pyinterp.backends import solu_autograd
+from pyinterp._common import acc_dtype as _acc_dtype
 from pyinterp.backends.cuda import runtime as rt
 
 _SOURCE = "solu.cu"
 _SMEM_LIMIT = 48 * 1024  # default dynamic shared memory per block without an opt-in
-_acc_dtype = solu_autograd.acc_dtype
 
 
 def _threads(d: int) -> int:
@@ -42,7 +42,6 @@ def _grid_rows(rows: int) -> int:
 def _persistent_blocks(rows: int, device: torch.device) -> int:
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(rows, 4 * sms))
-
 
 
 def solu_forward(x2: torch.Tensor):
@@ -84,8 +83,10 @@ def solu_ln_forward(x2, w, b, eps: float, store_pre: bool):
     return y, pre, stats
 
 
-def solu_ln_backward(x2, w, stats, gy2, gpre2):
+def solu_ln_backward(x2, w, stats, gy2, gpre2, want_w: bool, want_b: bool):
+    # gw and gb are always computed: the persistent grid sums both in the same pass
     rows, d = x2.shape
+    gy2 = torch.zeros_like(x2) if gy2 is None else gy2
     gx = torch.empty_like(x2)
     if rows == 0:
         z = torch.zeros(d, dtype=stats.dtype, device=x2.device)
@@ -99,10 +100,3 @@ def solu_ln_backward(x2, w, stats, gy2, gpre2):
                rt.ptr(pw), rt.ptr(pb), rt.i64(rows), rt.i32(d)))
     return gx, pw.sum(0), pb.sum(0)
 
-
-# ---------------------------------------------------------------------------------------
-# autograd: the Functions shared with the other GPU backend
-
-_ops = solu_autograd.build(solu_forward, solu_backward, solu_ln_forward, solu_ln_backward)
-solu = _ops.solu
-solu_ln = _ops.solu_ln

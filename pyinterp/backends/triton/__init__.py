@@ -1,36 +1,41 @@
-"""Access to the Triton kernels (``pyinterp.triton_kernels``).
+"""The Triton backend: launchers (one module per family) over the @triton.jit kernels of
+``triton_kernels/`` (loaded as ``pyinterp.triton_kernels`` by :mod:`.kernels`).
 
-In a wheel, ``triton_kernels/`` is installed as the subpackage ``pyinterp.triton_kernels``.
-In a source checkout that mapping does not exist, so the same directory is loaded under the
-same name from the repository root. Importing this module imports triton: set
-``TRITON_INTERPRET=1`` before that to run the kernels on CPU tensors.
+Runs CUDA tensors; CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1`` set
+before triton is first imported), which ``auto`` never picks: it is a correctness tool.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import sys
-from pathlib import Path
 
-_NAME = "pyinterp.triton_kernels"
+import torch
+
+from pyinterp._common import triton_interpreted
+from pyinterp.backends.registry import Backend, register_backend
 
 
-def _load():
+def _devices() -> tuple[str, ...]:
+    return ("cuda", "cpu") if triton_interpreted() else ("cuda",)
+
+
+def _available() -> tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed (pip install 'pyinterp[gpu]')"
     try:
-        return importlib.import_module(_NAME)
-    except ModuleNotFoundError as exc:
-        if exc.name != _NAME:
-            raise
-    source = Path(__file__).resolve().parents[3] / "triton_kernels" / "__init__.py"
-    if not source.exists():
-        raise ModuleNotFoundError(f"{_NAME} is not installed and {source} does not exist")
-    spec = importlib.util.spec_from_file_location(
-        _NAME, source, submodule_search_locations=[str(source.parent)]
+        import triton
+
+        from pyinterp.backends.triton import kernels  # noqa: F401
+    except Exception as exc:  # pragma: no cover - depends on the install
+        return False, f"triton failed to import: {exc}"
+    if triton_interpreted():
+        return True, f"triton {triton.__version__} (interpreter: runs on CPU tensors)"
+    if torch.cuda.is_available():
+        return True, f"triton {triton.__version__}"
+    return False, (
+        f"triton {triton.__version__} is installed but there is no CUDA device "
+        "(set TRITON_INTERPRET=1 before importing triton to run it on CPU tensors)"
     )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_NAME] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-kernels = _load()
+register_backend(Backend(name="triton", module=__name__, available=_available, devices=_devices,
+                         auto={"cuda": 20}))

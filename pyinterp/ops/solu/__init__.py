@@ -10,14 +10,20 @@ from typing import Optional
 import torch
 
 from pyinterp.ops import _validate as check
-from pyinterp.ops._dispatch import pick
+from pyinterp.ops._dispatch import Op, is_oracle, pick
+from pyinterp.ops.solu.function import SOLU_LAUNCHERS, SOLU_LN_LAUNCHERS, SoLU, SoLULN
+
+SOLU = Op("solu", "solu", SOLU_LAUNCHERS)
+SOLU_LN = Op("solu_ln", "solu", SOLU_LN_LAUNCHERS)
 
 
 def solu(x: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
     """x * softmax(x) over the last dim. x: (..., d) -> (..., d), same dtype."""
     check.tensor("x", x, min_ndim=1, nonempty_last=True)
-    _, impl = pick("solu", "solu", x, backend=backend)
-    return impl.solu(x)
+    name, impl = pick(SOLU, x, backend=backend)
+    if is_oracle(name):
+        return impl.solu(x)
+    return SoLU.apply(impl, x)[0]
 
 
 def solu_ln(
@@ -45,5 +51,8 @@ def solu_ln(
     check.positive_float("eps", eps)
     if not isinstance(return_pre_ln, bool):
         raise TypeError(f"return_pre_ln must be a bool, got {type(return_pre_ln).__name__}")
-    _, impl = pick("solu_ln", "solu", x, weight, bias, backend=backend)
-    return impl.solu_ln(x, weight, bias, float(eps), return_pre_ln)
+    name, impl = pick(SOLU_LN, x, weight, bias, backend=backend)
+    if is_oracle(name):
+        return impl.solu_ln(x, weight, bias, float(eps), return_pre_ln)
+    y, pre, _ = SoLULN.apply(impl, x, weight, bias, float(eps), return_pre_ln)
+    return (y, pre) if return_pre_ln else y

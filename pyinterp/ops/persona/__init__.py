@@ -11,7 +11,11 @@ from typing import Optional, Sequence, Union
 import torch
 
 from pyinterp.ops import _validate as check
-from pyinterp.ops._dispatch import pick
+from pyinterp.ops._dispatch import Op, is_oracle, pick
+from pyinterp.ops.persona.function import POOL_LAUNCHERS, PROJECT_LAUNCHERS, pool, project
+
+PERSONA_PROJECT = Op("persona_project", "persona", PROJECT_LAUNCHERS)
+PERSONA_POOL = Op("persona_pool", "persona", POOL_LAUNCHERS)
 
 REDUCES = ("mean", "sum", "last", "none")
 MASK_DTYPES = check.FLOAT_DTYPES + (torch.bool, torch.uint8, torch.int8, torch.int16,
@@ -88,11 +92,9 @@ def persona_project(
     check.choice("reduce", reduce, REDUCES)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
-    name, impl = pick("persona_project", "persona", layers[0], vectors, mask, backend=backend)
-    if name == "reference":
+    name, impl = pick(PERSONA_PROJECT, layers[0], vectors, mask, backend=backend)
+    if is_oracle(name):
         return impl.persona_project(layers, vectors, mask, reduce, normalize)
-    from pyinterp.ops._persona_plan import project
-
     return project(impl, layers, vectors, mask, reduce, normalize)
 
 
@@ -121,9 +123,7 @@ def persona_pool(
     _check_mask(mask, B, T)
     check.same_device(hidden=layers[0], mask=mask)
     check.choice("reduce", reduce, ("mean", "sum", "last"))
-    name, impl = pick("persona_pool", "persona", layers[0], mask, backend=backend)
-    if name == "reference":
+    name, impl = pick(PERSONA_POOL, layers[0], mask, backend=backend)
+    if is_oracle(name):
         return impl.persona_pool(layers, mask, reduce)
-    from pyinterp.ops._persona_plan import pool
-
     return pool(impl, layers, mask, reduce)

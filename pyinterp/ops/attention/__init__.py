@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Dict, NamedTuple, Optional, Sequence, Union
 
 import torch
 
 from pyinterp.ops import _validate as check
-from pyinterp.ops._dispatch import pick
+from pyinterp.ops._dispatch import Op, is_oracle, pick
+from pyinterp.ops.attention import function as F
+
+ATTENTION_STATS = Op("attention_stats", "attention", F.STATS_LAUNCHERS)
+ATTENTION_PATTERN = Op("attention_pattern", "attention", F.PATTERN_LAUNCHERS)
 
 DEFAULT_RULES = ("prev", "first", "duplicate", "induction")
 TOKEN_RULES = ("duplicate", "induction")
@@ -185,11 +190,11 @@ def attention_stats(
     key_padding_mask = _check_mask(key_padding_mask, B, T)
     scale = _check_scale(scale, d)
     check.same_device(q=q, k=k, tokens=tokens, key_padding_mask=key_padding_mask)
-    _, impl = pick("attention_stats", "attention", q, k, backend=backend)
+    name, impl = pick(ATTENTION_STATS, q, k, backend=backend)
+    run = impl.attention_stats if is_oracle(name) else partial(F.stats, impl)
     with torch.no_grad():
-        lse, ent, mass = impl.attention_stats(
-            q.detach(), k.detach(), tokens if needs_tokens else None, parsed, causal,
-            key_padding_mask, scale, 0)
+        lse, ent, mass = run(q.detach(), k.detach(), tokens if needs_tokens else None, parsed,
+                             causal, key_padding_mask, scale, 0)
     return AttentionStats(lse, ent, {r.name: mass[i] for i, r in enumerate(parsed)})
 
 
@@ -270,7 +275,11 @@ def attention_pattern(
     if top_m is not None:
         check.integer("top_m", top_m, low=1, high=T)
     check.same_device(q=q, k=k, key_padding_mask=key_padding_mask)
-    _, impl = pick("attention_pattern", "attention", q, k, backend=backend)
+    name, impl = pick(ATTENTION_PATTERN, q, k, backend=backend)
+    if is_oracle(name):
+        stats_fn, pattern_fn = impl.attention_stats, impl.attention_pattern
+    else:
+        stats_fn, pattern_fn = partial(F.stats, impl), partial(F.pattern, impl)
     group = H // k.shape[1]
     idx = torch.tensor(hs, device=q.device)
     with torch.no_grad():
@@ -279,8 +288,8 @@ def attention_pattern(
 
         def rows(a, b):
             qc = q_sel[:, :, a:b]
-            lse, _, _ = impl.attention_stats(qc, k_sel, None, (), causal, key_padding_mask, scale, a)
-            return impl.attention_pattern(qc, k_sel, lse, causal, key_padding_mask, scale, a)
+            lse, _, _ = stats_fn(qc, k_sel, None, (), causal, key_padding_mask, scale, a)
+            return pattern_fn(qc, k_sel, lse, causal, key_padding_mask, scale, a)
 
         if top_m is None:
             return rows(start, stop)

@@ -1,4 +1,4 @@
-"""How the kernel backends compute ``persona_project``: pool, then project.
+"""The autograd Functions of ``persona_project`` / ``persona_pool``: pool, then project.
 
 By linearity, the masked mean (or sum) of the per-token projections equals the projection of
 the masked mean hidden state: sum_t w_t (h_t · u_p) = (sum_t w_t h_t) · u_p. So for
@@ -8,24 +8,36 @@ each layer through its own pointer and strides (no copy, no stacking), and the P
 are one small batched matmul on hbar. "last" reads only one token per row. For "none" a kernel
 computes the P dot products of every token (L, B, T, P).
 
-Backward (training-time use) is shared by every backend and written in torch: it never needs
-the hidden states for the pool (d hbar / d h is the token weight), and reads them once for the
+A backend supplies the launcher set (``pyinterp/backends/<name>/persona.py``):
+
+- ``persona_pool(layers, weights, index) -> hbar (L, B, D)`` in the accumulation dtype: layers
+  L x (B, T, D) views (any strides); weights (B, T) contiguous accumulation-dtype token
+  weights, or index (B,) int64 (one token per row, -1 = none: NaN)
+- ``persona_tokens(layers, w) -> (L, B, T, P)`` in w's dtype: w (L, P, D) in the accumulation
+  dtype, rows of each layer contiguous (a stride-0 layer dim for shared directions)
+
+Backward (training-time use) is written in torch, here, for every backend: it never needs the
+hidden states for the pool (d hbar / d h is the token weight), and reads them once for the
 vectors' gradient under "none". See docs/decisions/persona-projection.md.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 
-from pyinterp.reference.persona import compute_dtype, last_index
+from pyinterp._common import acc_dtype, device_guard
+
+POOL_LAUNCHERS = ("persona_pool",)
+PROJECT_LAUNCHERS = ("persona_pool", "persona_tokens")
 
 
-def layer_table(layers: Sequence[torch.Tensor]) -> tuple[list[int], list[int]]:
-    """Data pointers (L,) and element strides (L*3,) of per-layer (B, T, D) views."""
-    ptrs = [int(h.data_ptr()) for h in layers]
-    strides = [int(s) for h in layers for s in h.stride()]
-    return ptrs, strides
+def last_index(mask: Optional[torch.Tensor], B: int, T: int, device) -> torch.Tensor:
+    """(B,) int64: the last token with mask != 0 per row, -1 where a row selects nothing."""
+    if mask is None:
+        return torch.full((B,), T - 1, dtype=torch.int64, device=device)
+    pos = torch.arange(T, device=device).expand(B, T)
+    return torch.where(mask != 0, pos, pos.new_full((), -1)).amax(dim=1)
 
 
 def token_weights(mask: Optional[torch.Tensor], reduce: str, B: int, T: int, dtype, device):
@@ -43,14 +55,19 @@ def token_weights(mask: Optional[torch.Tensor], reduce: str, B: int, T: int, dty
     return w.contiguous()
 
 
-class PoolFn(torch.autograd.Function):
+class Pool(torch.autograd.Function):
     """hbar[l, b] = sum_t weights[b, t] h[l, b, t] (or h[l, b, index[b]]); (L, B, D)."""
 
     @staticmethod
-    def forward(ctx, kernel: Callable, weights, index, *layers):
+    def forward(launchers, weights, index, *layers):
+        with device_guard(layers[0]):
+            return launchers.persona_pool(list(layers), weights, index)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, weights, index, *layers = inputs
         ctx.weights, ctx.index = weights, index
         ctx.meta = [(h.shape, h.dtype, h.device) for h in layers]
-        return kernel(list(layers), weights, index)
 
     @staticmethod
     def backward(ctx, grad):
@@ -72,13 +89,18 @@ class PoolFn(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
-class TokensFn(torch.autograd.Function):
+class Tokens(torch.autograd.Function):
     """proj[l, b, t, p] = h[l, b, t] · w[l, p]; (L, B, T, P)."""
 
     @staticmethod
-    def forward(ctx, kernel: Callable, w, *layers):
+    def forward(launchers, w, *layers):
+        with device_guard(layers[0]):
+            return launchers.persona_tokens(list(layers), w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, w, *layers = inputs
         ctx.save_for_backward(w, *layers)
-        return kernel(list(layers), w)
 
     @staticmethod
     def backward(ctx, grad):
@@ -93,20 +115,20 @@ class TokensFn(torch.autograd.Function):
         return (None, gw, *grads)
 
 
-def project(impl, layers: list[torch.Tensor], vectors: torch.Tensor, mask: Optional[torch.Tensor],
-            reduce: str, normalize: bool) -> torch.Tensor:
-    """persona_project on a kernel backend ``impl`` (validated arguments)."""
+def project(launchers, layers: list[torch.Tensor], vectors: torch.Tensor,
+            mask: Optional[torch.Tensor], reduce: str, normalize: bool) -> torch.Tensor:
+    """persona_project on a kernel backend's launchers (validated arguments)."""
     B, T, D = layers[0].shape
     L = len(layers)
     dtype, device = layers[0].dtype, layers[0].device
-    cd = compute_dtype(dtype)
+    cd = acc_dtype(dtype)
     w = vectors.to(cd)
     if normalize:
         w = w / w.norm(dim=-1, keepdim=True)
     if w.dim() == 2:
         w = w.unsqueeze(0).expand(L, *w.shape)  # shared directions: a stride-0 view
     if reduce == "none":
-        out = TokensFn.apply(impl.persona_tokens, w, *layers)
+        out = Tokens.apply(launchers, w, *layers)
         if mask is not None:
             out = out * (mask != 0).to(cd)[None, :, :, None]
         return out.to(dtype)
@@ -114,16 +136,17 @@ def project(impl, layers: list[torch.Tensor], vectors: torch.Tensor, mask: Optio
         weights, index = None, last_index(mask, B, T, device)
     else:
         weights, index = token_weights(mask, reduce, B, T, cd, device), None
-    hbar = PoolFn.apply(impl.persona_pool, weights, index, *layers)  # (L, B, D)
+    hbar = Pool.apply(launchers, weights, index, *layers)  # (L, B, D)
     return torch.bmm(hbar, w.transpose(1, 2)).to(dtype)
 
 
-def pool(impl, layers: list[torch.Tensor], mask: Optional[torch.Tensor], reduce: str) -> torch.Tensor:
-    """persona_pool on a kernel backend ``impl`` (validated arguments): (L, B, D)."""
+def pool(launchers, layers: list[torch.Tensor], mask: Optional[torch.Tensor], reduce: str
+         ) -> torch.Tensor:
+    """persona_pool on a kernel backend's launchers (validated arguments): (L, B, D)."""
     B, T, D = layers[0].shape
     dtype, device = layers[0].dtype, layers[0].device
     if reduce == "last":
         weights, index = None, last_index(mask, B, T, device)
     else:
-        weights, index = token_weights(mask, reduce, B, T, compute_dtype(dtype), device), None
-    return PoolFn.apply(impl.persona_pool, weights, index, *layers).to(dtype)
+        weights, index = token_weights(mask, reduce, B, T, acc_dtype(dtype), device), None
+    return Pool.apply(launchers, weights, index, *layers).to(dtype)

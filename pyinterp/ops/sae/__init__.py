@@ -17,17 +17,25 @@ from typing import Optional, Union
 import torch
 
 from pyinterp.ops import _validate as check
-from pyinterp.ops._dispatch import pick
+from pyinterp.ops._dispatch import Op, is_oracle, pick
+from pyinterp.ops.sae.function import DECODE_LAUNCHERS, ENCODE_LAUNCHERS, SparseDecode, SparseEncode
 
 INDEX_DTYPES = (torch.int64, torch.int32)
 
-# Backends implementing each op (the others raise BackendUnavailableError when named).
-SUPPORTED = {
-    "topk_encode": ("reference", "cpu", "triton", "cuda"),
-    "sparse_decode": ("reference", "cpu", "triton", "cuda"),
-    "threshold_encode": ("reference", "cpu", "triton", "cuda"),
-    "batchtopk_encode": ("reference", "cpu", "triton", "cuda"),
-}
+TOPK_ENCODE = Op("topk_encode", "sae", ENCODE_LAUNCHERS["topk"])
+THRESHOLD_ENCODE = Op("threshold_encode", "sae", ENCODE_LAUNCHERS["threshold"])
+BATCHTOPK_ENCODE = Op("batchtopk_encode", "sae", ENCODE_LAUNCHERS["batchtopk"])
+SPARSE_DECODE = Op("sparse_decode", "sae", DECODE_LAUNCHERS)
+
+
+def _encode(op: Op, kind: str, x2, W_enc, b_enc, b_dec, arg, max_active, backend):
+    name, impl = pick(op, x2, W_enc, b_enc, b_dec, backend=backend)
+    if is_oracle(name):
+        extra = (arg, max_active) if kind == "threshold" else (arg,)
+        return getattr(impl, op.name)(x2, W_enc, b_enc, b_dec, *extra)
+    values, indices, _ = SparseEncode.apply(impl, x2.contiguous(), W_enc, b_enc, b_dec, kind, arg,
+                                            max_active)
+    return values, indices
 
 
 def _encoder_args(x, W_enc, b_enc, b_dec):
@@ -68,9 +76,8 @@ def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
     """
     x2, lead, d_sae = _encoder_args(x, W_enc, b_enc, b_dec)
     check.integer("k", k, low=1, high=d_sae)
-    _, impl = pick("topk_encode", "sae", x2, W_enc, b_enc, b_dec, backend=backend,
-                   supported=SUPPORTED["topk_encode"])
-    return _unflatten(lead, *impl.topk_encode(x2, W_enc, b_enc, b_dec, k))
+    return _unflatten(lead, *_encode(TOPK_ENCODE, "topk", x2, W_enc, b_enc, b_dec, k, None,
+                                     backend))
 
 
 def threshold_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
@@ -102,9 +109,8 @@ def threshold_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
         threshold = float(threshold)
     if max_active is not None:
         check.integer("max_active", max_active, low=1)
-    _, impl = pick("threshold_encode", "sae", x2, W_enc, b_enc, b_dec, backend=backend,
-                   supported=SUPPORTED["threshold_encode"])
-    return _unflatten(lead, *impl.threshold_encode(x2, W_enc, b_enc, b_dec, threshold, max_active))
+    return _unflatten(lead, *_encode(THRESHOLD_ENCODE, "threshold", x2, W_enc, b_enc, b_dec,
+                                     threshold, max_active, backend))
 
 
 def batchtopk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
@@ -116,9 +122,8 @@ def batchtopk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
     """
     x2, lead, d_sae = _encoder_args(x, W_enc, b_enc, b_dec)
     check.integer("k", k, low=1, high=d_sae)
-    _, impl = pick("batchtopk_encode", "sae", x2, W_enc, b_enc, b_dec, backend=backend,
-                   supported=SUPPORTED["batchtopk_encode"])
-    return _unflatten(lead, *impl.batchtopk_encode(x2, W_enc, b_enc, b_dec, k))
+    return _unflatten(lead, *_encode(BATCHTOPK_ENCODE, "batchtopk", x2, W_enc, b_enc, b_dec, k,
+                                     None, backend))
 
 
 def _check_indices(indices: torch.Tensor, d_sae: int) -> None:
@@ -164,9 +169,11 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tens
     k = values.shape[-1] if values.dim() else 1
     v2 = values.reshape(-1, k)
     i2 = indices.reshape(-1, k).to(torch.int64)
-    _, impl = pick("sparse_decode", "sae", v2, i2, W_dec, b_dec, backend=backend,
-                   supported=SUPPORTED["sparse_decode"])
-    out = impl.sparse_decode(v2, i2, W_dec, b_dec, deterministic)
+    name, impl = pick(SPARSE_DECODE, v2, i2, W_dec, b_dec, backend=backend)
+    if is_oracle(name):
+        out = impl.sparse_decode(v2, i2, W_dec, b_dec, deterministic)
+    else:
+        out = SparseDecode.apply(impl, v2, i2.contiguous(), W_dec, b_dec, deterministic)
     return out.reshape(*lead, d_in)
 
 
@@ -179,11 +186,8 @@ def dense_from_sparse(values: torch.Tensor, indices: torch.Tensor, d_sae: int) -
         raise ValueError(f"indices must have the shape of values {tuple(values.shape)}, "
                          f"got {tuple(indices.shape)}")
     check.integer("d_sae", d_sae, low=1)
-    from pyinterp.reference import sae as ref
-
-    k = values.shape[-1]
-    out = ref.dense_from_sparse(values.reshape(-1, k), indices.reshape(-1, k).to(torch.int64), d_sae)
-    return out.reshape(*values.shape[:-1], d_sae)
+    out = values.new_zeros(*values.shape[:-1], d_sae)
+    return out.scatter_add(-1, indices.to(torch.int64), values)
 
 
 def activation_counts(values: torch.Tensor, indices: torch.Tensor, d_sae: int) -> torch.Tensor:

@@ -1,0 +1,44 @@
+"""Helpers every layer shares (ops, backends, library code), written once.
+
+Imports torch and the standard library only, so any pyinterp module may import it. The oracle
+(``pyinterp.reference``) deliberately does not: it stays independent of production code.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Optional
+
+import torch
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of ``dtype``: float64 stays float64, everything else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton's interpreter is on (TRITON_INTERPRET set and not 0): kernels then run on
+    CPU tensors, about 1000x slower than compiled code."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def rows_view(x: torch.Tensor) -> torch.Tensor:
+    """x: (..., d) -> contiguous (rows, d) view (a copy only when x is not contiguous)."""
+    return x.contiguous().view(-1, x.shape[-1])
+
+
+def device_guard(t: Optional[torch.Tensor]):
+    """Context manager making ``t``'s CUDA device the current one (a no-op for CPU tensors).
+
+    Every launcher runs under it, so tensors on cuda:1 launch on cuda:1 (and on its current
+    stream) even when cuda:0 is the current device."""
+    if t is None or t.device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device.index if t.device.index is not None else
+                             torch.cuda.current_device())
+
+
+# Attention rule kinds, as the kernels number them (csrc/cpu/attention.cpp RuleKind, the
+# Triton and CUDA stats kernels): key = query - n, key = n, earlier same token, prefix match.
+RULE_KINDS = {"offset": 0, "pos": 1, "duplicate": 2, "induction": 3}

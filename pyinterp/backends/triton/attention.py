@@ -1,0 +1,78 @@
+"""Attention launchers on the Triton backend (kernels: ``triton_kernels/attention.py``); the
+contract is in :mod:`pyinterp.ops.attention.function`. Forward only. Under TRITON_INTERPRET=1
+the operands of tl.dot are cast to float32 (the interpreter's bf16 dot is wrong).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from pyinterp._common import RULE_KINDS, acc_dtype, triton_interpreted
+from pyinterp.backends.triton.kernels import package  # noqa: F401  (registers the kernels)
+from pyinterp.triton_kernels import attention as tk
+
+
+def _blocks(D: int, dtype: torch.dtype):
+    block_d = max(16, triton.next_power_of_2(D))
+    if triton_interpreted():
+        return 32, 32, block_d, 4
+    if dtype == torch.float64 or block_d > 128:
+        return 32, 32, block_d, 4
+    return 64, 64, block_d, 4
+
+
+def _cast_f32(dtype: torch.dtype) -> bool:
+    # The interpreter's bf16/fp16 tl.dot is unreliable; on a GPU the tensor cores take them as is.
+    return triton_interpreted() and dtype in (torch.float16, torch.bfloat16)
+
+
+def attention_stats(q, k, tokens, kinds, ns, causal, kpm, scale, q_offset):
+    q = q.contiguous()
+    k = k.contiguous()
+    B, H, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    ad = acc_dtype(q.dtype)
+    dev = q.device
+    lse = torch.empty(B, H, Tq, dtype=ad, device=dev)
+    ent = torch.empty(B, H, Tq, dtype=ad, device=dev)
+    mass = torch.empty(len(kinds), B, H, Tq, dtype=ad, device=dev)
+    if B * H * Tq == 0:
+        return lse, ent, mass
+    has_dup = RULE_KINDS["duplicate"] in kinds
+    has_ind = RULE_KINDS["induction"] in kinds
+    n_rules = len(kinds)
+    kinds = torch.tensor(list(kinds) or [0], dtype=torch.int32, device=dev)
+    ns = torch.tensor(list(ns) or [0], dtype=torch.int64, device=dev)
+    tok = tokens.to(torch.int64).contiguous() if (has_dup or has_ind) else kinds
+    pad = kpm.contiguous().view(torch.uint8) if kpm is not None else kinds
+    bm, bn, bd, warps = _blocks(D, q.dtype)
+    grid = (triton.cdiv(Tq, bm), B * H)
+    tk._stats_kernel[grid](
+        q, k, tok, pad, kinds, ns, lse, ent, mass,
+        H, H // Hkv, Tq, Tk, D, int(q_offset), float(scale), B * H * Tq,
+        R=n_rules, CAUSAL=bool(causal), HAS_PAD=kpm is not None,
+        HAS_DUP=has_dup, HAS_IND=has_ind, CAST_F32=_cast_f32(q.dtype),
+        ACC_F64=ad == torch.float64, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps,
+    )
+    return lse, ent, mass
+
+
+def attention_pattern(q, k, lse, causal, kpm, scale, q_offset):
+    q = q.contiguous()
+    k = k.contiguous()
+    B, H, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    ad = acc_dtype(q.dtype)
+    out = torch.empty(B, H, Tq, Tk, dtype=ad, device=q.device)
+    if out.numel() == 0:
+        return out
+    lse = lse.to(ad).contiguous()
+    pad = kpm.contiguous().view(torch.uint8) if kpm is not None else lse
+    bm, bn, bd, warps = _blocks(D, q.dtype)
+    grid = (triton.cdiv(Tq, bm), B * H, triton.cdiv(Tk, bn))
+    tk._pattern_kernel[grid](
+        q, k, pad, lse, out, H, H // Hkv, Tq, Tk, D, int(q_offset), float(scale),
+        CAUSAL=bool(causal), HAS_PAD=kpm is not None, CAST_F32=_cast_f32(q.dtype),
+        ACC_F64=ad == torch.float64, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps,
+    )
+    return out
