@@ -13,6 +13,7 @@ from pyinterp._backend import (
     get_backend,
     set_backend,
 )
+from pyinterp._files import CorruptFileError
 from pyinterp._info import info
 from pyinterp import ops
 
@@ -38,6 +39,7 @@ def __dir__():
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "CorruptFileError",
     "available_backends",
     "backend",
     "get_backend",

@@ -7,7 +7,7 @@ import torch
 
 from pyinterp import distributed as D
 from pyinterp.sae import TopKSAE, ReLUSAE, TrainConfig
-from pyinterp.sae._files import atomic_save_tensors
+from pyinterp._files import atomic_save_tensors
 
 D_IN, D_SAE, K = 16, 48, 3
 

@@ -156,7 +156,7 @@ def _lib_cases(tmp_path):
         (lambda: TrainConfig(steps=0), ValueError, "steps"),
         (lambda: TrainConfig(steps=5, lr=-1), ValueError, "lr"),
         (lambda: TrainConfig(steps=5, checkpoint_every=2), ValueError, "checkpoint_dir"),
-        (lambda: ActivationStore(tmp_path / "none", 8), ValueError, "manifest"),
+        (lambda: ActivationStore(tmp_path / "none", 8), FileNotFoundError, "manifest"),
         (lambda: ActivationStore.from_tensors(t(8, 4), batch_size=0), ValueError, "batch_size"),
         (lambda: collect(tmp_path / "c", [t(4, 4)], shard_rows=0, progress=False), ValueError, "shard_rows"),
         (lambda: D.RankSource(tmp_path / "none", 8, streams=0), ValueError, "streams"),

@@ -13,7 +13,7 @@ import torch
 
 from sae_testing import sparse_data
 from pyinterp.sae import ActivationStore, CorruptFileError, SAETrainer, collect
-from pyinterp.sae._files import load_tensors
+from pyinterp._files import load_tensors
 
 HERE = Path(__file__).parent
 SCRIPT = str(HERE / "crash_train.py")
@@ -132,7 +132,7 @@ def test_damaged_sae_checkpoint_is_reported_never_loaded(store, tmp_path, damage
 @pytest.mark.parametrize("damage", [_truncate, _flip], ids=["truncated", "bitflip"])
 def test_damaged_model_checkpoint_is_reported_never_loaded(tmp_path, damage):
     from pyinterp.models import Transformer, TransformerConfig
-    from pyinterp.models.training import (CorruptCheckpointError, TrainConfig, latest_checkpoint,
+    from pyinterp.models.training import (TrainConfig, latest_checkpoint,
                                           load_checkpoint, make_optimizer, train)
 
     m = Transformer(TransformerConfig(n_layers=1, d_model=16, n_heads=2, d_vocab=32, n_ctx=8,
@@ -148,7 +148,7 @@ def test_damaged_model_checkpoint_is_reported_never_loaded(tmp_path, damage):
         with torch.no_grad():
             for p in m.parameters():
                 p.zero_()
-        with pytest.raises(CorruptCheckpointError, match=victim.name):
+        with pytest.raises(CorruptFileError, match=victim.name):
             load_checkpoint(ck, m, make_optimizer(m, cfg))
         assert all(float(p.abs().sum()) == 0 for p in m.parameters())  # nothing was loaded
         victim.write_bytes(saved)

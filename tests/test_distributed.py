@@ -7,7 +7,7 @@ import dist_workers as W
 from sae_testing import sparse_data
 from pyinterp import distributed as D
 from pyinterp.sae import ActivationStore, collect
-from pyinterp.sae._files import load_tensors
+from pyinterp._files import load_tensors
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ import torch
 import dist_workers as W
 from dist_testing import run_ranks
 from pyinterp.distributed.latent import LatentParallelTopKSAE, shard_range
-from pyinterp.sae._files import load_tensors
+from pyinterp._files import load_tensors
 
 STEPS = 3
 

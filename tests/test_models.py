@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+
+from pyinterp._files import CorruptFileError
 import torch.nn.functional as F
 
 import pyinterp
@@ -269,7 +271,7 @@ def test_config_json_and_save_load_identical(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model(tmp_path)
     (tmp_path / "m" / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="no weights"):
+    with pytest.raises(CorruptFileError, match="no weights file"):
         load_model(tmp_path / "m")
 
 

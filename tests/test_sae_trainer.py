@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sae_testing import sparse_data
+from pyinterp._files import atomic_write_json
 from pyinterp.sae import (ActivationStore, BatchTopKSAE, CorruptFileError, NonFiniteError, ReLUSAE,
                           SAETrainer, TopKSAE, TrainConfig, collect, train)
 from pyinterp.sae.schedule import coefficient_factor, lr_factor
@@ -174,11 +175,16 @@ def test_corrupt_or_incomplete_checkpoint_names_the_file(tmp_path):
     with pytest.raises(CorruptFileError, match=r"optim_sae\.safetensors is missing"):
         SAETrainer.resume(tmp_path, data)
     meta = json.loads((step / "trainer.json").read_text())
-    del meta["saes"]
+    meta["step"] = 2  # an edit (or a bit flip) in trainer.json: its own checksum catches it
     (step / "trainer.json").write_text(json.dumps(meta))
+    with pytest.raises(CorruptFileError, match=r"trainer\.json was damaged or edited"):
+        SAETrainer.resume(tmp_path, data)
+    del meta["saes"]  # a forged file with a valid checksum: the field check catches it
+    atomic_write_json(step / "trainer.json", {k: v for k, v in meta.items() if k != "sha256"},
+                      checksum=True)
     with pytest.raises(CorruptFileError, match=r"trainer\.json is missing the field 'saes'"):
         SAETrainer.resume(tmp_path, data)
-    with pytest.raises(CorruptFileError, match="no complete checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint under"):
         SAETrainer.resume(tmp_path / "nothing", data)
 
 

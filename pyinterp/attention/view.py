@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -62,12 +61,9 @@ def pattern_view(model, tokens: torch.Tensor, heads: Sequence[Tuple[int, int]],
 
 
 def _write(path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from pyinterp._files import atomic_write_text
+
+    return atomic_write_text(path, text)
 
 
 def save_circuitsvis_json(view: dict, path) -> Path:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -64,9 +62,9 @@ def main(argv=None) -> int:
         rows += module.run(args)
     print(format_table(rows))
     if args.json:
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps([r.as_dict() for r in rows], indent=2))
-        os.replace(tmp, args.json)
+        from pyinterp._files import atomic_write_json
+
+        atomic_write_json(args.json, [r.as_dict() for r in rows])
     return 0
 
 

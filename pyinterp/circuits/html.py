@@ -139,7 +139,7 @@ def write_html(graph, path, *, features: dict[str, dict] | None = None, slug: st
                title: str | None = None) -> Path:
     """Write ``graph`` (a :class:`~pyinterp.circuits.Graph` or its ``to_dict()``) as one HTML
     file (atomically); returns the path."""
-    from pyinterp.models.io import atomic_write_text
+    from pyinterp._files import atomic_write_text
 
     d = graph if isinstance(graph, dict) else graph.to_dict(slug)
     atomic_write_text(Path(path), graph_html(d, features, title))

@@ -17,8 +17,3 @@ def cache_dir(override: Optional[Union[str, Path]] = None) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     return d
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

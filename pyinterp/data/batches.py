@@ -153,10 +153,7 @@ def default_token_rows(n_ctx: int = 256, vocab_size: int = 4096, kind: str = "bp
     """The default corpus tokenised with :func:`pyinterp.data.get_tokenizer` and packed into
     (N, n_ctx) int64 rows (corpus order; shuffle when batching). Cached as safetensors beside
     the corpus, so experiments get their training data in milliseconds after the first call."""
-    import os
-
-    from safetensors.torch import load_file, save_file
-
+    from pyinterp._files import CorruptFileError, atomic_save_tensors, load_tensors
     from pyinterp.data.corpus import corpus_path, default_corpus
     from pyinterp.data.tokenizer import get_tokenizer
 
@@ -164,12 +161,14 @@ def default_token_rows(n_ctx: int = 256, vocab_size: int = 4096, kind: str = "bp
     base = corpus_path(cache)
     path = base.with_name(f"{base.stem}.{tok.kind}{tok.vocab_size}.tokens.safetensors")
     if path.is_file():
-        flat = load_file(str(path))["tokens"]
+        flat = load_tensors(path, "token cache", require_digest=True).get("tokens")
+        if flat is None or flat.dtype != torch.int64 or flat.dim() != 1 or (
+                flat.numel() and not 0 <= int(flat.min()) <= int(flat.max()) < tok.vocab_size):
+            raise CorruptFileError(f"token cache {path} does not hold int64 token ids below "
+                                   f"{tok.vocab_size}; delete it to tokenize again", path)
     else:
         flat = tokenize(default_corpus(cache), tok)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        save_file({"tokens": flat}, str(tmp))
-        os.replace(tmp, path)
+        atomic_save_tensors(path, {"tokens": flat})
     return pack(flat, n_ctx)
 
 

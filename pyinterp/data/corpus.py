@@ -19,9 +19,11 @@ import warnings
 from pathlib import Path
 from typing import Iterator, List, Optional, Union
 
-from pyinterp.data._cache import atomic_write_text, cache_dir
+from pyinterp._files import CorruptFileError, atomic_write_text, read_bytes, sha256_bytes
+from pyinterp.data._cache import cache_dir
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: a first line with the sha256 of the documents (pyinterp._files)
+_HEADER = "pyinterp-corpus"
 # Test suites and vendored/tool directories: mostly code-like docstrings, skipped.
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
               "lib2to3", "turtledemo", "venv", "ensurepip", "config-" }
@@ -96,8 +98,33 @@ def build_default_corpus(cache: Optional[Union[str, Path]] = None, progress: boo
     if not lines:
         raise RuntimeError(f"found no documentation text under {_stdlib_dir()}: this Python "
                            "installation carries no standard-library sources or pydoc topics")
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    body = "\n".join(lines) + "\n"
+    header = {"format": _HEADER, "documents": len(lines),
+              "sha256": sha256_bytes(body.encode("utf-8"))}
+    atomic_write_text(path, json.dumps(header) + "\n" + body)
     return path
+
+
+def _verified_lines(path: Path) -> List[str]:
+    """The document lines of a cached corpus, checked against its header's sha256."""
+    hint = "; delete it to gather the corpus again"
+    data = read_bytes(path, "corpus cache")
+    head, _, body = data.partition(b"\n")
+    try:
+        header = json.loads(head.decode("utf-8"))
+        ok = isinstance(header, dict) and header.get("format") == _HEADER
+    except ValueError:
+        ok = False
+    if not ok:
+        raise CorruptFileError(f"corpus cache {path} has no valid {_HEADER} header line{hint}", path)
+    if sha256_bytes(body) != header.get("sha256"):
+        raise CorruptFileError(f"corpus cache {path} is damaged: its documents do not match the "
+                               f"sha256 in its header{hint}", path)
+    lines = [line for line in body.decode("utf-8").split("\n") if line.strip()]
+    if len(lines) != header.get("documents"):
+        raise CorruptFileError(f"corpus cache {path} holds {len(lines)} documents, its header "
+                               f"says {header.get('documents')}{hint}", path)
+    return lines
 
 
 class DefaultCorpus:
@@ -108,13 +135,19 @@ class DefaultCorpus:
 
     def __init__(self, cache: Optional[Union[str, Path]] = None, progress: bool = False):
         self.path = build_default_corpus(cache, progress=progress)
-        self._n: Optional[int] = None
+        self._n: Optional[int] = len(_verified_lines(self.path))  # checked once, up front
 
     def _records(self) -> Iterator[dict]:
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
+        for i, line in enumerate(_verified_lines(self.path)):
+            try:
+                rec = json.loads(line)
+                if isinstance(rec, dict) and isinstance(rec.get("text"), str):
+                    yield rec
+                    continue
+            except ValueError:
+                pass
+            raise CorruptFileError(f"corpus cache {self.path}: document {i + 1} is not a JSON "
+                                   "object with a 'text' string", self.path)
 
     def __iter__(self) -> Iterator[str]:
         for r in self._records():

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
-from pyinterp.data._cache import atomic_write_text
+from pyinterp._files import atomic_write_text
 
 
 @dataclass

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Union
 
-from pyinterp.data._cache import atomic_write_text
+from pyinterp._files import CorruptFileError, atomic_write_json, atomic_write_text, read_json
 
 EOT = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
@@ -129,9 +129,31 @@ def get_tokenizer(vocab_size: int = 4096, kind: str = "bpe",
     corpus = default_corpus(cache)
     path = corpus_path(cache).with_name(corpus_path(cache).stem + f".bpe{vocab_size}.json")
     if path.is_file():
-        return BPETokenizer.from_file(path)
+        return _read_cached(path, vocab_size)
     tok = train_bpe(corpus, vocab_size=vocab_size)
-    atomic_write_text(path, tok.backend.to_str())
+    atomic_write_json(path, {"format": CACHE_FORMAT, "vocab_size": tok.vocab_size,
+                             "tokenizer": tok.backend.to_str()}, checksum=True, indent=None)
+    return tok
+
+
+CACHE_FORMAT = "pyinterp-bpe-cache-1"
+
+
+def _read_cached(path: Path, vocab_size: int) -> "BPETokenizer":
+    """The cached BPE, verified (checksum, parse, vocabulary size) before use."""
+    from tokenizers import Tokenizer
+
+    hint = "; delete it to retrain the tokenizer"
+    obj = read_json(path, "tokenizer cache", checksum="require")
+    if obj.get("format") != CACHE_FORMAT or not isinstance(obj.get("tokenizer"), str):
+        raise CorruptFileError(f"tokenizer cache {path} is not a {CACHE_FORMAT} file{hint}", path)
+    try:
+        tok = BPETokenizer(Tokenizer.from_str(obj["tokenizer"]))
+    except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+        raise CorruptFileError(f"tokenizer cache {path} does not load ({exc}){hint}", path) from None
+    if tok.vocab_size != vocab_size or obj.get("vocab_size") != vocab_size:
+        raise CorruptFileError(f"tokenizer cache {path} holds a vocabulary of {tok.vocab_size} "
+                               f"tokens, expected {vocab_size}{hint}", path)
     return tok
 
 

@@ -23,7 +23,7 @@ from typing import Iterable, Optional, Sequence, Union
 import torch
 
 from pyinterp.distributed import _group as G
-from pyinterp.sae._files import CorruptFileError, atomic_write_json, read_json
+from pyinterp._files import CorruptFileError, atomic_write_json, read_json
 from pyinterp.sae.store import MANIFEST, ActivationStore, read_manifest
 from pyinterp.sae import store as _store
 

@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from pyinterp.distributed import _group as G
 from pyinterp.sae import checkpoint as ckpt
-from pyinterp.sae._files import read_json
+from pyinterp._files import read_json
 from pyinterp.sae.modules import BatchTopKSAE
 from pyinterp.sae.trainer import SAETrainer, TrainConfig
 
@@ -66,8 +66,9 @@ class DataParallelSAETrainer(SAETrainer):
     global batch). Without a process group it is exactly :class:`SAETrainer`.
     """
 
-    def __init__(self, saes, source, cfg: TrainConfig, *, callback=None, group=None):
-        super().__init__(saes, source, cfg, callback=callback)
+    def __init__(self, saes, source, cfg: TrainConfig, *, callback=None, group=None,
+                 fresh: bool = False):
+        super().__init__(saes, source, cfg, callback=callback, fresh=fresh)
         self.group = group
         self.world, self.rank = G.world_size(group), G.rank(group)
         self._rank0_only = False
@@ -164,6 +165,9 @@ class DataParallelSAETrainer(SAETrainer):
         return out
 
     # ------------------------------------------------------------------ checkpoints
+    def _writes_checkpoints(self) -> bool:
+        return self.rank == 0  # rank 0 alone locks and writes the checkpoint directory
+
     def save_checkpoint(self, root: Optional[Union[str, Path]] = None) -> Path:
         """Collective: every rank calls it; rank 0 alone writes (atomically)."""
         if self.world == 1:

@@ -69,9 +69,12 @@ def make_config(name: str, scale: str = "quick", device: Optional[str] = None, *
 def run_paper(name: str, scale: str = "quick", device: Optional[str] = None, out=DEFAULT_OUT,
               fresh: bool = False, **overrides) -> dict:
     """Run one paper into ``out/<name>/`` and return its metrics.json contents."""
+    from pyinterp._rundir import WriterLock
+
     config = make_config(name, scale, device, **overrides)
     out_dir = prepare_out_dir(Path(out) / name)
-    return paper_module(name).run(config, out_dir, fresh=fresh)
+    with WriterLock(out_dir, f"output directory of {name}"):  # one writer at a time
+        return paper_module(name).run(config, out_dir, fresh=fresh)
 
 
 def reproduce(paper: str, scale: str = "quick", device: Optional[str] = None, out=DEFAULT_OUT,

@@ -26,6 +26,7 @@ from typing import ClassVar, Dict, Optional
 
 import torch
 
+from pyinterp._files import remove_stale_temps
 from pyinterp.experiments import report
 from pyinterp.experiments._io import ExperimentError, prepare_out_dir, write_json
 from pyinterp.experiments._steps import Steps, config_hash
@@ -87,6 +88,7 @@ class Experiment:
         self.out = prepare_out_dir(out_dir)
         self.hash = config_hash(config.as_dict())
         self.steps = Steps(self.out / "checkpoints" / self.hash, name, self.hash, fresh=fresh)
+        remove_stale_temps(self.steps.dir)  # left by a killed run (run_paper holds the lock)
         self.page = report.Page(title=title, citation=citation, summary=summary, scale=config.scale)
         self.t0 = time.perf_counter()
         write_json(self.out / "config.json", {"paper": name, "config_hash": self.hash, **config.as_dict()})

@@ -1,7 +1,7 @@
-"""Atomic file writes and output-directory checks for the experiments.
+"""File writes and output-directory checks for the experiments.
 
-Every file an experiment writes goes through these helpers: write to a temporary file in the
-same directory, then ``os.replace`` it over the target, so an interrupted run never leaves a
+Every file an experiment writes goes through these helpers, which write atomically through
+:mod:`pyinterp._files` (temporary file, fsync, rename), so an interrupted run never leaves a
 half-written metrics.json, figure or checkpoint behind.
 """
 from __future__ import annotations
@@ -11,36 +11,17 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from pyinterp._files import atomic_write, atomic_write_text
 
 class ExperimentError(ValueError):
     """A bad request to ``pyinterp reproduce`` (unknown paper/scale, unusable output dir...)."""
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_text(path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
-
-    def w(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    return _atomic(Path(path), w)
+    return atomic_write_text(path, text)
 
 
 def _jsonable(obj: Any):
@@ -63,7 +44,7 @@ def write_json(path, data: Any) -> Path:
 
 def save_figure(fig, path) -> Path:
     """Save a matplotlib Figure as PNG atomically."""
-    return _atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 
 
 def prepare_out_dir(path) -> Path:

@@ -1,9 +1,11 @@
 """Checkpointed steps: each part of a paper's run saves its result; a re-run loads it.
 
 A step is ``fn() -> dict`` whose values are tensors, nested dicts of tensors, or JSON values.
-The result is stored as one safetensors file (tensors) whose metadata carries the JSON values
-and the hash of the configuration, under ``<out>/checkpoints/<config-hash>/<step>.safetensors``.
-Changing the configuration therefore never reuses stale results, and nothing is pickled.
+The result is stored as one safetensors file (tensors) whose metadata carries the JSON values,
+the hash of the configuration and the sha256 of the content (:mod:`pyinterp._files`), under
+``<out>/checkpoints/<config-hash>/<step>.safetensors``. Changing the configuration therefore
+never reuses stale results, a damaged file is never reused (CorruptFileError naming it), and
+nothing is pickled.
 
 ``BEFORE_STEP`` is a list of callbacks ``hook(experiment, step)`` run before a step is computed
 (not when it is loaded); tests append one that raises to simulate an interruption.
@@ -14,11 +16,13 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from pyinterp.experiments._io import _atomic, _jsonable
+from pyinterp._files import (DIGEST_KEY, CorruptFileError, atomic_save_tensors, load_tensors,
+                             parse_json)
+from pyinterp.experiments._io import _jsonable
 
 BEFORE_STEP: list = []
 
@@ -86,18 +90,31 @@ class Steps:
     def done(self, name: str) -> bool:
         return not self.fresh and self.path(name).exists()
 
+    def _load(self, name: str) -> Optional[dict]:
+        """The saved result of step ``name`` (verified), or None when it must be computed
+        (absent, another config, or written before results carried a checksum)."""
+        p = self.path(name)
+        try:
+            tensors, meta = load_tensors(p, f"checkpoint of step {name!r}", with_metadata=True)
+        except CorruptFileError as exc:
+            raise CorruptFileError(f"{exc}; delete it (or run with --fresh) to recompute the "
+                                   "step", p) from None
+        if DIGEST_KEY not in meta or meta.get("config_hash") != self.hash:
+            return None
+        other = parse_json(meta.get("json", "{}").encode(), p, f"checkpoint of step {name!r}")
+        if not isinstance(other, dict):
+            raise CorruptFileError(f"checkpoint of step {name!r} {p}: its 'json' metadata must "
+                                   "be an object", p)
+        return _unflatten(tensors, other)
+
     def run(self, name: str, fn: Callable[[], dict]) -> dict:
         """Return ``fn()``'s result, computing and saving it unless a checkpoint exists."""
-        from safetensors.torch import load_file, save_file
-        from safetensors import safe_open
-
         p = self.path(name)
         if self.done(name):
-            with safe_open(str(p), framework="pt") as f:
-                meta = f.metadata() or {}
-            if meta.get("config_hash") == self.hash:
+            loaded = self._load(name)
+            if loaded is not None:
                 self.loaded.append(name)
-                return _unflatten(load_file(str(p)), json.loads(meta.get("json", "{}")))
+                return loaded
         for hook in list(BEFORE_STEP):
             hook(self.experiment, name)
         t0 = time.perf_counter()
@@ -107,7 +124,7 @@ class Steps:
             raise TypeError(f"step {name!r} must return a dict, got {type(result).__name__}")
         tensors, other = _flatten(result)
         meta = {"config_hash": self.hash, "json": json.dumps(other), "seconds": f"{self.seconds[name]:.3f}"}
-        _atomic(p, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_save_tensors(p, tensors, metadata=meta)
         self.computed.append(name)
         # Return what a later load returns, so a resumed run computes exactly the same thing.
         return _unflatten({k: v.clone() for k, v in tensors.items()}, json.loads(meta["json"]))

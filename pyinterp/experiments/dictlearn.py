@@ -62,7 +62,7 @@ def train_lm(ex: Experiment, name: str, model_cfg, rows: torch.Tensor, *, steps:
         tc = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, min(100, steps // 10)),
                          seed=seed, checkpoint_every=max(50, steps // 5), log_every=max(1, steps // 50),
                          progress=_progress())
-        res = train(model, rows, tc, out_dir=ex.steps.dir / f"{name}_train")
+        res = train(model, rows, tc, out_dir=ex.steps.dir / f"{name}_train", fresh=ex.steps.fresh)
         return {"state": {k: v.detach() for k, v in model.state_dict().items()},
                 "loss_history": res.history.get("loss", [])}
 
@@ -119,7 +119,7 @@ def train_saes(ex: Experiment, name: str, make_saes, acts_dir: Path, *, steps: i
             tc = TrainConfig(steps=steps, lr=lr, seed=seed, checkpoint_dir=str(ckdir),
                              checkpoint_every=max(100, steps // 4), log_every=max(1, steps // 40),
                              progress=_progress(), **train_kw)
-            trainer = SAETrainer(saes, store, tc)
+            trainer = SAETrainer(saes, store, tc, fresh=ex.steps.fresh)
         trainer.run()
         return {"saes": {k: sae_state(s) for k, s in trainer.saes.items()},
                 "history": json.dumps(trainer.history)}

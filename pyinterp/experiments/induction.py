@@ -147,7 +147,7 @@ def _train(cfg: Config, ex: Experiment, n_layers: int, train_rows, eval_rows) ->
     first = {"step": 0, **evaluate(model.eval(), cfg, eval_rows, rep)}
     model.train()
     res = train(model, train_rows, tc, out_dir=ex.steps.dir / f"train_{n_layers}l",
-                eval_fn=lambda m, step: evaluate(m, cfg, eval_rows, rep))
+                eval_fn=lambda m, step: evaluate(m, cfg, eval_rows, rep), fresh=ex.steps.fresh)
     return {"state": {k: v.detach().cpu() for k, v in res.model.state_dict().items()},
             "evals": [first] + res.history["eval"], "loss_curve": res.history["loss"]}
 

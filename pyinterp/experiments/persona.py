@@ -164,7 +164,7 @@ def _train(cfg: Config, ex: Experiment, corpus: dict) -> dict:
                      warmup_steps=max(1, cfg.steps // 20), seed=cfg.seed,
                      checkpoint_every=max(50, cfg.steps // 5), log_every=max(1, cfg.steps // 100),
                      progress=_progress())
-    res = train(model, rows, tc, out_dir=ex.steps.dir / "train_model")
+    res = train(model, rows, tc, out_dir=ex.steps.dir / "train_model", fresh=ex.steps.fresh)
     return {"state": {k: v.detach().cpu() for k, v in res.model.state_dict().items()},
             "loss_curve": res.history["loss"]}
 

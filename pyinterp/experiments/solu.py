@@ -71,7 +71,7 @@ def _train(cfg: Config, ex: Experiment, act_fn: str, rows: torch.Tensor) -> dict
                      seed=cfg.seed, checkpoint_every=max(50, cfg.steps // 5), log_every=max(1, cfg.steps // 100),
                      progress=os.environ.get("PYINTERP_PROGRESS", "1") != "0")
     # Mid-training checkpoints live beside the step results, so an interrupted training resumes.
-    res = train(model, rows, tc, out_dir=ex.steps.dir / f"train_{act_fn}")
+    res = train(model, rows, tc, out_dir=ex.steps.dir / f"train_{act_fn}", fresh=ex.steps.fresh)
     return {"state": {k: v.detach().cpu() for k, v in res.model.state_dict().items()},
             "loss_curve": res.history["loss"]}
 

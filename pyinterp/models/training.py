@@ -13,16 +13,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
+import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Callable, Dict, Iterator, List, Optional, Union
 
 import torch
 
-from pyinterp.models.io import atomic_save_tensors, atomic_write_text, load_tensors
+from pyinterp import _rundir
+from pyinterp._files import (CorruptFileError, atomic_save_tensors, atomic_write_json,
+                             atomic_write_text, inside, load_tensors, read_bytes, read_json,
+                             read_verified, sha256_file)
+from pyinterp._rundir import RunMismatchError, WriterLock, claim, new_run_id, pick_latest
 
 LATEST = "latest"
 
@@ -147,100 +151,180 @@ def _unflatten_optimizer(tensors: Dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(out_dir: Path, model, opt, step: int, history: dict, cfg: TrainConfig) -> Path:
-    """Write ``out_dir/step-XXXXXXX`` (weights, config, optimizer, trainer state) atomically:
-    files go to a temporary directory that is renamed, then ``latest`` points to it."""
+CHECKSUMS = "checksums.json"
+STATE = "trainer_state.json"
+LEGACY_RUN = "legacy"  # run id of checkpoints written before run ids existed
+_STEP_DIR = re.compile(r"^step-(\d{7})$")
+_NEEDED = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors", STATE)
+# TrainConfig fields that do not change what a run computes (a resumption may change them).
+_COSMETIC = ("eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "progress")
+# Model config fields that only shape the initial weights, which resuming replaces: a
+# difference there is reported (a warning), not refused.
+_INIT_ONLY = ("model.seed", "model.init_std")
+
+
+def run_identity(model, cfg: TrainConfig) -> dict:
+    """What makes two runs the same: the result-relevant TrainConfig fields and the model's
+    config (or, for other modules, its parameter shapes)."""
+    mcfg = getattr(model, "cfg", None)
+    arch = (mcfg.to_dict() if hasattr(mcfg, "to_dict")
+            else {k: list(v.shape) for k, v in model.state_dict().items()})
+    train = {k: v for k, v in cfg.to_dict().items() if k not in _COSMETIC}
+    return json.loads(json.dumps({"train": train, "model": arch}, default=str))
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> List[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def step_dirs(out_dir: Path) -> List[Path]:
+    return _rundir.step_dirs(out_dir, _STEP_DIR)
+
+
+def run_of(ckpt: Path) -> str:
+    """The run id a checkpoint folder records (unverified: for telling runs apart only)."""
+    return _rundir.recorded_run(Path(ckpt) / STATE, LEGACY_RUN)
+
+
+def save_checkpoint(out_dir: Path, model, opt, step: int, history: dict, cfg: TrainConfig,
+                    run_id: str = LEGACY_RUN, identity: Optional[dict] = None) -> Path:
+    """Write ``out_dir/step-XXXXXXX`` (weights, config, optimizer, trainer state, checksums)
+    atomically: files go to a temporary folder that is renamed, then ``latest`` names it.
+
+    The caller holds the directory's lock (:func:`train` does). Rotation removes only this
+    run's checkpoints older than ``step``, keeping ``cfg.keep_checkpoints`` in all.
+    """
     from pyinterp.models.io import save_model
     from pyinterp.models.transformer import Transformer
 
     out_dir = Path(out_dir)
     final = out_dir / f"step-{step:07d}"
-    tmp = out_dir / f".step-{step:07d}.tmp{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    if isinstance(model, Transformer):
-        save_model(model, tmp)
-    else:
-        atomic_save_tensors(model.state_dict(), tmp / "model.safetensors")
-    ot, om = _flatten_optimizer(opt)
-    atomic_save_tensors(ot, tmp / "optimizer.safetensors")
-    atomic_write_text(tmp / "optimizer.json", json.dumps(om))
-    rng = {"torch_rng": torch.get_rng_state()}
-    atomic_save_tensors(rng, tmp / "rng.safetensors")
-    atomic_write_text(tmp / "trainer_state.json", json.dumps(
-        {"step": step, "train_config": cfg.to_dict(), "history": history}, indent=1))
-    write_checksums(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    atomic_write_text(out_dir / LATEST, final.name)
-    kept = sorted(p for p in out_dir.glob("step-*") if p.is_dir())
-    for old in kept[: max(0, len(kept) - max(1, cfg.keep_checkpoints))]:
-        shutil.rmtree(old, ignore_errors=True)
+
+    def fill(tmp: Path) -> None:
+        if isinstance(model, Transformer):
+            save_model(model, tmp)
+        else:
+            atomic_save_tensors(tmp / "model.safetensors", model.state_dict())
+        ot, om = _flatten_optimizer(opt)
+        atomic_save_tensors(tmp / "optimizer.safetensors", ot)
+        atomic_write_json(tmp / "optimizer.json", om, indent=None)
+        atomic_save_tensors(tmp / "rng.safetensors", {"torch_rng": torch.get_rng_state()})
+        atomic_write_json(tmp / STATE, {
+            "step": step, "train_config": cfg.to_dict(), "history": history, "run_id": run_id,
+            "identity": identity if identity is not None else run_identity(model, cfg)},
+            indent=1)
+        write_checksums(tmp)
+
+    _rundir.write_step(final, fill, lambda: atomic_write_text(out_dir / LATEST, final.name),
+                       _pointer(out_dir, quiet=True))
+    _rundir.rotate(step_dirs(out_dir), lambda d: int(d.name[5:]), run_of, run_id, step,
+                   cfg.keep_checkpoints)
     return final
 
 
-def latest_checkpoint(out_dir: Union[str, Path]) -> Optional[Path]:
+def _pointer(out_dir: Path, quiet: bool = False) -> Optional[Path]:
+    """The folder the ``latest`` file names (None without the file); a name that is not a
+    step folder of ``out_dir`` is a :class:`CorruptFileError`."""
     p = Path(out_dir) / LATEST
-    if not p.is_file():
-        return None
-    d = Path(out_dir) / p.read_text().strip()
-    return d if d.is_dir() else None
+    try:
+        if not p.is_file():
+            return None
+        text = read_bytes(p, "checkpoint pointer", max_bytes=4096).decode("utf-8").strip()
+        if not _STEP_DIR.match(text):
+            raise CorruptFileError(f"checkpoint pointer {p} holds {text[:40]!r}, expected the name "
+                                   "of a step-<NNNNNNN> folder beside it", p)
+        return inside(p.parent, text, "checkpoint folder", p)
+    except (OSError, UnicodeDecodeError, CorruptFileError) as exc:
+        if quiet:
+            return None
+        if isinstance(exc, UnicodeDecodeError):
+            raise CorruptFileError(f"checkpoint pointer {p} is not text", p) from None
+        raise
 
 
-CHECKSUMS = "checksums.json"
+def latest_checkpoint(out_dir: Union[str, Path]) -> Optional[Path]:
+    """The newest checkpoint folder in ``out_dir`` (None when there is none).
 
-
-class CorruptCheckpointError(ValueError):
-    """A checkpoint file is missing, truncated or corrupt (its sha256 does not match)."""
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    ``latest`` names it; when that pointer is missing or damaged but step folders exist, the
+    newest one that verifies is used (with a warning), else :class:`CorruptFileError` --
+    never a silent restart from step 0.
+    """
+    out_dir = Path(out_dir)
+    return pick_latest(out_dir / LATEST, lambda: _pointer(out_dir),
+                       lambda d: (d / CHECKSUMS).is_file(), step_dirs(out_dir), verify_checkpoint)
 
 
 def write_checksums(ckpt: Path) -> None:
-    """Record the sha256 of every file of a checkpoint directory in ``checksums.json``."""
-    sums = {p.name: _sha256(p) for p in sorted(Path(ckpt).iterdir())
+    """Record the sha256 of every file of a checkpoint directory in ``checksums.json``
+    (itself checksummed)."""
+    sums = {p.name: sha256_file(p) for p in sorted(Path(ckpt).iterdir())
             if p.is_file() and p.name != CHECKSUMS}
-    atomic_write_text(Path(ckpt) / CHECKSUMS, json.dumps(sums, indent=1, sort_keys=True))
+    atomic_write_json(Path(ckpt) / CHECKSUMS, sums, checksum=True, indent=1)
 
 
-def verify_checkpoint(ckpt: Path) -> None:
+def verify_checkpoint(ckpt: Path) -> Dict[str, bytes]:
     """Check every file against ``checksums.json`` before anything is loaded; a missing,
-    truncated or altered file raises :class:`CorruptCheckpointError` naming it."""
+    truncated or altered file raises :class:`CorruptFileError` naming it. Returns the
+    verified bytes of every listed file."""
     ckpt = Path(ckpt)
     listing = ckpt / CHECKSUMS
     if not listing.is_file():
-        raise CorruptCheckpointError(f"checkpoint {ckpt} has no {CHECKSUMS} (incomplete or "
-                                     "written by an older pyinterp); refusing to load it")
-    try:
-        sums = json.loads(listing.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptCheckpointError(f"{listing} is not valid JSON ({exc})") from None
-    for name, digest in sums.items():
-        f = ckpt / name
-        if not f.is_file():
-            raise CorruptCheckpointError(f"checkpoint file {f} is missing (listed in {listing})")
-        if _sha256(f) != digest:
-            raise CorruptCheckpointError(f"checkpoint file {f} is truncated or corrupt: its "
-                                         f"sha256 does not match {listing}")
+        raise CorruptFileError(f"checkpoint {ckpt} has no {CHECKSUMS} (incomplete or "
+                               "written by an older pyinterp); refusing to load it", listing)
+    sums = read_json(listing, "checkpoint checksums")
+    missing = [n for n in _NEEDED if n not in sums]
+    if missing:
+        raise CorruptFileError(f"{listing} does not list {missing}; expected every file of a "
+                               "checkpoint", listing)
+    return {name: read_verified(inside(ckpt, name, "checkpoint file", listing), digest,
+                                "checkpoint file", listing)
+            for name, digest in sums.items()}
+
+
+def _read_state(ckpt: Path, data: Dict[str, bytes]) -> dict:
+    f = Path(ckpt) / STATE
+    state = read_json(f, "trainer state", data=data[STATE])
+    if not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise CorruptFileError(f"{f}: 'step' must be an int >= 0, got {state.get('step')!r}", f)
+    return state
 
 
 def load_checkpoint(ckpt: Path, model, opt) -> dict:
-    verify_checkpoint(ckpt)
-    model.load_state_dict(load_tensors(ckpt / "model.safetensors"), strict=True)
-    meta = json.loads((ckpt / "optimizer.json").read_text())
-    opt.load_state_dict(_unflatten_optimizer(load_tensors(ckpt / "optimizer.safetensors"), meta))
-    torch.set_rng_state(load_tensors(ckpt / "rng.safetensors")["torch_rng"])
-    return json.loads((ckpt / "trainer_state.json").read_text())
+    """Restore ``model`` and ``opt`` from a checkpoint folder (all of it verified first, every
+    tensor's shape checked against the model before anything is copied); returns the trainer
+    state (step, history, run id)."""
+    ckpt = Path(ckpt)
+    data = verify_checkpoint(ckpt)
+    state = _read_state(ckpt, data)
+    wfile = ckpt / "model.safetensors"
+    weights = load_tensors(wfile, "model weights", data=data["model.safetensors"])
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    if expected != got:
+        raise CorruptFileError(f"{wfile} does not hold this model's tensors: "
+                               + "; ".join(_diff(got, expected)[:5]), wfile)
+    try:
+        meta = read_json(ckpt / "optimizer.json", "optimizer state", data=data["optimizer.json"])
+        opt_sd = _unflatten_optimizer(load_tensors(ckpt / "optimizer.safetensors", "optimizer state",
+                                                   data=data["optimizer.safetensors"]), meta)
+        rng = load_tensors(ckpt / "rng.safetensors", "RNG state",
+                           data=data["rng.safetensors"])["torch_rng"]
+        model.load_state_dict(weights, strict=True)
+        opt.load_state_dict(opt_sd)
+        torch.set_rng_state(rng)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, CorruptFileError):
+            raise
+        raise CorruptFileError(f"checkpoint {ckpt} does not fit this model and optimizer "
+                               f"({type(exc).__name__}: {exc})", ckpt) from None
+    return state
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -272,7 +356,7 @@ def train(model, data, cfg: Optional[TrainConfig] = None, out_dir: Optional[Unio
           eval_fn: Optional[Callable[[torch.nn.Module, int], Dict[str, float]]] = None,
           eval_data: Optional[torch.Tensor] = None, resume: bool = True,
           loss_fn: Optional[Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]] = None,
-          stop_after: Optional[int] = None) -> TrainResult:
+          stop_after: Optional[int] = None, fresh: bool = False) -> TrainResult:
     """Train ``model`` on ``data`` for ``cfg.max_steps`` steps.
 
     data: an (N, n_ctx) int64 tensor of token rows (seeded shuffling, epochs as needed), an
@@ -283,23 +367,70 @@ def train(model, data, cfg: Optional[TrainConfig] = None, out_dir: Optional[Unio
     there every ``cfg.checkpoint_every`` steps and at the end, plus ``metrics.json``; an
     existing checkpoint there is resumed when ``resume``. ``stop_after``: stop (with a
     checkpoint) after this many steps in total, as if interrupted (used by tests).
+
+    ``out_dir`` holds one run (docs/decisions/checkpoint-run-identity.md): train() locks it
+    (a second writer fails at once); resuming a run trained with another model config or
+    TrainConfig (fields other than logging/checkpointing) is a RunMismatchError listing the
+    differences, as is ``resume=False`` on a directory holding a run; ``fresh=True`` moves
+    the old run to ``out_dir/superseded/`` and starts over (nothing is deleted).
     """
     cfg = cfg or TrainConfig()
     if eval_fn is None and eval_data is not None:
         eval_fn = _default_eval(eval_data, cfg.batch_size)
     loss_fn = loss_fn or (lambda m, b: m.loss(b))
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    lock = WriterLock(out, "training directory").acquire() if out is not None else None
+    try:
+        return _train(model, data, cfg, out, eval_fn, loss_fn, resume, fresh, stop_after)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _open_run(out: Path, model, opt, cfg: TrainConfig, identity: dict, resume: bool,
+              fresh: bool):
+    """Resume the run in ``out`` or start one there; returns (run id, step, history)."""
+    run_id, step, history = new_run_id(identity), 0, None
+    ck = latest_checkpoint(out)
+    hint = "Pass fresh=True to move it to {}/ and start over, or use another out_dir.".format(
+        out / "superseded")
+    if ck is not None and not fresh:
+        state = _read_state(ck, verify_checkpoint(ck))
+        old_run = state.get("run_id", LEGACY_RUN)
+        if not resume:
+            raise RunMismatchError(f"{out} holds a run (run id {old_run}, {ck.name}) and "
+                                   f"resume=False. {hint}")
+        stored = state.get("identity") or {"train": {k: v for k, v in state.get(
+            "train_config", {}).items() if k not in _COSMETIC}, "model": identity["model"]}
+        diff = _diff(stored, identity)
+        init_only = [d for d in diff if d.split(":")[0] in _INIT_ONLY]
+        if init_only:
+            warnings.warn(f"resuming the run in {out} ({ck.name}): its weights replace this "
+                          f"model's initialisation, which differs ({'; '.join(init_only)})",
+                          stacklevel=4)
+        diff = [d for d in diff if d not in init_only]
+        if diff:
+            raise RunMismatchError(f"{out} holds a run (run id {old_run}, {ck.name}) with other "
+                                   f"settings than this call: {'; '.join(diff)}. {hint}")
+        run_id = old_run
+    extra = [out / LATEST, out / "metrics.json"] if ck is None or fresh else []
+    claim(out, run_id, step_dirs(out), run_of, fresh, "", also=extra)
+    if ck is not None and not fresh:
+        state = load_checkpoint(ck, model, opt)
+        step, history = state["step"], state["history"]
+    return run_id, step, history
+
+
+def _train(model, data, cfg, out, eval_fn, loss_fn, resume, fresh, stop_after) -> TrainResult:
     torch.manual_seed(cfg.seed)
     opt = make_optimizer(model, cfg)
     step = 0
     history: dict = {"loss": [], "lr": [], "eval": [], "tokens_per_s": []}
-    if out is not None and resume:
-        ck = latest_checkpoint(out)
-        if ck is not None:
-            state = load_checkpoint(ck, model, opt)
-            step, history = state["step"], state["history"]
+    identity = run_identity(model, cfg)
+    run_id = None
+    if out is not None:
+        run_id, step, old = _open_run(out, model, opt, cfg, identity, resume, fresh)
+        history = old if old is not None else history
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
     model.train()
     device = next(model.parameters()).device
@@ -347,7 +478,7 @@ def train(model, data, cfg: Optional[TrainConfig] = None, out_dir: Optional[Unio
                                                           if isinstance(v, (int, float))))
             if out is not None and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                                     or step == end):
-                save_checkpoint(out, model, opt, step, history, cfg)
+                save_checkpoint(out, model, opt, step, history, cfg, run_id, identity)
                 atomic_write_text(out / "metrics.json", json.dumps(history, indent=1))
     finally:
         if bar is not None:

@@ -9,8 +9,6 @@ first averaged over its own tokens. Activations are reduced on the device as the
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -64,6 +62,10 @@ def filter_responses(trait_scores: Sequence[float], coherence: Sequence[float], 
     return res
 
 
+VECTORS_FILE = "vectors.safetensors"
+PERSONA_FILE = "persona.json"
+
+
 @dataclass
 class PersonaVectors:
     """Persona vectors of one trait: ``vectors[k]`` (D,) at layer ``layers[k]``."""
@@ -83,8 +85,9 @@ class PersonaVectors:
         return self.vectors[self.layers.index(layer)]
 
     def save(self, directory: Union[str, Path]) -> Path:
-        """``vectors.safetensors`` + ``persona.json`` (trait, layers, stats), written atomically."""
-        from safetensors.torch import save_file
+        """``vectors.safetensors`` + ``persona.json`` (trait, layers, stats, the vectors'
+        sha256), written atomically with checksums (:mod:`pyinterp._files`)."""
+        from pyinterp._files import atomic_save_tensors, atomic_write_json, sha256_file
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -92,24 +95,40 @@ class PersonaVectors:
         for k in ("pos_mean", "neg_mean"):
             if getattr(self, k) is not None:
                 tensors[k] = getattr(self, k).detach().float().cpu().contiguous()
-        tmp = d / "vectors.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, d / "vectors.safetensors")
-        meta = {"trait": self.trait, "layers": self.layers, "stats": self.stats}
-        tmp = d / "persona.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, d / "persona.json")
+        atomic_save_tensors(d / VECTORS_FILE, tensors)
+        meta = {"trait": self.trait, "layers": self.layers, "stats": self.stats,
+                "files": {VECTORS_FILE: sha256_file(d / VECTORS_FILE)}}
+        atomic_write_json(d / PERSONA_FILE, meta, checksum=True)
         return d
 
     @classmethod
     def load(cls, directory: Union[str, Path]) -> "PersonaVectors":
-        from safetensors.torch import load_file
+        """Read what :meth:`save` wrote; a damaged or inconsistent file raises
+        :class:`pyinterp.CorruptFileError` naming it."""
+        from pyinterp._files import CorruptFileError, load_tensors, read_json, read_verified
 
         d = Path(directory)
-        meta = json.loads((d / "persona.json").read_text())
-        t = load_file(str(d / "vectors.safetensors"))
-        return cls(trait=meta["trait"], layers=list(meta["layers"]), vectors=t["vectors"],
-                   pos_mean=t.get("pos_mean"), neg_mean=t.get("neg_mean"), stats=meta.get("stats", {}))
+        pfile, vfile = d / PERSONA_FILE, d / VECTORS_FILE
+        meta = read_json(pfile, "persona vectors description")
+        digest = (meta.get("files") or {}).get(VECTORS_FILE)
+        data = read_verified(vfile, digest, "persona vectors", pfile) if digest else None
+        t = load_tensors(vfile, "persona vectors", data=data)
+        layers, vec = meta.get("layers"), t.get("vectors")
+        if not isinstance(meta.get("trait"), str) or not isinstance(layers, list) or \
+                not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+            raise CorruptFileError(f"{pfile} needs 'trait' (a string) and 'layers' (a list of "
+                                   "ints)", pfile)
+        if vec is None or vec.dim() != 2 or vec.shape[0] != len(layers):
+            raise CorruptFileError(f"{vfile}: 'vectors' must have shape ({len(layers)}, D) for the "
+                                   f"{len(layers)} layers in {pfile}, got "
+                                   f"{None if vec is None else tuple(vec.shape)}", vfile)
+        for k in ("pos_mean", "neg_mean"):
+            if k in t and t[k].shape != vec.shape:
+                raise CorruptFileError(f"{vfile}: {k} has shape {tuple(t[k].shape)}, expected "
+                                       f"{tuple(vec.shape)}", vfile)
+        return cls(trait=meta["trait"], layers=list(layers), vectors=vec,
+                   pos_mean=t.get("pos_mean"), neg_mean=t.get("neg_mean"),
+                   stats=meta.get("stats", {}))
 
     def check_model(self, model) -> None:
         """ValueError if these vectors cannot apply to ``model`` (D or layers differ)."""

@@ -56,12 +56,9 @@ class TraitSpec:
         return asdict(self)
 
     def save(self, path: Union[str, Path]) -> None:
-        import os
+        from pyinterp._files import atomic_write_text
 
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
 def _strings(d: dict, key: str, where: str, required: bool, min_items: int) -> List[str]:

@@ -18,7 +18,7 @@ for Towards Monosemanticity's unit-norm decoder), :class:`TopKSAE`, :class:`Batc
 :class:`JumpReLUSAE` (inference). Each has ``encode(x) -> (values, indices)``,
 ``decode(values, indices)``, ``forward(x) -> reconstruction`` and ``loss(x)``.
 """
-from pyinterp.sae._files import CorruptFileError
+from pyinterp._files import CorruptFileError
 from pyinterp.sae.accelerate import accelerate, restore
 from pyinterp.sae.config import SAEConfig
 from pyinterp.sae.hub import from_pretrained

@@ -2,31 +2,37 @@
 
 Layout of ``<dir>/step_<NNNNNNNN>/``::
 
-    trainer.json                 step, tokens, configs, optimizer hyper-parameters, source
-                                 position, sha256 of every file below
+    trainer.json                 run id, step, tokens, configs, optimizer hyper-parameters,
+                                 source position, sha256 of every file below, and its own
+                                 sha256 (field "sha256")
     sae_<name>.safetensors       the dictionary's parameters and buffers
     optim_<name>.safetensors     Adam moments and step counts ("<param>.<key>")
     state.safetensors            dead-latent counters, firing counts, RNG state
 
 A step directory is written under a temporary name and renamed into place; ``latest.json``
-(also replaced atomically) names the newest complete one. See
-docs/decisions/sae-checkpoint-format.md.
+(also replaced atomically, checksummed) names the newest complete one. The directory belongs
+to one run (:mod:`pyinterp._rundir`): a writer holds its lock, another run's checkpoints are
+never rotated or overwritten. See docs/decisions/sae-checkpoint-format.md and
+docs/decisions/checkpoint-run-identity.md.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from pyinterp.sae._files import (CorruptFileError, atomic_save_tensors, atomic_write_json,
-                                 load_tensors, read_json, sha256_file)
+from pyinterp._files import (JSON_DIGEST_KEY, CorruptFileError, atomic_save_tensors,
+                             atomic_write_json, check_json_digest, inside, load_tensors,
+                             read_json, read_verified, sha256_file)
+from pyinterp import _rundir
 
 LATEST = "latest.json"
 TRAINER = "trainer.json"
+FORMAT = "pyinterp-sae-checkpoint-2"
+OLD_FORMATS = ("pyinterp-sae-checkpoint-1",)  # no run id, no trainer.json checksum
+LEGACY_RUN = "legacy"  # the run id of checkpoints written before run ids existed
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -71,64 +77,118 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def write(root: Path, step: int, trainer_meta: dict, files: dict[str, dict[str, torch.Tensor]],
-          keep: int = 2) -> Path:
-    """Write one checkpoint atomically; keep the newest ``keep`` step directories."""
+def step_dirs(root: Path) -> list:
+    """Step directories under ``root`` (complete or not), oldest first."""
+    return _rundir.step_dirs(root, _STEP_DIR)
+
+
+def run_of(step_dir: Path) -> str:
+    """The run id recorded in a step directory (unverified: for telling runs apart only)."""
+    return _rundir.recorded_run(Path(step_dir) / TRAINER, LEGACY_RUN)
+
+
+def claim(root: Path, run_id: str, fresh: bool = False, resume_hint: str = "") -> Optional[Path]:
+    """Refuse (or with ``fresh`` move aside) another run's checkpoints in ``root``; see
+    :func:`pyinterp._rundir.claim`. Call it holding the directory's lock."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    pointed = latest_pointer(root)
+    pointer_is_ours = pointed is not None and pointed.is_dir() and run_of(pointed) == run_id
+    return _rundir.claim(root, run_id, step_dirs(root), run_of, fresh, resume_hint,
+                         also=[] if pointer_is_ours else [root / LATEST])
+
+
+def write(root: Path, step: int, trainer_meta: dict, files: dict[str, dict[str, torch.Tensor]],
+          keep: int = 2, run_id: str = LEGACY_RUN) -> Path:
+    """Write one checkpoint of run ``run_id`` atomically; keep its newest ``keep`` steps.
+
+    The caller holds the directory's lock and has claimed it (:func:`claim`). Rotation touches
+    only this run's checkpoints older than ``step``.
+    """
+    root = Path(root)
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    digests = {}
-    for fname, tensors in files.items():
-        atomic_save_tensors(tmp / fname, tensors)
-        digests[fname] = sha256_file(tmp / fname)
-    atomic_write_json(tmp / TRAINER, dict(trainer_meta, files=digests))
-    if final.exists():  # re-written step (e.g. a resumed run saving the same step again)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    atomic_write_json(root / LATEST, {"step": step, "dir": final.name})
-    steps = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name))
-    for old in steps[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+
+    def fill(tmp: Path) -> None:
+        digests = {}
+        for fname, tensors in files.items():
+            atomic_save_tensors(tmp / fname, tensors)
+            digests[fname] = sha256_file(tmp / fname)
+        meta = dict(trainer_meta, files=digests, run_id=run_id, format=FORMAT)
+        atomic_write_json(tmp / TRAINER, meta, checksum=True)
+
+    def pointer() -> None:
+        atomic_write_json(root / LATEST, {"step": step, "dir": final.name, "run_id": run_id},
+                          checksum=True)
+
+    _rundir.write_step(final, fill, pointer, latest_pointer(root))
+    if keep > 0:
+        _rundir.rotate(step_dirs(root), lambda d: int(d.name[5:]), run_of, run_id, step, keep)
     return final
 
 
-def latest(root: Path) -> Optional[Path]:
-    """The newest complete checkpoint directory under ``root`` (None when there is none)."""
-    root = Path(root)
-    if not root.is_dir():
+def latest_pointer(root: Path) -> Optional[Path]:
+    """The step directory ``latest.json`` names, if it is readable and present (no checks)."""
+    try:
+        return _pointed(Path(root))
+    except (OSError, CorruptFileError):
         return None
+
+
+def _pointed(root: Path) -> Optional[Path]:
     pointer = root / LATEST
-    if pointer.exists():
-        d = root / read_json(pointer, "checkpoint pointer").get("dir", "")
-        if (d / TRAINER).is_file():
-            return d
-    steps = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / TRAINER).is_file())
-    return steps[-1] if steps else None
+    if not pointer.exists():
+        return None
+    p = read_json(pointer, "checkpoint pointer")
+    name = p.get("dir")
+    d = inside(root, name, "checkpoint folder", pointer)
+    if not _STEP_DIR.match(d.name) or d.parent != root:
+        raise CorruptFileError(f"{pointer} names {name!r}, expected a step_<NNNNNNNN> folder "
+                               f"directly in {root}", pointer)
+    return d
+
+
+def latest(root: Path) -> Optional[Path]:
+    """The newest checkpoint directory under ``root`` (None when there is none).
+
+    ``latest.json`` names it; when the pointer is missing or damaged, the newest step folder
+    that verifies is used (with a warning), else :class:`CorruptFileError`
+    (:func:`pyinterp._rundir.pick_latest`). Never silently nothing.
+    """
+    root = Path(root)
+    return _rundir.pick_latest(root / LATEST, lambda: _pointed(root),
+                               lambda d: (d / TRAINER).is_file(), step_dirs(root), read)
+
+
+def read_meta(path: Path) -> dict:
+    """``trainer.json`` of a step directory, its own checksum verified."""
+    f = Path(path) / TRAINER
+    if not f.is_file():
+        raise CorruptFileError(f"checkpoint state {f} is missing (incomplete checkpoint folder)", f)
+    meta = read_json(f, "checkpoint state", checksum="ignore")
+    if JSON_DIGEST_KEY in meta:
+        check_json_digest(meta, f, "checkpoint state")
+        meta.pop(JSON_DIGEST_KEY)
+    elif meta.get("format") not in OLD_FORMATS:
+        raise CorruptFileError(f"checkpoint state {f} has no {JSON_DIGEST_KEY!r} field; expected "
+                               f"a checksummed {FORMAT} file", f)
+    for field in ("step", "files", "saes", "train_config"):
+        if field not in meta:
+            raise CorruptFileError(f"{f} is missing the field {field!r}", f)
+    if not isinstance(meta["files"], dict) or not isinstance(meta["saes"], dict):
+        raise CorruptFileError(f"{f}: 'files' and 'saes' must be JSON objects", f)
+    return meta
 
 
 def read(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
     """Read and verify one checkpoint directory; errors name the file and what is wrong."""
     path = Path(path)
     if not path.is_dir():
-        raise CorruptFileError(f"checkpoint directory {path} does not exist")
-    meta = read_json(path / TRAINER, "checkpoint state")
-    for field in ("step", "files", "saes", "train_config"):
-        if field not in meta:
-            raise CorruptFileError(f"{path / TRAINER} is missing the field {field!r}")
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    meta = read_meta(path)
     tensors = {}
     for fname, digest in meta["files"].items():
-        f = path / fname
-        if not f.is_file():
-            raise CorruptFileError(f"checkpoint file {f} is missing (listed in {path / TRAINER})")
-        actual = sha256_file(f)
-        if actual != digest:
-            raise CorruptFileError(f"checkpoint file {f} is corrupt: sha256 {actual[:12]}... does "
-                                   f"not match {digest[:12]}... recorded in {path / TRAINER}")
-        tensors[fname] = load_tensors(f, "checkpoint file")
+        f = inside(path, fname, "checkpoint file", path / TRAINER)
+        data = read_verified(f, digest, "checkpoint file", path / TRAINER)
+        tensors[fname] = load_tensors(f, "checkpoint file", data=data)
     return meta, tensors
 
 

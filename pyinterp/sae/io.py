@@ -13,12 +13,14 @@ from typing import Optional, Union
 
 import torch
 
-from pyinterp.sae._files import (
+from pyinterp._files import (
     CorruptFileError,
     atomic_save_tensors,
     atomic_write_json,
     load_tensors,
+    read_header,
     read_json,
+    sha256_file,
 )
 from pyinterp.sae.config import SAEConfig, dtype_name, parse_dtype
 from pyinterp.sae.registry import architecture_of, architectures, get_sae_class
@@ -26,6 +28,8 @@ from pyinterp.sae.registry import architecture_of, architectures, get_sae_class
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SPARSITY_FILENAME = "sparsity.safetensors"
+# sae_weights.safetensors metadata key: sha256 of the cfg.json saved with it.
+CFG_DIGEST_KEY = "pyinterp.cfg_sha256"
 # The SAELens config format these files follow (6.x: fields d_in, d_sae, dtype, device,
 # apply_b_dec_to_input, normalize_activations, reshape_activations, metadata, architecture).
 FORMAT_VERSION = "6.0.0"
@@ -95,11 +99,13 @@ def save(sae, path: Union[str, Path], *,
         if dens.shape != (cfg.d_sae,):
             raise ValueError(f"feature_density must have shape ({cfg.d_sae},), got {tuple(dens.shape)}")
     path.mkdir(parents=True, exist_ok=True)
-    atomic_save_tensors(path / WEIGHTS_FILENAME, {k: v.to(dtype) for k, v in w.items()})
     if dens is not None:
         atomic_save_tensors(path / SPARSITY_FILENAME,
                             {"sparsity": dens.clamp_min(1e-10).log10().float()})
+    # cfg.json first, then the weights naming its sha256: a pair from two saves is refused.
     atomic_write_json(path / CFG_FILENAME, out_cfg)
+    atomic_save_tensors(path / WEIGHTS_FILENAME, {k: v.to(dtype) for k, v in w.items()},
+                        metadata={CFG_DIGEST_KEY: sha256_file(path / CFG_FILENAME)})
     return path
 
 
@@ -129,6 +135,37 @@ def _require(cfg: dict, field: str, file: Path):
     return cfg[field]
 
 
+def _size(value, field: str, file: Path, low: int = 1, high: int = 1 << 40) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CorruptFileError(f"{file}: {field} must be an int in [{low}, {high}], got {value!r}",
+                               file)
+    return value
+
+
+def _check_ours(ours: dict, cfg_file: Path, cfg: dict, meta: dict) -> float:
+    """metadata.pyinterp agrees with the top-level fields (which the tensors were checked
+    against); returns its input_scale, which must be finite and > 0."""
+    oc = ours.get("config")
+    if not isinstance(oc, dict):
+        raise CorruptFileError(f"{cfg_file}: metadata.pyinterp.config must be a JSON object",
+                               cfg_file)
+    top = {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"]}
+    if oc.get("architecture") == "topk":
+        top["k"] = cfg.get("k")
+    elif oc.get("architecture") == "batchtopk":  # saved as a JumpReLU, k in the metadata
+        top["k"] = (meta.get("training_architecture_details") or {}).get("k")
+    for field, value in top.items():
+        if oc.get(field) != value:
+            raise CorruptFileError(f"{cfg_file}: {field}={value!r} at the top level disagrees with "
+                                   f"metadata.pyinterp.config {field}={oc.get(field)!r} (edited or "
+                                   "damaged); expected equal values", cfg_file)
+    scale = ours.get("input_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+        raise CorruptFileError(f"{cfg_file}: metadata.pyinterp.input_scale must be a finite "
+                               f"number > 0, got {scale!r}", cfg_file)
+    return float(scale)
+
+
 def load(path: Union[str, Path], *, device="cpu", dtype=None):
     """Read an SAELens SAE directory (written by SAELens or by :func:`save`).
 
@@ -153,8 +190,8 @@ def load(path: Union[str, Path], *, device="cpu", dtype=None):
     version = str(raw.get("sae_lens_version") or meta.get("sae_lens_version") or "")
     cfg = raw if version[:1].isdigit() and int(version.split(".")[0]) >= 6 else _legacy(raw)
     arch = cfg.get("architecture", "standard")
-    d_in = _require(cfg, "d_in", cfg_file)
-    d_sae = _require(cfg, "d_sae", cfg_file)
+    d_in = _size(_require(cfg, "d_in", cfg_file), "d_in", cfg_file)
+    d_sae = _size(_require(cfg, "d_sae", cfg_file), "d_sae", cfg_file)
     if arch not in architectures():
         raise ValueError(f"{cfg_file}: architecture {arch!r} is not supported by pyinterp.sae "
                          f"({', '.join(architectures())})")
@@ -171,20 +208,30 @@ def load(path: Union[str, Path], *, device="cpu", dtype=None):
         norm = "none"
     target_dtype = parse_dtype(dtype if dtype is not None else cfg.get("dtype", "float32"))
 
-    tensors = load_tensors(weights_file, "SAE weights")
+    if not weights_file.is_file():
+        raise CorruptFileError(f"{weights_file} is missing (the weights of {cfg_file})", weights_file)
+    # Sizes from the header, checked before any tensor is read or allocated.
+    header, wmeta = read_header(weights_file, "SAE weights")
     needed = ["W_enc", "W_dec", "b_enc", "b_dec"] + list(
         get_sae_class(arch).saelens_tensors(cfg))
-    missing = [n for n in needed if n not in tensors]
+    missing = [n for n in needed if n not in header]
     if missing:
         raise CorruptFileError(f"{weights_file} is missing the tensors {missing} "
-                               f"(has {sorted(tensors)})")
+                               f"(has {sorted(header)})")
     shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
               "threshold": (d_sae,)}
     for name in needed:
-        if tuple(tensors[name].shape) != shapes[name]:
+        if header[name][1] != shapes[name]:
             raise CorruptFileError(
-                f"{weights_file}: tensor {name} has shape {tuple(tensors[name].shape)}, but "
+                f"{weights_file}: tensor {name} has shape {header[name][1]}, but "
                 f"{cfg_file} (d_in={d_in}, d_sae={d_sae}) needs {shapes[name]}")
+    if CFG_DIGEST_KEY in wmeta and wmeta[CFG_DIGEST_KEY] != sha256_file(cfg_file):
+        raise CorruptFileError(f"{cfg_file} is not the config saved with {weights_file} (its "
+                               "sha256 differs from the one the weights record: edited, damaged "
+                               "or from another save); save the dictionary again", cfg_file)
+    if arch in ("topk", "batchtopk") and cfg.get("k") is not None:
+        _size(cfg["k"], "k", cfg_file, 1, d_sae)
+    tensors = load_tensors(weights_file, "SAE weights")
     if "scaling_factor" in tensors and not torch.all(tensors["scaling_factor"] == 1):
         raise ValueError(f"{weights_file}: a finetuning scaling_factor is not supported")
     w = {n: tensors[n].double() for n in needed}
@@ -199,8 +246,12 @@ def load(path: Union[str, Path], *, device="cpu", dtype=None):
     ours = meta.get("pyinterp") if isinstance(meta.get("pyinterp"), dict) else None
     hook_name = meta.get("hook_name", cfg.get("hook_name"))
     if ours is not None:
-        sc = SAEConfig.from_dict(dict(ours["config"], dtype=dtype_name(target_dtype)))
-        scale = float(ours.get("input_scale", 1.0))
+        scale = _check_ours(ours, cfg_file, cfg, meta)
+        try:
+            sc = SAEConfig.from_dict(dict(ours["config"], dtype=dtype_name(target_dtype)))
+        except (TypeError, ValueError) as exc:
+            raise CorruptFileError(f"{cfg_file}: metadata.pyinterp.config is not a valid "
+                                   f"dictionary config ({exc})", cfg_file) from None
         if sc.architecture == "batchtopk" and "threshold" in w:
             threshold = w.pop("threshold")[0]
         else:
@@ -218,11 +269,15 @@ def load(path: Union[str, Path], *, device="cpu", dtype=None):
         if arch in ("topk", "batchtopk") and k is None:
             raise CorruptFileError(f"{cfg_file} is missing the field 'k' "
                                    f"(architecture {arch!r})")
-        sc = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae,
-                       k=k if arch in ("topk", "batchtopk") else None,
-                       apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-                       normalize_activations=norm, hook_name=hook_name,
-                       dtype=dtype_name(target_dtype))
+        try:
+            sc = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae,
+                           k=k if arch in ("topk", "batchtopk") else None,
+                           apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+                           normalize_activations=norm, hook_name=hook_name,
+                           dtype=dtype_name(target_dtype))
+        except (TypeError, ValueError) as exc:
+            raise CorruptFileError(f"{cfg_file} does not describe a valid dictionary ({exc})",
+                                   cfg_file) from None
         scale = 1.0
     sae = get_sae_class(sc.architecture)(cfg=sc, device=device)
     with torch.no_grad():

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
-from pyinterp.sae._files import (CorruptFileError, atomic_save_tensors, atomic_write_json,
+from pyinterp._files import (CorruptFileError, atomic_save_tensors, atomic_write_json,
                                  load_tensors, read_json, sha256_file)
 from pyinterp.sae.config import dtype_name, parse_dtype
 

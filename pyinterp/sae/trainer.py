@@ -7,6 +7,11 @@
     trainer = SAETrainer.resume("runs/sae", store)
     trainer.run()
 
+The checkpoint directory belongs to one run (docs/decisions/checkpoint-run-identity.md): a
+trainer locks it while it runs, a new trainer refuses a directory holding another run unless
+``fresh=True`` (which moves that run to ``<dir>/superseded/``), and rotation deletes only
+this run's older checkpoints.
+
 Each dictionary has its own Adam optimiser; a batch from the source is either a tensor
 (every dictionary trains on it) or a dict ``hook_name -> (N, d_in)`` (each dictionary reads
 its own ``cfg.hook_name``). Dead-latent counters live on the device; the host reads them only
@@ -22,9 +27,10 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from pyinterp._files import CorruptFileError
+from pyinterp._rundir import WriterLock, new_run_id
 from pyinterp.sae import _kernels as K
 from pyinterp.sae import checkpoint as ckpt
-from pyinterp.sae._files import CorruptFileError
 from pyinterp.sae.config import SAEConfig
 from pyinterp.sae.init import activation_scale
 from pyinterp.sae.modules import ReLUSAE, SAELoss, SparseAutoencoder, build
@@ -102,6 +108,15 @@ class TrainConfig:
         return cls(**d)
 
 
+# Fields that change what a run computes; the others (logging, where and how often to
+# checkpoint) may differ between a run and its resumption.
+_COSMETIC = ("checkpoint_every", "checkpoint_dir", "keep_checkpoints", "log_every", "progress")
+
+
+def _result_fields(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in cfg.to_dict().items() if k not in _COSMETIC}
+
+
 class _Feed:
     """Draws batches from the source and remembers where it is (for exact resume)."""
 
@@ -149,7 +164,10 @@ class SAETrainer:
     """Adam training of one or several dictionaries on one activation stream."""
 
     def __init__(self, saes: Union[SparseAutoencoder, dict, list], source, cfg: TrainConfig,
-                 *, callback: Optional[Callable[["SAETrainer", dict], None]] = None):
+                 *, callback: Optional[Callable[["SAETrainer", dict], None]] = None,
+                 fresh: bool = False):
+        """``fresh``: when ``cfg.checkpoint_dir`` holds another run, move it to
+        ``<dir>/superseded/`` instead of refusing to start (nothing is deleted)."""
         if isinstance(saes, SparseAutoencoder):
             saes = {"sae": saes}
         elif isinstance(saes, (list, tuple)):
@@ -172,6 +190,10 @@ class SAETrainer:
         self.initialised = False
         self.history: list[dict] = []
         self.last_checkpoint: Optional[Path] = None
+        self.fresh = fresh
+        self.run_id = new_run_id({"train": _result_fields(cfg),
+                                  "saes": {n: s.cfg.to_dict() for n, s in self.saes.items()}})
+        self._lock: Optional[WriterLock] = None
         self.optimizers = {}
         self.since_fired, self.fire_counts, self.aux_on = {}, {}, {}
         self._bad = {}
@@ -311,10 +333,22 @@ class SAETrainer:
 
         Checkpoints every ``checkpoint_every`` steps and at the end (when a directory is set).
         """
+        cfg = self.cfg
+        end = cfg.steps if steps is None else min(cfg.steps, self.step + steps)
+        if cfg.checkpoint_dir is not None and self._writes_checkpoints():
+            self._lock = self._open_checkpoint_dir(Path(cfg.checkpoint_dir))  # 2nd writer fails now
+        try:
+            self._run(end)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+        return self.history
+
+    def _run(self, end: int) -> None:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        end = cfg.steps if steps is None else min(cfg.steps, self.step + steps)
         self.initialise()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress,
                    desc="SAE training", unit="step")
@@ -337,15 +371,39 @@ class SAETrainer:
         if cfg.checkpoint_dir is not None and (self.last_checkpoint is None or
                                                not self.last_checkpoint.name.endswith(f"{self.step:08d}")):
             self.save_checkpoint()
-        return self.history
 
     # -------------------------------------------------------------------- checkpoints
+    def _writes_checkpoints(self) -> bool:
+        """Whether this process writes checkpoints (one rank of a distributed run does)."""
+        return True
+
+    def _open_checkpoint_dir(self, root: Path) -> WriterLock:
+        """Lock ``root`` and make sure it holds no other run (see
+        :func:`pyinterp.sae.checkpoint.claim`); returns the lock, acquired once more."""
+        if self._lock is not None and self._lock.directory == root:
+            return self._lock.acquire()
+        lock = WriterLock(root, "checkpoint directory").acquire()
+        try:
+            ckpt.claim(root, self.run_id, self.fresh,
+                       resume_hint=f"Continue it with SAETrainer.resume({str(root)!r}, source). ")
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
     def save_checkpoint(self, root: Optional[Union[str, Path]] = None) -> Path:
         """Write the full training state (atomic); refuses to save a non-finite state."""
         root = Path(root or self.cfg.checkpoint_dir or "")
         if not str(root):
             raise ValueError("no checkpoint directory: set TrainConfig.checkpoint_dir or pass root")
         self._check_finite(self.step)
+        lock = self._open_checkpoint_dir(root)
+        try:
+            return self._save(root)
+        finally:
+            lock.release()
+
+    def _save(self, root: Path) -> Path:
         files: dict[str, dict[str, torch.Tensor]] = {}
         saes_meta = {}
         state = {"rng_cpu": torch.get_rng_state()}
@@ -359,7 +417,6 @@ class SAETrainer:
                                "aux_on": self.aux_on[name], "device": str(sae.W_enc.device)}
         files["state.safetensors"] = state
         meta = ckpt.jsonable({
-            "format": "pyinterp-sae-checkpoint-1",
             "step": self.step,
             "tokens": self.tokens,
             "initialised": self.initialised,
@@ -368,33 +425,48 @@ class SAETrainer:
             "feed": self.feed.state_dict(),
             "history": self.history,
         })
-        self.last_checkpoint = ckpt.write(root, self.step, meta, files, keep=self.cfg.keep_checkpoints)
+        self.last_checkpoint = ckpt.write(root, self.step, meta, files,
+                                          keep=self.cfg.keep_checkpoints, run_id=self.run_id)
         return self.last_checkpoint
 
-    def load_checkpoint(self, path: Union[str, Path]) -> None:
-        """Restore the state saved by :meth:`save_checkpoint` into this trainer."""
+    def load_checkpoint(self, path: Union[str, Path], _verified=None) -> None:
+        """Restore the state saved by :meth:`save_checkpoint` into this trainer (every
+        checksum verified first); this trainer continues that checkpoint's run."""
         path = Path(path)
-        meta, files = ckpt.read(path)
+        meta, files = _verified if _verified is not None else ckpt.read(path)
         trainer_file = path / ckpt.TRAINER
         if set(meta["saes"]) != set(self.saes):
             raise CorruptFileError(f"{trainer_file} holds dictionaries {sorted(meta['saes'])}, "
-                                   f"this trainer has {sorted(self.saes)}")
+                                   f"this trainer has {sorted(self.saes)}", trainer_file)
+        try:
+            self._restore(path, meta, files)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, CorruptFileError):
+                raise
+            raise CorruptFileError(f"{trainer_file} does not match the checkpoint files beside it "
+                                   f"({type(exc).__name__}: {exc})", trainer_file) from None
+        self.run_id = str(meta.get("run_id", ckpt.LEGACY_RUN))
+        self.last_checkpoint = path
+
+    def _restore(self, path: Path, meta: dict, files: dict) -> None:
+        sfile = path / "state.safetensors"
+        if "state.safetensors" not in files:
+            raise CorruptFileError(f"{sfile} is not listed in {path / ckpt.TRAINER}", sfile)
         state = files["state.safetensors"]
         for name, sae in self.saes.items():
             wfile = f"sae_{name}.safetensors"
-            weights = files[wfile]
-            missing = sorted(set(sae.state_dict()) - set(weights))
-            if missing:
-                raise CorruptFileError(f"{path / wfile} is missing the tensors {missing}")
-            sae.load_state_dict(weights)
+            _check_tensors(sae.state_dict(), files.get(wfile), path / wfile)
             m = meta["saes"][name]
+            for key in ("since_fired", "fire_counts"):
+                t = state.get(f"{name}.{key}")
+                if t is None or tuple(t.shape) != (sae.d_sae,):
+                    raise CorruptFileError(f"{sfile}: {name}.{key} is missing or not of shape "
+                                           f"({sae.d_sae},)", sfile)
+            sae.load_state_dict(files[wfile])
             ckpt.optimizer_from_tensors(self.optimizers[name], files[f"optim_{name}.safetensors"],
                                         m["optimizer"], path / f"optim_{name}.safetensors")
             for key, target in (("since_fired", self.since_fired), ("fire_counts", self.fire_counts)):
-                t = state.get(f"{name}.{key}")
-                if t is None:
-                    raise CorruptFileError(f"{path / 'state.safetensors'} is missing {name}.{key}")
-                target[name] = t.to(sae.W_enc.device)
+                target[name] = state[f"{name}.{key}"].to(sae.W_enc.device)
             self.aux_on[name] = bool(m["aux_on"])
         if "rng_cpu" in state:
             torch.set_rng_state(state["rng_cpu"])
@@ -403,34 +475,60 @@ class SAETrainer:
         self.initialised = bool(meta["initialised"])
         self.history = list(meta.get("history", []))
         self.feed.load_state_dict(meta["feed"])
-        self.last_checkpoint = path
 
     @classmethod
     def resume(cls, checkpoint_dir: Union[str, Path], source, *, device=None,
                callback=None, **overrides) -> "SAETrainer":
-        """A trainer rebuilt from the newest checkpoint under ``checkpoint_dir``.
+        """A trainer rebuilt from the newest checkpoint under ``checkpoint_dir``; it continues
+        that run and writes its checkpoints to ``checkpoint_dir``.
 
         ``overrides`` replace TrainConfig fields (e.g. ``steps`` to train longer,
-        ``progress``)."""
+        ``progress``); overriding one that changes results warns. Every file is verified,
+        and every size checked against the tensors, before a dictionary is allocated."""
         root = Path(checkpoint_dir)
         path = ckpt.latest(root)
         if path is None:
-            raise CorruptFileError(f"no complete checkpoint under {root} "
-                                   f"(expected {root}/{ckpt.LATEST} or step_* directories)")
-        from pyinterp.sae._files import read_json
-
-        meta = read_json(path / ckpt.TRAINER, "checkpoint state")
-        for field in ("saes", "train_config"):
-            if field not in meta:
-                raise CorruptFileError(f"{path / ckpt.TRAINER} is missing the field {field!r}")
-        tc = dict(meta["train_config"], **overrides)
-        tc.setdefault("checkpoint_dir", str(root))
+            raise FileNotFoundError(f"no checkpoint under {root} (expected {root}/{ckpt.LATEST} "
+                                    "and step_<NNNNNNNN> folders)")
+        meta, files = ckpt.read(path)
+        trainer_file = path / ckpt.TRAINER
+        try:
+            stored = TrainConfig.from_dict(dict(meta["train_config"], checkpoint_dir=str(root)))
+            configs = {name: SAEConfig.from_dict(m["config"]) for name, m in meta["saes"].items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptFileError(f"{trainer_file} holds no valid configuration "
+                                   f"({type(exc).__name__}: {exc})", trainer_file) from None
+        cfg = dataclasses.replace(stored, **overrides) if overrides else stored
+        changed = sorted(k for k, v in _result_fields(cfg).items()
+                         if _result_fields(stored)[k] != v)
+        if changed:
+            warnings.warn(f"resuming run {meta.get('run_id', ckpt.LEGACY_RUN)} from {path} with "
+                          f"changed settings {changed}: the result differs from an "
+                          "uninterrupted run", stacklevel=2)
         saes = {}
-        for name, m in meta["saes"].items():
-            saes[name] = build(SAEConfig.from_dict(m["config"]), device=device or m.get("device", "cpu"))
-        trainer = cls(saes, source, TrainConfig.from_dict(tc), callback=callback)
-        trainer.load_checkpoint(path)
+        for name, sc in configs.items():
+            with torch.device("meta"):  # sizes checked against the files before allocating
+                shape_only = build(sc, device="meta")
+            wfile = f"sae_{name}.safetensors"
+            _check_tensors(shape_only.state_dict(), files.get(wfile), path / wfile)
+            saes[name] = build(sc, device=device or meta["saes"][name].get("device", "cpu"))
+        trainer = cls(saes, source, cfg, callback=callback)
+        trainer.load_checkpoint(path, _verified=(meta, files))
         return trainer
+
+
+def _check_tensors(expected: dict, got: Optional[dict], file: Path) -> None:
+    """``got`` (tensors read from ``file``) has exactly ``expected``'s names and shapes."""
+    if got is None:
+        raise CorruptFileError(f"{file} is not listed in the checkpoint's {ckpt.TRAINER}", file)
+    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    if missing or extra:
+        raise CorruptFileError(f"{file}: missing tensors {missing}, unexpected tensors {extra}",
+                               file)
+    for k, t in expected.items():
+        if tuple(got[k].shape) != tuple(t.shape):
+            raise CorruptFileError(f"{file}: tensor {k} has shape {tuple(got[k].shape)}, the "
+                                   f"dictionary's config needs {tuple(t.shape)}", file)
 
 
 def train(saes, source, cfg: Optional[TrainConfig] = None, **kwargs) -> SAETrainer:
