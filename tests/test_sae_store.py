@@ -147,7 +147,7 @@ def test_truncated_and_corrupt_shards_are_reported_by_name(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(CorruptFileError, match="manifest.json is missing"):
+    with pytest.raises(FileNotFoundError, match="manifest.json does not exist"):
         ActivationStore(tmp_path, batch_size=4)
     collect(tmp_path, _numbered(2), progress=False)
     with pytest.raises(ValueError, match="batch_size"):

@@ -162,7 +162,10 @@ def load_tokenizer(directory: Union[str, Path]):
     p = Path(directory) / TOKENIZER_FILE
     if not p.is_file():
         return None
-    text = p.read_text(encoding="utf-8")
-    if json.loads(text).get("pyinterp_tokenizer") == "bytes":
+    obj = read_json(p, "tokenizer", checksum="ignore")
+    if obj.get("pyinterp_tokenizer") == "bytes":
         return ByteTokenizer()
-    return BPETokenizer.from_file(p)
+    try:
+        return BPETokenizer.from_file(p)
+    except Exception as exc:  # tokenizers raises a bare Exception on a bad file
+        raise CorruptFileError(f"tokenizer {p} does not load ({exc})", p) from None

@@ -101,14 +101,11 @@ def plot_density_histogram(density: torch.Tensor, path: Union[str, Path], *, bin
     ax.set_ylabel("latents")
     ax.set_title(f"{title} ({h['dead']} never fired)")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    import os
+    from pyinterp._files import atomic_write
 
-    os.replace(tmp, path)
-    return path
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------- loss recovered
