@@ -94,6 +94,36 @@ class HookPoint(nn.Module):
         return f"name={self.name!r}, hooks={len(self._fns)}"
 
 
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
+
+
+def stop_layer(model, names: Iterable[str]) -> Optional[int]:
+    """The ``stop_at_layer`` that still runs every hook in ``names`` (hook names of a model
+    with ``cfg.n_layers`` and a ``forward(..., stop_at_layer=)``), or None when the whole
+    forward is needed (a hook after the last block, an unknown name, or a model that cannot
+    stop early). ``blocks.i.*`` needs blocks 0..i, so the forward stops before block i+1."""
+    import inspect
+
+    n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
+    forward = getattr(model, "forward", None)
+    if not isinstance(n_layers, int) or forward is None:
+        return None
+    try:
+        if "stop_at_layer" not in inspect.signature(forward).parameters:
+            return None
+    except (TypeError, ValueError):
+        return None
+    last = 0
+    for name in names:
+        m = _BLOCK.match(name)
+        if m:
+            last = max(last, int(m.group(1)) + 1)
+        elif name not in _BEFORE_BLOCKS:
+            return None
+    return min(last, n_layers)
+
+
 def _template(name: str) -> str:
     return re.sub(r"\.\d+\.", ".{i}.", name)
 

@@ -288,6 +288,7 @@ def load(path: Union[str, Path], *, device="cpu", dtype=None):
         sae.b_dec.copy_(w["b_dec"] * scale)
         sae.input_scale.fill_(scale)
         sae.saelens_load({"threshold": threshold} if threshold is not None else {})
+    sae.data_initialised = True  # fine-tuning keeps the loaded scale and b_dec
     return sae.eval()
 
 

@@ -79,6 +79,8 @@ class SparseAutoencoder(nn.Module):
         # Fixed activation scale (E||s x||^2 = d_in); a buffer so checkpoints carry it.
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device))
         self.reset_parameters(seed)
+        # Loaded weights carry a data-derived scale and b_dec: the trainer keeps them.
+        self.register_load_state_dict_post_hook(_mark_data_initialised)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -115,6 +117,9 @@ class SparseAutoencoder(nn.Module):
         self.W_enc.copy_(w.T)
         self.b_enc.zero_()
         self.b_dec.zero_()
+        # False until a trainer sets the scale/b_dec from data or weights are loaded: only
+        # then does SAETrainer leave them alone (fine-tuning must not clobber a loaded SAE).
+        self.data_initialised = False
 
     @torch.no_grad()
     def set_input_scale(self, scale: float) -> None:
@@ -291,6 +296,10 @@ class SparseAutoencoder(nn.Module):
     def normalize_decoder(self) -> None:
         if self.cfg.decoder_norm == "unit":
             self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
+def _mark_data_initialised(module, incompatible_keys) -> None:
+    module.data_initialised = True
 
 
 def _auxk_loss(sae: SparseAutoencoder, xn, x_hat, dead_mask) -> torch.Tensor:

@@ -33,17 +33,22 @@ def activation_fn(model, hook_names: Optional[Sequence[str]] = None) -> Callable
     """A function ``model_input -> {hook_name: (N, d)}`` for a model or a plain callable.
 
     ``model`` with ``run_with_cache(input, names_filter=[...])`` (pyinterp.models.Transformer,
-    TransformerLens): the cached activations of ``hook_names``, leading dims flattened. Any
+    the adapters, TransformerLens): the cached activations of ``hook_names``, leading dims
+    flattened; the forward stops after the last block a hook needs (``stop_at_layer``). Any
     other callable: its output, a tensor (stored under ``hook_names[0]`` or "x") or a dict.
     """
+    from pyinterp.models.hooks import stop_layer
+
     names = list(hook_names) if hook_names is not None else None
+    stop = stop_layer(model, names) if names and hasattr(model, "run_with_cache") else None
+    stop_kw = {} if stop is None else {"stop_at_layer": stop}
 
     def fn(batch) -> dict[str, torch.Tensor]:
         if hasattr(model, "run_with_cache"):
             if not names:
                 raise ValueError("hook_names is required to collect from a model's hook points")
             with torch.no_grad():
-                _, cache = model.run_with_cache(batch, names_filter=names)
+                _, cache = model.run_with_cache(batch, names_filter=names, **stop_kw)
             missing = [n for n in names if n not in cache]
             if missing:
                 raise KeyError(f"the model produced no activations for hooks {missing}")

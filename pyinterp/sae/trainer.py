@@ -51,7 +51,10 @@ class TrainConfig:
     l1_warmup_steps: ramp of the ReLU sparsity coefficient. grad_clip: max global grad norm
     per dictionary (None: off). normalize_activations: estimate the fixed scale with
     E||s x||^2 = d_in from the first ``init_batches`` batches; b_dec_init: "geometric_median",
-    "mean" or None, from the same batches (they are not trained on). dead_window_tokens: a
+    "mean" or None, from the same batches (they are not trained on). Both apply only to fresh
+    dictionaries: one loaded from disk or the hub, given a state dict, or initialised by an
+    earlier trainer (``sae.data_initialised``) keeps its scale and b_dec when fine-tuned,
+    unless ``reinitialise=True``. dead_window_tokens: a
     latent that has not fired for this many tokens is dead (AuxK, metrics).
     aux_check_every: steps between host checks whether any latent is dead (AuxK runs only
     then). resample_every/resample_until: dead-latent resampling for ReLU dictionaries
@@ -71,6 +74,7 @@ class TrainConfig:
     normalize_activations: bool = True
     b_dec_init: Optional[str] = "geometric_median"
     init_batches: int = 1
+    reinitialise: bool = False
     dead_window_tokens: int = 10_000_000
     aux_check_every: int = 100
     resample_every: Optional[int] = None
@@ -252,9 +256,11 @@ class SAETrainer:
         if self.initialised:
             return
         cfg = self.cfg
-        if cfg.normalize_activations or cfg.b_dec_init:
+        fresh = {name: sae for name, sae in self.saes.items()
+                 if cfg.reinitialise or not getattr(sae, "data_initialised", False)}
+        if fresh and (cfg.normalize_activations or cfg.b_dec_init):
             batches = [self.feed.next() for _ in range(cfg.init_batches)]
-            for name, sae in self.saes.items():
+            for name, sae in fresh.items():
                 sample = torch.cat([self._input(b, name) for b in batches])
                 if not bool(torch.isfinite(sample).all()):
                     raise self._nonfinite(name, "activations (NaN/Inf in the initialisation sample)", 0)
@@ -262,6 +268,7 @@ class SAETrainer:
                     sae.set_input_scale(activation_scale(sample.float()))
                 if cfg.b_dec_init:
                     sae.init_b_dec(sample, cfg.b_dec_init)
+                sae.data_initialised = True
         self.initialised = True
 
     def train_step(self, batch) -> dict[str, SAELoss]:
