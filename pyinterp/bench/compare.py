@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 # Op families with a ``pyinterp.bench.cases_<family>`` module.
-FAMILIES = ["solu", "sae_train", "attention", "sae", "persona", "models"]
+FAMILIES = ["solu", "sae_train", "attention", "sae", "persona", "models", "integrations"]
 
 
 def _fmt(v, spec, suffix=""):

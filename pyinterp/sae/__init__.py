@@ -19,7 +19,7 @@ for Towards Monosemanticity's unit-norm decoder), :class:`TopKSAE`, :class:`Batc
 ``decode(values, indices)``, ``forward(x) -> reconstruction`` and ``loss(x)``.
 """
 from pyinterp._files import CorruptFileError
-from pyinterp.sae.accelerate import accelerate, restore
+from pyinterp.sae.acceleration import accelerate, restore
 from pyinterp.sae.config import SAEConfig
 from pyinterp.sae.hub import from_pretrained
 from pyinterp.sae.io import load, save
