@@ -22,7 +22,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
-from pyinterp.integrations._sae_hooks import code_recorder, splice_hook
+from pyinterp.integrations._sae_hooks import code_recorder, hook_name_of, splice_hook
 
 
 def _require():
@@ -60,17 +60,18 @@ def head_scores(model, tokens: torch.Tensor,
 
 
 def sae_codes(model, tokens: torch.Tensor, sae, hook_name: Optional[str] = None):
-    """(values, indices), each (B, T, k): the SAE's sparse code at ``hook_name``."""
+    """(values, indices), each (B, T, width): the sparse code at ``hook_name`` (default: the
+    SAE's own) of a pyinterp or SAELens SAE; the forward stops after the hooked block."""
+    from pyinterp.models.hooks import stop_layer
+
     model = wrap(model)
-    name = hook_name or getattr(sae, "hook_name", None)
-    if not name:
-        raise ValueError("hook_name is needed (the SAE does not record one)")
+    name = hook_name_of(sae, hook_name)
     out: Dict[str, tuple] = {}
-    layer = int(name.split(".")[1]) + 1 if name.startswith("blocks.") else None
+    stop = stop_layer(model, [name])
     with model.hooks(fwd_hooks=[(name, code_recorder(sae, out))]):
         with torch.no_grad():
-            if layer is not None and layer < model.cfg.n_layers:
-                model(tokens, stop_at_layer=layer)  # nothing after the hooked block runs
+            if stop is not None:
+                model(tokens, stop_at_layer=stop)  # nothing after the hooked block runs
             else:
                 model(tokens, return_type=None)
     return out[name]
@@ -78,10 +79,9 @@ def sae_codes(model, tokens: torch.Tensor, sae, hook_name: Optional[str] = None)
 
 @contextlib.contextmanager
 def spliced(model, sae, hook_name: Optional[str] = None, keep_error: bool = False) -> Iterator:
-    """Inside the block the activation at ``hook_name`` is the SAE's reconstruction."""
+    """Inside the block the activation at ``hook_name`` is the SAE's reconstruction (a pyinterp
+    or SAELens SAE)."""
     model = wrap(model)
-    name = hook_name or getattr(sae, "hook_name", None)
-    if not name:
-        raise ValueError("hook_name is needed (the SAE does not record one)")
+    name = hook_name_of(sae, hook_name)
     with model.hooks(fwd_hooks=[(name, splice_hook(sae, keep_error))]):
         yield model

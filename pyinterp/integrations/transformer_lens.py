@@ -2,7 +2,7 @@
 
     from pyinterp.integrations import transformer_lens as ptl
     scores = ptl.head_scores(hooked_transformer, tokens)          # pyinterp attention kernels
-    codes = ptl.sae_codes(hooked_transformer, tokens, sae)        # pyinterp sparse SAE kernels
+    codes = ptl.sae_codes(hooked_transformer, tokens, sae)        # pyinterp or SAELens SAE
     with ptl.spliced(hooked_transformer, sae):                    # SAE reconstruction in place
         loss = hooked_transformer(tokens, return_type="loss")
 
@@ -15,7 +15,7 @@ from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 
-from pyinterp.integrations._sae_hooks import code_recorder, splice_hook
+from pyinterp.integrations._sae_hooks import code_recorder, hook_name_of, splice_hook
 
 
 def _require():
@@ -53,30 +53,30 @@ def induction_scores(model, seq_len: int = 32, **kwargs):
     return attention.induction_scores(model, seq_len=seq_len, **kwargs)
 
 
-def _hook_name(sae, hook_name: Optional[str]) -> str:
-    name = hook_name or getattr(sae, "hook_name", None) or getattr(getattr(sae, "cfg", None), "hook_name", None)
-    if not name:
-        raise ValueError("hook_name is needed (the SAE does not record one)")
-    return name
-
-
 def sae_codes(model, tokens: torch.Tensor, sae, hook_name: Optional[str] = None):
-    """(values, indices), each (B, T, k): the pyinterp SAE's sparse code of the activation at
-    ``hook_name`` (default ``sae.hook_name``); the forward stops after that layer's hook."""
+    """(values, indices), each (B, T, width): the sparse code of the activation at
+    ``hook_name`` (default: the SAE's own) for a pyinterp or SAELens SAE, through pyinterp's
+    kernels; the forward stops after the hooked block."""
     _require()
-    name = _hook_name(sae, hook_name)
+    from pyinterp.models.hooks import stop_layer
+
+    name = hook_name_of(sae, hook_name)
     if name not in model.hook_dict:
         raise ValueError(f"unknown hook name {name!r} for this HookedTransformer")
     out: Dict[str, tuple] = {}
-    model.run_with_hooks(tokens, return_type=None, fwd_hooks=[(name, code_recorder(sae, out))])
+    stop = stop_layer(model, [name])
+    kw = {} if stop is None else {"stop_at_layer": stop}
+    with torch.no_grad():
+        model.run_with_hooks(tokens, return_type=None, fwd_hooks=[(name, code_recorder(sae, out))], **kw)
     return out[name]
 
 
 @contextlib.contextmanager
 def spliced(model, sae, hook_name: Optional[str] = None, keep_error: bool = False) -> Iterator:
-    """Inside the block the activation at ``hook_name`` is replaced by the SAE reconstruction."""
+    """Inside the block the activation at ``hook_name`` is replaced by the SAE reconstruction
+    (a pyinterp or SAELens SAE)."""
     _require()
-    name = _hook_name(sae, hook_name)
+    name = hook_name_of(sae, hook_name)
     if name not in model.hook_dict:
         raise ValueError(f"unknown hook name {name!r} for this HookedTransformer")
     with model.hooks(fwd_hooks=[(name, splice_hook(sae, keep_error))]):

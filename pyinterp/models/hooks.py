@@ -109,8 +109,11 @@ def stop_layer(model, names: Iterable[str]) -> Optional[int]:
     forward = getattr(model, "forward", None)
     if not isinstance(n_layers, int) or forward is None:
         return None
+    # TransformerLens wraps HookedTransformer.forward as (input, **kwargs): trust its class
+    tl = any(c.__name__ == "HookedTransformer" and c.__module__.startswith("transformer_lens")
+             for c in type(model).__mro__)
     try:
-        if "stop_at_layer" not in inspect.signature(forward).parameters:
+        if not tl and "stop_at_layer" not in inspect.signature(forward).parameters:
             return None
     except (TypeError, ValueError):
         return None

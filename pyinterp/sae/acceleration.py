@@ -147,6 +147,23 @@ def _sparse_code(sae, x: torch.Tensor):
     return v, i, lead
 
 
+def sparse_code(sae, x: torch.Tensor):
+    """The sparse code (values, indices), each (..., width), of any SAELens SAE object, without
+    patching it: the kernels when they reproduce its encoder (TopK, inference Standard/JumpReLU,
+    no hooks), else SAELens's dense ``encode`` with each row's non-zeros gathered."""
+    arch = _architecture(sae)
+    kind = _training_kind(sae)
+    if _plain(sae) and (arch == "topk" or (arch in _PER_ROW and kind is None)):
+        v, i, lead = _sparse_code(sae, x)
+        return v.reshape(*lead, -1), i.reshape(*lead, -1)
+    dense = sae.encode(x)
+    lead = dense.shape[:-1]
+    flat = dense.reshape(-1, dense.shape[-1])
+    support = S.support_of(flat != 0)
+    v = S.gather(flat, support)
+    return v.reshape(*lead, -1), support[0].reshape(*lead, -1)
+
+
 def _threshold_forward(sae, x: torch.Tensor):
     """A Standard/JumpReLU SAE's reconstruction: SAELens's pre-activations (same ops), the
     kept entries (pre > max(threshold, 0)) gathered, the active rows of W_dec summed; None

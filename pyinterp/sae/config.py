@@ -101,6 +101,14 @@ class SAEConfig:
             raise ValueError("l1_coefficient and aux_coefficient must be >= 0")
 
     @property
+    def metadata(self):
+        # SAELens reads cfg.metadata.hook_name; say how to hand a pyinterp dictionary to it.
+        raise AttributeError(
+            "pyinterp.sae.SAEConfig has no SAELens 'metadata': to use a pyinterp dictionary with "
+            "SAELens (HookedSAETransformer.add_sae, run_with_saes), pass "
+            "pyinterp.integrations.sae_lens.as_sae_lens(sae)")
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return parse_dtype(self.dtype)
 
