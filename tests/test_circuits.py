@@ -276,3 +276,57 @@ def test_transformer_lens_models(norm, pos):
     clean = intervene(m, dic, t, [], direct_effects=True)
     new = ablate(m, dic, t, [f], direct_effects=True)
     assert demeaned_logit(new, tok) - demeaned_logit(clean, tok) == pytest.approx(-float(g.root_rows[0, j]), abs=1e-9)
+
+
+def test_spliced_logits():
+    from pyinterp.circuits import spliced_logits
+
+    m = tiny_model(act_fn="relu")
+    rows = torch.randint(0, 29, (3, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = m(rows)
+        torch.testing.assert_close(spliced_logits(m, NeuronDictionary(m), rows), ref, atol=1e-12, rtol=0)
+        zero = m.run_with_hooks(rows, fwd_hooks=[(f"blocks.{l}.hook_mlp_out", lambda x, hook: torch.zeros_like(x))
+                                                 for l in range(2)])
+    torch.testing.assert_close(spliced_logits(m, NullDictionary(2, D), rows), zero, atol=1e-12, rtol=0)
+
+
+def test_feature_cards_top_contexts_and_logit_effects():
+    from pyinterp.circuits import feature_cards
+
+    m = tiny_model()
+    dic = RandomDictionary(2, D, skip=True)
+    rows = torch.randint(0, 29, (6, 12), generator=torch.Generator().manual_seed(2))
+    keys = []
+    for layer in range(2):  # the feature that fires most often in each layer
+        _, cache = m.run_with_cache(rows, names_filter=[f"blocks.{layer}.ln2.hook_normalized"])
+        v, i = dic.encode(layer, cache[f"blocks.{layer}.ln2.hook_normalized"].reshape(-1, D))
+        keys.append((layer, int(torch.bincount(i[v > 0]).argmax())))
+    cards = feature_cards(m, dic, rows, keys, decode=lambda t: f"<{t}>", n_contexts=3)
+    for layer, f in keys:
+        _, cache = m.run_with_cache(rows, names_filter=[f"blocks.{layer}.ln2.hook_normalized"])
+        v, i = dic.encode(layer, cache[f"blocks.{layer}.ln2.hook_normalized"].reshape(-1, D))
+        acts = (v * (i == f)).sum(1)
+        top = acts.topk(3)
+        got = [c["value"] for c in cards[(layer, f)]["contexts"]]
+        torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), top.values[top.values > 0])
+        first = cards[(layer, f)]["contexts"][0]
+        r, p = divmod(int(top.indices[0]), 12)
+        assert first["tokens"][first["at"]] == f"<{int(rows[r, p])}>"
+        # logit effects: decoder rows summed over target layers, through ln_final, times W_U
+        d = sum(dic.decoder_weight(layer, t)[f] for t in range(layer, 2))
+        d = (d - d.mean()) * m.ln_final.w.detach()
+        eff = d @ m.W_U.detach()
+        assert cards[(layer, f)]["logits_up"][0][0] == f"<{int(eff.argmax())}>"
+        assert cards[(layer, f)]["logits_down"][0][1] == pytest.approx(float(eff.min()), rel=1e-6)
+
+
+def test_as_dictionary_rejects_what_it_cannot_read():
+    from pyinterp.circuits import as_dictionary
+
+    d = RandomDictionary(2, D)
+    assert as_dictionary(d) is d
+    with pytest.raises(TypeError, match="not a CircuitDictionary"):
+        as_dictionary(object())
+    with pytest.raises(TypeError, match="not a CircuitDictionary"):
+        as_dictionary([])

@@ -173,7 +173,9 @@ def _feature_inputs(rm: LocalReplacement, nodes: _Nodes, ids: torch.Tensor) -> t
 
 
 def _auto_batch(T: int, d: int, n: int, budget_bytes: int, elem: int) -> int:
-    per_target = elem * (3 * T * d + 2 * (n + 1))
+    # per target: the gradient and ~7 temporaries of its size in the attention adjoint, and the
+    # row with its absolute value and a product (measured: peak within ~1.3x of this)
+    per_target = elem * (8 * T * d + 3 * (n + 1))
     return int(max(8, min(512, budget_bytes // max(per_target, 1))))
 
 
@@ -181,7 +183,7 @@ def attribute(model, dictionary, tokens, *, logits: Sequence[int] | None = None,
               features: Sequence[tuple[int, int, int]] | None = None, max_n_logits: int = 10,
               desired_logit_prob: float = 0.95, node_threshold: float = 0.8,
               edge_threshold: float = 0.98, max_feature_nodes: int | None = None,
-              batch_size: int | None = None, memory_budget: int = 32 << 20,
+              batch_size: int | None = None, memory_budget: int = 24 << 20,
               dtype: torch.dtype = torch.float32, decode: Callable[[int], str] | None = None,
               prompt: str = "", scan: str = "pyinterp", readout: str = "sparse") -> Graph:
     """The pruned attribution graph of ``tokens`` (T,) for ``model`` with ``dictionary``.
@@ -203,6 +205,7 @@ def attribute(model, dictionary, tokens, *, logits: Sequence[int] | None = None,
         raise ValueError(f"readout must be 'sparse' or 'gather', got {readout!r}")
     t0 = time.perf_counter()
     rm = LocalReplacement(model, dictionary, tokens, dtype=dtype)
+    dictionary = rm.dictionary
     T, L, d = rm.T, rm.weights.n_layers, rm.weights.d_model
     dev = rm.embed.device
     last = rm.logits[-1]

@@ -18,7 +18,7 @@ dictionaries of :mod:`pyinterp.sae` (through their own adapters) implement it.
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 
@@ -144,3 +144,110 @@ class NeuronDictionary:
 
     def skip_weight(self, layer: int) -> torch.Tensor | None:
         return None
+
+
+def _site_of(hook_name, what: str) -> str:
+    if hook_name is None:
+        raise ValueError(f"{what} has no hook name: pass input_site='mlp_in' or 'resid_mid'")
+    if hook_name.endswith("ln2.hook_normalized"):
+        return "mlp_in"
+    if hook_name.endswith("hook_resid_mid"):
+        return "resid_mid"
+    raise ValueError(f"{what} reads {hook_name!r}; circuit tracing needs dictionaries that read the "
+                     "MLP input (blocks.{l}.ln2.hook_normalized) or blocks.{l}.hook_resid_mid")
+
+
+class CLTDictionary:
+    """A :class:`pyinterp.sae.CrossLayerTranscoder` seen through :class:`CircuitDictionary`:
+    its input and output scales folded into the weights (model units)."""
+
+    cross_layer = True
+
+    def __init__(self, clt, input_site: Optional[str] = None):
+        self.clt = clt
+        self.n_layers = int(clt.n_layers)
+        if clt.d_out != clt.d_in:
+            raise ValueError(f"a CLT for circuit tracing writes to the residual stream: d_out "
+                             f"({clt.d_out}) must equal d_in ({clt.d_in})")
+        self.d_model = int(clt.d_in)
+        names = getattr(clt.cfg, "hook_names", None) or [None]
+        self.input_site = input_site or _site_of(names[0], "the CLT")
+
+    def d_sae(self, layer: int) -> int:
+        return int(self.clt.d_sae)
+
+    @torch.no_grad()
+    def encode(self, layer: int, x: torch.Tensor):
+        return self.clt.encode_layer(layer, x)
+
+    def encoder_weight(self, layer: int) -> torch.Tensor:
+        return (self.clt.W_enc[layer] * self.clt.input_scale[layer]).detach()
+
+    def decoder_weight(self, source: int, target: int) -> torch.Tensor:
+        return (self.clt.decoder(source, target) / self.clt.output_scale[target]).detach()
+
+    def output_bias(self, layer: int) -> Optional[torch.Tensor]:
+        return (self.clt.b_dec[layer] / self.clt.output_scale[layer]).detach()
+
+    def skip_weight(self, layer: int) -> Optional[torch.Tensor]:
+        return None
+
+
+class TranscoderSet:
+    """One :class:`pyinterp.sae.Transcoder` per layer seen through :class:`CircuitDictionary`
+    (scales folded into the weights; the skip ``W_skip`` (d_out, d_in) as x @ W_skip.T)."""
+
+    cross_layer = False
+
+    def __init__(self, transcoders: Sequence, input_site: Optional[str] = None):
+        self.tcs = list(transcoders)
+        if not self.tcs:
+            raise ValueError("TranscoderSet needs one transcoder per layer, got none")
+        self.n_layers = len(self.tcs)
+        self.d_model = int(self.tcs[0].d_in)
+        for l, tc in enumerate(self.tcs):
+            if tc.d_in != self.d_model or tc.d_out != self.d_model:
+                raise ValueError(f"transcoder {l} maps {tc.d_in} -> {tc.d_out}; circuit tracing needs "
+                                 f"d_model -> d_model ({self.d_model})")
+        self.input_site = input_site or _site_of(self.tcs[0].hook_name, "transcoder 0")
+
+    def d_sae(self, layer: int) -> int:
+        return int(self.tcs[layer].d_sae)
+
+    @torch.no_grad()
+    def encode(self, layer: int, x: torch.Tensor):
+        return self.tcs[layer].encode(x)
+
+    def encoder_weight(self, layer: int) -> torch.Tensor:
+        tc = self.tcs[layer]
+        return (tc.W_enc * tc.input_scale).detach()
+
+    def decoder_weight(self, source: int, target: int) -> torch.Tensor:
+        if target != source:
+            raise ValueError("per-layer transcoders: decoder_weight needs target == source")
+        tc = self.tcs[source]
+        return (tc.W_dec / tc.output_scale).detach()
+
+    def output_bias(self, layer: int) -> Optional[torch.Tensor]:
+        tc = self.tcs[layer]
+        return (tc.b_dec / tc.output_scale).detach()
+
+    def skip_weight(self, layer: int) -> Optional[torch.Tensor]:
+        tc = self.tcs[layer]
+        if getattr(tc, "W_skip", None) is None:
+            return None
+        return (tc.W_skip.T * tc.input_scale / tc.output_scale).detach()
+
+
+def as_dictionary(obj, input_site: Optional[str] = None):
+    """A :class:`CircuitDictionary` for ``obj``: an object that already implements it, a
+    cross-layer transcoder (``encode_layer`` + ``decoder(source, target)``), or a sequence of
+    per-layer transcoders (``encode`` + ``W_enc``/``W_dec``)."""
+    if all(hasattr(obj, m) for m in _MEMBERS):
+        return obj
+    if hasattr(obj, "encode_layer") and hasattr(obj, "decoder") and hasattr(obj, "n_layers"):
+        return CLTDictionary(obj, input_site)
+    if isinstance(obj, (list, tuple)) and obj and all(hasattr(t, "encode") and hasattr(t, "W_dec") for t in obj):
+        return TranscoderSet(obj, input_site)
+    raise TypeError(f"{type(obj).__name__} is not a CircuitDictionary, a cross-layer transcoder or a "
+                    "list of per-layer transcoders")

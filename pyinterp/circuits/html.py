@@ -38,11 +38,12 @@ const nL = meta.pyinterp.n_layers, toks = meta.prompt_tokens, T = toks.length;
 const byId = {}; nodes.forEach((n,i)=>{n.i=i; n.ins=[]; n.outs=[]; byId[n.node_id]=n;});
 links.forEach(l=>{const s=byId[l.source], t=byId[l.target]; if(!s||!t) return; l.s=s; l.t=t; s.outs.push(l); t.ins.push(l);});
 function row(n){ if(n.feature_type==='embedding') return 0; if(n.feature_type==='logit') return nL+1; return +n.layer+1; }
-const colW = Math.max(46, Math.min(90, 1100/Math.max(T,1))), rowH = 80, padL = 60, padB = 60;
-const W = padL + colW*T + 20, H = rowH*(nL+2) + padB;
+const avail = Math.max(600, (window.innerWidth||1200) - 420);
+const colW = Math.max(28, Math.min(90, avail/Math.max(T,1))), rowH = 80, padL = 60, padB = 60;
+const W = padL + colW*T + 2*colW, H = rowH*(nL+2) + padB;
 const cells = {}; nodes.forEach(n=>{const k=row(n)+'_'+n.ctx_idx; (cells[k]=cells[k]||[]).push(n);});
 Object.values(cells).forEach(list=>{ list.sort((a,b)=>(a.influence??1)-(b.influence??1));
-  list.forEach((n,j)=>{ const m=list.length, span=Math.min(colW-8, 8*m);
+  list.forEach((n,j)=>{ const m=list.length, span=n.feature_type==='logit' ? Math.min(3*colW, 14*m) : Math.min(colW-8, 8*m);
     n.x = padL + colW*n.ctx_idx + colW/2 + (m>1 ? -span/2 + span*j/(m-1) : 0);
     n.y = H - padB - rowH*row(n) - rowH/2 + (m>6 ? ((j%3)-1)*10 : 0); }); });
 const NS='http://www.w3.org/2000/svg';

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pyinterp.circuits.dictionary import check_dictionary, targets_of
+from pyinterp.circuits.dictionary import as_dictionary, check_dictionary, targets_of
 from pyinterp.circuits.replacement import _tokens_1d
 
 
@@ -35,6 +35,7 @@ def intervene(model, dictionary, tokens, interventions: Sequence[tuple[int, int,
     the prompt starts from 0. ``direct_effects`` needs norms with ``hook_scale`` (pyinterp's
     Transformer, TransformerLens models)."""
     tokens = _tokens_1d(tokens)[None]
+    dictionary = as_dictionary(dictionary)
     L = dictionary.n_layers
     check_dictionary(dictionary, L, dictionary.d_model)
     T = tokens.shape[1]

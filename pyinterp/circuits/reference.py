@@ -132,17 +132,24 @@ def dense_attribution(model, dictionary, tokens, *, node_threshold: float = 0.8,
     n = l0 + nl
     A = torch.zeros(n, n, dtype=dtype)
 
+    # decoder rows of the active features times their activations, per (source, target) layer
+    feat_t = torch.tensor(feats, dtype=torch.long).reshape(-1, 3)
+    val_t = torch.tensor(vals, dtype=dtype)
+    scaled = []
+    for s in range(L):
+        ids = (feat_t[:, 0] == s).nonzero().flatten()
+        for t in range(s, L):
+            if t == s or dictionary.cross_layer:
+                W = dictionary.decoder_weight(s, t).to(dtype)
+                scaled.append((ids, feat_t[ids, 1], t, W[feat_t[ids, 2]] * val_t[ids, None]))
+
     def row(scalar):
         g = torch.autograd.grad(scalar, zs + [captured["emb"]], retain_graph=True, allow_unused=True)
         gz = [torch.zeros(T, emb.shape[-1], dtype=dtype) if x is None else x[0].to(dtype) for x in g[:L]]
         ge = g[L][0].to(dtype)
         r = torch.zeros(n, dtype=dtype)
-        for j, (s, p, i) in enumerate(feats):
-            tot = 0.0
-            for t in range(s, L):
-                if t == s or dictionary.cross_layer:
-                    tot = tot + dictionary.decoder_weight(s, t)[i].to(dtype) @ gz[t][p]
-            r[j] = vals[j] * tot
+        for ids, pos, t, D in scaled:
+            r.index_add_(0, ids, (D * gz[t][pos]).sum(-1))
         for t in range(L):
             r[e0 + t * T:e0 + (t + 1) * T] = (errs[t] * gz[t]).sum(-1)
         r[m0:l0] = (emb.detach().to(dtype) * ge).sum(-1)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from pyinterp.circuits._weights import ModelWeights, model_weights
-from pyinterp.circuits.dictionary import check_dictionary, targets_of
+from pyinterp.circuits.dictionary import as_dictionary, check_dictionary, targets_of
 
 
 def _site_names(n_layers: int) -> list[str]:
@@ -57,6 +57,7 @@ class LocalReplacement:
 
     def __init__(self, model, dictionary, tokens, *, dtype: torch.dtype = torch.float32):
         self.weights: ModelWeights = model_weights(model, dtype)
+        dictionary = as_dictionary(dictionary)
         W = self.weights
         check_dictionary(dictionary, W.n_layers, W.d_model)
         self.dictionary = dictionary
@@ -176,7 +177,7 @@ class LocalReplacement:
         then only one row of each pattern is read (B x T' x H x d work instead of B x T'^2 x d).
         """
         Ly = self.weights.layers[layer]
-        B, Tp, d = g.shape
+        B, Tp, _ = g.shape
         H, e = Ly.W_V.shape[0], Ly.W_V.shape[2]
         P = self.patterns[layer][:, :Tp, :Tp]
         if onehot is not None:
@@ -205,3 +206,47 @@ class LocalReplacement:
     def final_norm_T(self, g: torch.Tensor, position: int) -> torch.Tensor:
         """Adjoint of the final norm at one position: g (B, d) -> (B, d)."""
         return self.weights.ln_final.transpose(g, self.scale_f[position])
+
+
+@torch.no_grad()
+def spliced_logits(model, dictionary, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits of the *global* replacement model: every MLP output replaced by the dictionary's
+    reconstruction from its own features, which read the spliced model's activations (no error
+    nodes, nothing frozen). tokens: (B, T) -> (B, T, V). The paper's "matches the next token"
+    measure of a CLT compares its argmax with the real model's."""
+    from pyinterp import ops
+
+    dictionary = as_dictionary(dictionary)
+    L = dictionary.n_layers
+    site = "ln2.hook_normalized" if dictionary.input_site == "mlp_in" else "hook_resid_mid"
+    codes = {}
+
+    def read(layer):
+        def fn(x, hook):
+            shape = x.shape
+            codes[layer] = dictionary.encode(layer, x.reshape(-1, shape[-1]).to(
+                dictionary.encoder_weight(layer).dtype)) + (x.reshape(-1, shape[-1]),)
+        return fn
+
+    def write(layer):
+        def fn(y, hook):
+            out = torch.zeros(y.reshape(-1, y.shape[-1]).shape, dtype=dictionary.encoder_weight(layer).dtype,
+                              device=y.device)
+            for s in range(layer + 1):
+                if s != layer and not dictionary.cross_layer:
+                    continue
+                v, i, _ = codes[s]
+                W = dictionary.decoder_weight(s, layer)
+                out = out + ops.sparse_decode(v.to(W.dtype), i, W)
+            b = dictionary.output_bias(layer)
+            if b is not None:
+                out = out + b
+            w = dictionary.skip_weight(layer)
+            if w is not None:
+                out = out + codes[layer][2].to(w.dtype) @ w
+            return out.reshape(y.shape).to(y.dtype)
+        return fn
+
+    hooks = [(f"blocks.{l}.{site}", read(l)) for l in range(L)]
+    hooks += [(f"blocks.{l}.hook_mlp_out", write(l)) for l in range(L)]
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)
