@@ -158,12 +158,58 @@ def _collection_rows(quick, repeat, device) -> list:
                 t["early"], baseline="whole forward", baseline_seconds=t["full"])]
 
 
+def _tl_solu_rows(quick, repeat, device) -> list:
+    """A TransformerLens SoLU-LN model: forward and training step, plain vs apply()."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import transformer_lens as tl
+    except ImportError:
+        return []
+    from pyinterp.integrations import transformer_lens as ptl
+
+    d, L, B, T = (256, 2, 4, 128) if quick else (512, 4, 8, 256)
+    cfg = tl.HookedTransformerConfig(n_layers=L, d_model=d, n_heads=8, d_head=d // 8, d_mlp=4 * d,
+                                     d_vocab=4096, n_ctx=T, act_fn="solu_ln", normalization_type="LN",
+                                     seed=0, device=str(device))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain, fast = tl.HookedTransformer(cfg), tl.HookedTransformer(cfg)
+    fast.load_state_dict(plain.state_dict())
+    ptl.apply(fast)
+    tokens = torch.randint(0, 4096, (B, T), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def fwd(m):
+        def f():
+            with torch.no_grad():
+                m(tokens)
+        return f
+
+    def step(m):
+        opt = torch.optim.Adam(m.parameters(), lr=1e-6)
+
+        def f():
+            opt.zero_grad(set_to_none=True)
+            m(tokens, return_type="loss").backward()
+            opt.step()
+        return f
+    shape = f"L={L} d_model={d} d_mlp={4 * d} B={B} T={T}"
+    rows = []
+    for op, make in (("tl_solu_ln_forward", fwd), ("tl_solu_ln_train_step", step)):
+        t = interleaved_medians({"plain": make(plain), "fast": make(fast)}, repeat, device=device)
+        rows += [Row(op, shape, "float32", f"transformer_lens {getattr(tl, '__version__', '')}".strip(),
+                     t["plain"]),
+                 Row(op, shape, "float32", "integrations.transformer_lens.apply", t["fast"],
+                     baseline="transformer_lens", baseline_seconds=t["plain"])]
+    return rows
+
+
 def run(args) -> list:
     device = torch.device(getattr(args, "device", "cpu"))
     quick = getattr(args, "quick", False)
     N, d_in, d_sae = QUICK if quick else FULL
     repeat = 3 if quick else 5
-    rows = _collection_rows(quick, repeat, device)
+    rows = _collection_rows(quick, repeat, device) + _tl_solu_rows(quick, repeat, device)
     sl = _sae_lens()
     if sl is not None:
         rows += _saelens_training_rows(sl, N, d_in, d_sae, repeat, device)
