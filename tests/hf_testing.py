@@ -56,3 +56,17 @@ def add_to_hub_cache(cache: Path, repo_id: str, src: Path, revision: str = "main
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / revision).write_text(commit)
     return snap
+
+
+def tiny_tokenizer(vocab: int = V, path=None):
+    """A word-level fast tokenizer over "w0" .. "w{vocab-1}" (saved to ``path`` if given)."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", eos_token="w0",
+                                                pad_token="w0")
+    if path is not None:
+        fast.save_pretrained(path)
+    return fast

@@ -14,20 +14,10 @@ import torch
 transformers = pytest.importorskip(
     "transformers", reason="hub loading needs transformers + huggingface_hub (pip install 'pyinterp[hf]')")
 
-from hf_testing import add_to_hub_cache, build  # noqa: E402
+from hf_testing import add_to_hub_cache, build, tiny_tokenizer  # noqa: E402
 from pyinterp.sae import TopKSAE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tiny_tokenizer(path: Path, vocab: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = {f"w{i}": i for i in range(vocab)}
-    tok = Tokenizer(models.WordLevel(words, unk_token="w0"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", eos_token="w0")
-    fast.save_pretrained(path)
 
 
 def _run(script: str, cache: Path, tmp: Path) -> subprocess.CompletedProcess:
@@ -43,7 +33,7 @@ def test_hub_ids_load_offline_from_the_cache(tmp_path):
     src = tmp_path / "src_model"
     hf = build("gpt2")
     hf.save_pretrained(src)
-    _tiny_tokenizer(src, 64)
+    tiny_tokenizer(64, src)
     add_to_hub_cache(cache, "tiny-org/tiny-gpt2", src)
     sae = TopKSAE(32, 96, k=4, seed=0, hook_name="blocks.0.hook_resid_pre")
     with torch.no_grad():
