@@ -91,9 +91,9 @@ def build_default_corpus(cache: Optional[Union[str, Path]] = None, progress: boo
         return path
     docs = _gather()
     if progress:
-        from tqdm.auto import tqdm
+        from pyinterp._progress import progress as progress_bar
 
-        docs = tqdm(docs, desc="gathering stdlib documentation", unit="doc")
+        docs = progress_bar(docs, desc="gathering stdlib documentation", unit="doc")
     lines = [json.dumps(d, ensure_ascii=False) for d in docs]
     if not lines:
         raise RuntimeError(f"found no documentation text under {_stdlib_dir()}: this Python "

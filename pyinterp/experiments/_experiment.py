@@ -158,11 +158,3 @@ def fmt(x, digits: int = 3) -> str:
 
 def dumps(obj) -> str:
     return json.dumps(obj)
-
-
-def progress_kw(desc: str, total: int) -> dict:
-    """tqdm arguments shared by every long loop (to stderr; off when PYINTERP_PROGRESS=0)."""
-    import os
-
-    return {"desc": desc, "total": total, "leave": False, "dynamic_ncols": True,
-            "disable": os.environ.get("PYINTERP_PROGRESS", "1") == "0", "mininterval": 0.5}

@@ -24,9 +24,9 @@ from pyinterp.experiments._experiment import Experiment
 
 
 def _progress() -> bool:
-    import os
+    from pyinterp._progress import enabled
 
-    return os.environ.get("PYINTERP_PROGRESS", "1") != "0"
+    return enabled()
 
 
 # ----------------------------------------------------------------------------- data + model

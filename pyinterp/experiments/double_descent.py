@@ -18,10 +18,10 @@ import math
 from typing import ClassVar, Dict, Tuple
 
 import torch
-from tqdm.auto import tqdm
 
+from pyinterp._progress import progress
 from pyinterp.experiments import toy
-from pyinterp.experiments._experiment import BaseConfig, Experiment, fmt, progress_kw
+from pyinterp.experiments._experiment import BaseConfig, Experiment, fmt
 
 NAME = "double-descent"
 TITLE = "Superposition, Memorization and Double Descent"
@@ -80,7 +80,7 @@ def _train_T(cfg: Config, T: int, device: str, test: torch.Tensor) -> dict:
     opt = torch.optim.AdamW([W, b], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg.steps, max(1, int(cfg.warmup_frac * cfg.steps))))
     ones = torch.ones(R, n, device=device)
-    for _ in tqdm(range(cfg.steps), **progress_kw(f"double descent T={T}", cfg.steps)):
+    for _ in progress(range(cfg.steps), desc=f"double descent T={T}", unit="step"):
         loss = toy.loss_per_model(W, b, X, ones).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

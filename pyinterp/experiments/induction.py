@@ -24,7 +24,6 @@ start at TransformerLens's scale, so the phase change happens within a few hundr
 from __future__ import annotations
 
 import dataclasses
-import os
 import math
 from typing import ClassVar, Dict, Optional
 
@@ -136,6 +135,7 @@ def evaluate(model, cfg: Config, eval_rows: torch.Tensor, rep, fwd_hooks=()) -> 
 
 
 def _train(cfg: Config, ex: Experiment, n_layers: int, train_rows, eval_rows) -> dict:
+    from pyinterp._progress import enabled as progress_enabled
     from pyinterp.models import TrainConfig, Transformer, train
 
     model = Transformer(model_config(cfg, n_layers)).to(ex.device)
@@ -143,7 +143,7 @@ def _train(cfg: Config, ex: Experiment, n_layers: int, train_rows, eval_rows) ->
     every = max(1, cfg.steps // cfg.n_evals)
     tc = TrainConfig(max_steps=cfg.steps, batch_size=cfg.batch, lr=cfg.lr, warmup_steps=max(1, cfg.steps // 20),
                      seed=cfg.seed, eval_every=every, checkpoint_every=every, log_every=max(1, cfg.steps // 100),
-                     progress=os.environ.get("PYINTERP_PROGRESS", "1") != "0")
+                     progress=progress_enabled())
     first = {"step": 0, **evaluate(model.eval(), cfg, eval_rows, rep)}
     model.train()
     res = train(model, train_rows, tc, out_dir=ex.steps.dir / f"train_{n_layers}l",

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy as _copy
 import dataclasses
-import os
 from pathlib import Path
 from typing import ClassVar, Dict, List, Tuple
 
@@ -99,7 +98,9 @@ class Config(BaseConfig):
 # -- model and judge -------------------------------------------------------------------------
 
 def _progress() -> bool:
-    return os.environ.get("PYINTERP_PROGRESS", "1") != "0"
+    from pyinterp._progress import enabled
+
+    return enabled()
 
 
 def check_config(cfg: Config):

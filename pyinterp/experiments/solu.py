@@ -62,14 +62,13 @@ def model_config(cfg: Config, act_fn: str):
 
 
 def _train(cfg: Config, ex: Experiment, act_fn: str, rows: torch.Tensor) -> dict:
-    import os
-
+    from pyinterp._progress import enabled as progress_enabled
     from pyinterp.models import TrainConfig, Transformer, train
 
     model = Transformer(model_config(cfg, act_fn)).to(ex.device)
     tc = TrainConfig(max_steps=cfg.steps, batch_size=cfg.batch, lr=cfg.lr, warmup_steps=max(1, cfg.steps // 20),
                      seed=cfg.seed, checkpoint_every=max(50, cfg.steps // 5), log_every=max(1, cfg.steps // 100),
-                     progress=os.environ.get("PYINTERP_PROGRESS", "1") != "0")
+                     progress=progress_enabled())
     # Mid-training checkpoints live beside the step results, so an interrupted training resumes.
     res = train(model, rows, tc, out_dir=ex.steps.dir / f"train_{act_fn}", fresh=ex.steps.fresh)
     return {"state": {k: v.detach().cpu() for k, v in res.model.state_dict().items()},

@@ -16,9 +16,8 @@ import math
 from typing import Optional
 
 import torch
-from tqdm.auto import tqdm
 
-from pyinterp.experiments._experiment import progress_kw
+from pyinterp._progress import progress
 
 
 def xavier_normal(K: int, m: int, n: int, gen: torch.Generator, device="cpu") -> torch.Tensor:
@@ -77,7 +76,7 @@ def train_toy_models(
     imp = importance.to(device)
     dens = density.to(device)
     opt = torch.optim.AdamW([W, b], lr=lr, weight_decay=weight_decay)
-    for _ in tqdm(range(steps), **progress_kw(desc, steps)):
+    for _ in progress(range(steps), desc=desc, unit="step"):
         x = sample_sparse(K, batch, n, dens, gen, device)
         loss = loss_per_model(W, b, x, imp, relu).sum()
         opt.zero_grad(set_to_none=True)

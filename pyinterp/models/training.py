@@ -1,5 +1,5 @@
-"""Training loop: AdamW, linear warm-up + cosine decay, tqdm progress, periodic evaluation,
-atomic checkpoints with exact resume.
+"""Training loop: AdamW, linear warm-up + cosine decay, progress (``pyinterp._progress``), periodic
+evaluation, atomic checkpoints with exact resume.
 
     from pyinterp.models import Transformer, TransformerConfig, TrainConfig, train
     result = train(model, rows, TrainConfig(max_steps=1000, batch_size=32), out_dir="runs/x")
@@ -436,9 +436,9 @@ def _train(model, data, cfg, out, eval_fn, loss_fn, resume, fresh, stop_after) -
     device = next(model.parameters()).device
     bar = None
     if cfg.progress and step < end:
-        from tqdm.auto import tqdm
+        from pyinterp._progress import progress
 
-        bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        bar = progress(total=cfg.max_steps, initial=step, desc="train", unit="step")
     batches = _batches(data, cfg, step)
     t0, tokens_seen = time.perf_counter(), 0
     try:

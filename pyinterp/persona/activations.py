@@ -24,9 +24,9 @@ def _run(model, samples: Sequence[Sample], layers: List[int], batch_size: int, p
     outs: List[torch.Tensor] = []
     batches = teacher_forced_batches(model, samples, batch_size, prompt_only=prompt_only)
     if progress:
-        from tqdm.auto import tqdm
+        from pyinterp._progress import progress as progress_bar
 
-        batches = tqdm(batches, total=-(-len(samples) // batch_size), desc="activations", unit="batch")
+        batches = progress_bar(batches, total=-(-len(samples) // batch_size), desc="activations", unit="batch")
     for _, tokens, attn, sel in batches:
         got: List[Optional[torch.Tensor]] = [None] * len(layers)
 

@@ -61,9 +61,9 @@ def generate_responses(model, prompts: Sequence[Tuple[str, str]], *, tokenizer=N
     out: List[Sample] = []
     starts = range(0, len(jobs), batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from pyinterp._progress import progress as progress_bar
 
-        starts = tqdm(starts, desc="generate", unit="batch")
+        starts = progress_bar(starts, desc="generate", unit="batch")
     for b, start in enumerate(starts):
         chunk = jobs[start:start + batch_size]
         gen = model.generate([c[0] for c in chunk], max_new_tokens=max_new_tokens,

@@ -115,7 +115,7 @@ def collect(out_dir: Union[str, Path], source, inputs: Optional[Iterable] = None
     continues after the last complete shard, skipping the inputs already used (without
     running the model on them). ``dtype`` converts the stored activations (e.g. float16).
     """
-    from tqdm.auto import tqdm
+    from pyinterp._progress import progress as progress_bar
 
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,7 @@ def collect(out_dir: Union[str, Path], source, inputs: Optional[Iterable] = None
         next(it)
     pending: dict[str, list] = {}
     pending_rows, pending_inputs = 0, 0
-    bar = tqdm(total=max_rows, initial=manifest["total_rows"], disable=not progress,
+    bar = progress_bar(total=max_rows, initial=manifest["total_rows"], disable=not progress,
                desc="collecting activations", unit="row")
 
     def flush():

@@ -353,12 +353,12 @@ class SAETrainer:
         return self.history
 
     def _run(self, end: int) -> None:
-        from tqdm.auto import tqdm
+        from pyinterp._progress import progress
 
         cfg = self.cfg
         self.initialise()
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress,
-                   desc="SAE training", unit="step")
+        bar = progress(total=cfg.steps, initial=self.step, disable=not cfg.progress,
+                       desc="SAE training", unit="step")
         try:
             while self.step < end:
                 losses = self.train_step(self.feed.next())
