@@ -49,6 +49,9 @@ def _stats_kernel(
     a_i = tl.zeros([BLOCK_M], dtype=acc_t)
     dup_i = tl.zeros([BLOCK_M], dtype=acc_t)
     ind_i = tl.zeros([BLOCK_M], dtype=acc_t)
+    # A NaN (bad 2) or +inf (bad 1) attended score: lse NaN / +inf, the rest NaN, as the
+    # reference (docs/decisions/nan-semantics.md); such scores leave the online softmax.
+    bad_i = tl.zeros([BLOCK_M], dtype=tl.int32)
     if HAS_DUP or HAS_IND:
         tok_i = tl.load(TOK + b * Tk + pos_m, mask=row_ok, other=0)
     if CAUSAL:
@@ -69,6 +72,9 @@ def _stats_kernel(
         if HAS_PAD:
             pad = tl.load(PAD + b * Tk + offs_n, mask=n_ok, other=1)
             valid = valid & (pad == 0)[None, :]
+        bad_i = tl.maximum(bad_i, tl.max(tl.where(valid & (s != s), 2,
+                                                  tl.where(valid & (s == -neg_inf), 1, 0)), 1))
+        valid = valid & (s == s) & (s != -neg_inf) & (s != neg_inf)
         s = tl.where(valid, s, neg_inf)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == neg_inf, 0.0, m_new)
@@ -92,8 +98,10 @@ def _stats_kernel(
     any_key = l_i > 0
     l_safe = tl.where(any_key, l_i, 1.0)
     L = tl.log(l_safe)
+    nan = float("nan")
     lse = tl.where(any_key, m_i + L, neg_inf)
-    ent = tl.where(any_key, L - a_i / l_safe, 0.0)
+    lse = tl.where(bad_i == 2, nan, tl.where(bad_i == 1, -neg_inf, lse))
+    ent = tl.where(bad_i > 0, nan, tl.where(any_key, L - a_i / l_safe, 0.0))
     out = bh * Tq + offs_m
     tl.store(LSE + out, lse, mask=row_ok)
     tl.store(ENT + out, ent, mask=row_ok)
@@ -116,6 +124,7 @@ def _stats_kernel(
             v = tl.where(kind == 2, dup_i / l_safe, v)
         if HAS_IND:
             v = tl.where(kind == 3, ind_i / l_safe, v)
+        v = tl.where(bad_i > 0, nan, v)
         tl.store(MASS + r * PLANE + out, v, mask=row_ok)
 
 
@@ -149,7 +158,8 @@ def _pattern_kernel(
         kt = kt.to(tl.float32)
     s = tl.dot(q, kt, out_dtype=acc_t, input_precision="ieee") * scale
     lse = tl.load(LSE + bh * Tq + offs_m, mask=row_ok, other=float("-inf"))
-    valid = n_ok[None, :] & row_ok[:, None] & (lse > float("-inf"))[:, None]
+    # keys with score -inf (masked or from non-finite inputs) get 0; NaN propagates
+    valid = n_ok[None, :] & row_ok[:, None] & (lse != float("-inf"))[:, None] & (s != float("-inf"))
     if CAUSAL:
         valid = valid & (offs_n[None, :] <= pos_m[:, None])
     if HAS_PAD:

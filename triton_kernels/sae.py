@@ -32,6 +32,7 @@ def _pack(v, cols):
     v = v + 0.0  # -0.0 -> +0.0 so that it ties with +0.0 like the reference
     b = v.to(tl.int32, bitcast=True)
     k32 = tl.where(b >= 0, b, b ^ 0x7FFFFFFF)
+    k32 = tl.where(v != v, 0x7FFFFFFF, k32)  # any NaN above +inf (docs/decisions/nan-semantics.md)
     return (k32.to(tl.int64) << 32) | (4294967295 - cols.to(tl.int64))
 
 
@@ -104,7 +105,7 @@ def _topk_finalize_kernel(CAND, VALS, IDX, N, k, KP: tl.constexpr, BLOCK_M: tl.c
     m = (rows[:, None] < N) & (slot[None, :] < k)
     keys = tl.load(CAND + rows[:, None] * KP + slot[None, :], mask=m, other=0)
     v, col = _unpack(keys)
-    v = tl.maximum(v, 0.0)
+    v = tl.where(v != v, v, tl.maximum(v, 0.0))  # ReLU; NaN propagates
     tl.store(VALS + rows[:, None] * k + slot[None, :], v.to(VALS.dtype.element_ty), mask=m)
     tl.store(IDX + rows[:, None] * k + slot[None, :], col, mask=m)
 

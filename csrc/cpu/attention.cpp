@@ -12,6 +12,11 @@
 // mass is exp(q . k_j* * scale - lse), one dot product per query after the pass.
 //
 // attention_pattern: exp(s - lse) for given rows (lse from attention_stats), tile by tile.
+//
+// Non-finite scores (docs/decisions/nan-semantics.md), as the reference: a NaN among a query's
+// attended scores makes its lse, entropy and masses NaN; a +inf makes lse +inf and the rest
+// NaN; a -inf score is a key with probability 0. The online softmax ignores NaN (max skips
+// it), so each query keeps a flag, set by a cheap check per tile, that the epilogue applies.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -160,6 +165,7 @@ static void stats_kernel(const Args& g, const int* kinds, const int64_t* ns, int
   {
     Scratch<A> w(g.D);
     A m[kBQ], l[kBQ], a[kBQ], dup[kBQ], ind[kBQ];
+    int bad[kBQ];  // 0 finite, 1 a +inf score, 2 a NaN score among the attended keys
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < ntask; ++t) {
       const int64_t qb = nqb - 1 - (t % nqb);  // longest (causal) blocks first
@@ -175,6 +181,7 @@ static void stats_kernel(const Args& g, const int* kinds, const int64_t* ns, int
       for (int i = 0; i < kBQ; ++i) {
         m[i] = ninf;
         l[i] = a[i] = dup[i] = ind[i] = A(0);
+        bad[i] = 0;
       }
       const int64_t last_pos = g.q_offset + i0 + nq - 1;
       const int64_t kend = g.causal ? std::min<int64_t>(g.Tk, last_pos + 1) : g.Tk;
@@ -188,11 +195,21 @@ static void stats_kernel(const Args& g, const int* kinds, const int64_t* ns, int
           if (climit <= 0) continue;
           A* s = w.S.data() + i * kBK;
           const A* kv = w.kvalid.data();
-          A mx = ninf;
-#pragma omp simd reduction(max : mx)
+          A mx = ninf, z = A(0);
+#pragma omp simd reduction(max : mx) reduction(+ : z)
           for (int64_t c = 0; c < climit; ++c) {
             s[c] = kv[c] > A(0) ? s[c] : ninf;
             mx = s[c] > mx ? s[c] : mx;
+            z += s[c] != ninf ? s[c] * A(0) : A(0);  // NaN iff a NaN or +inf score
+          }
+          if (z != z) {  // rare: flag the query, then drop those scores (exp of NaN is UB here)
+            mx = ninf;
+            for (int64_t c = 0; c < climit; ++c) {
+              if (s[c] != s[c]) bad[i] = 2;
+              else if (s[c] == -ninf && bad[i] == 0) bad[i] = 1;
+              if (s[c] != s[c] || s[c] == -ninf) s[c] = ninf;
+              mx = s[c] > mx ? s[c] : mx;
+            }
           }
           if (mx == ninf) continue;  // every key of this tile is padding
           const A mnew = mx > m[i] ? mx : m[i];
@@ -233,6 +250,13 @@ static void stats_kernel(const Args& g, const int* kinds, const int64_t* ns, int
       for (int64_t i = 0; i < nq; ++i) {
         const int64_t pi = g.q_offset + i0 + i;
         const int64_t o = (b * g.H + h) * g.Tq + i0 + i;
+        if (bad[i]) {
+          const A nan = std::numeric_limits<A>::quiet_NaN();
+          lse[o] = bad[i] == 2 ? nan : -ninf;
+          ent[o] = nan;
+          for (int64_t r = 0; r < R; ++r) mass[r * plane + o] = nan;
+          continue;
+        }
         const bool any = l[i] > A(0);
         const A L = any ? std::log(l[i]) : A(0);
         const A lse_i = any ? m[i] + L : ninf;
@@ -294,11 +318,14 @@ static void pattern_kernel(const Args& g, const A* lse, A* out, int nthreads) {
           const int64_t pi = g.q_offset + i0 + i;
           const A lse_i = lse[(b * g.H + h) * g.Tq + i0 + i];
           const int64_t climit = g.causal ? std::min<int64_t>(nk, pi - j0 + 1) : nk;
-          if (climit <= 0 || !(lse_i > -std::numeric_limits<A>::infinity())) continue;
+          const A ninf = -std::numeric_limits<A>::infinity();
+          if (climit <= 0 || lse_i == ninf) continue;  // no attended key: a zero row
           const A* s = w.S.data() + i * kBK;
           const A* kv = w.kvalid.data();
           A* o = orows + i * g.Tk + j0;
-          for (int64_t c = 0; c < climit; ++c) o[c] = kv[c] > A(0) ? std::exp(s[c] - lse_i) : A(0);
+          // a -inf score (masked or from non-finite inputs) is probability 0; NaN propagates
+          for (int64_t c = 0; c < climit; ++c)
+            o[c] = kv[c] > A(0) && s[c] != ninf ? std::exp(s[c] - lse_i) : A(0);
         }
       }
     }

@@ -35,10 +35,19 @@ static inline P* as(uintptr_t p) {
   return reinterpret_cast<P*>(p);
 }
 
-// a is worse than b in the top-k order (value desc, index asc)
+// a is worse than b in the top-k order: value desc, index asc, NaN above every number
+// (NaNs among themselves by index; docs/decisions/nan-semantics.md).
 template <typename P>
 static inline bool worse(P av, int64_t ai, P bv, int64_t bi) {
+  const bool an = av != av, bn = bv != bv;
+  if (an | bn) return an && bn ? ai > bi : bn;
   return av < bv || (av == bv && ai > bi);
+}
+
+// v (arriving after every index in the heap) enters a heap whose worst entry is thr.
+template <typename P>
+static inline bool beats(P v, P thr) {
+  return thr == thr && (v > thr || v != v);
 }
 
 template <typename P>
@@ -93,7 +102,7 @@ static inline void heap_scan(const P* pre, int64_t cols, int64_t col0, int64_t k
   if (!ordered) {
     for (; c < cols; ++c) {
       P v = pre[c];
-      if (v >= thr && worse(hv[0], hi[0], v, col0 + c)) {
+      if ((v >= thr || v != v) && worse(hv[0], hi[0], v, col0 + c)) {
         hv[0] = v;
         hi[0] = col0 + c;
         sift_down(hv, hi, k, 0);
@@ -105,12 +114,16 @@ static inline void heap_scan(const P* pre, int64_t cols, int64_t col0, int64_t k
   constexpr int B = 16;
   for (; c + B <= cols; c += B) {
     P m = pre[c];
-#pragma omp simd reduction(max : m)
-    for (int t = 1; t < B; ++t) m = std::max(m, pre[c + t]);
-    if (!(m > thr)) continue;
+    P z = P(0);  // NaN when the block holds a NaN (or an infinity): scan it then
+#pragma omp simd reduction(max : m) reduction(+ : z)
+    for (int t = 0; t < B; ++t) {
+      m = std::max(m, pre[c + t]);
+      z += pre[c + t] * P(0);
+    }
+    if (!(m > thr) && z == P(0)) continue;
     for (int t = 0; t < B; ++t) {
       P v = pre[c + t];
-      if (v > thr) {  // equal values arrive later = larger index = worse: never enter
+      if (beats(v, thr)) {  // equal values arrive later = larger index = worse: never enter
         hv[0] = v;
         hi[0] = col0 + c + t;
         sift_down(hv, hi, k, 0);
@@ -120,7 +133,7 @@ static inline void heap_scan(const P* pre, int64_t cols, int64_t col0, int64_t k
   }
   for (; c < cols; ++c) {
     P v = pre[c];
-    if (v > thr) {
+    if (beats(v, thr)) {
       hv[0] = v;
       hi[0] = col0 + c;
       sift_down(hv, hi, k, 0);
@@ -163,7 +176,7 @@ void topk_finalize_impl(const P* hv, const int64_t* hi, int64_t rows, int64_t k,
       });
       for (int64_t j = 0; j < k; ++j) {
         P v = buf[j].first;
-        store(vals[r * k + j], static_cast<acc_t<T>>(v > P(0) ? v : P(0)));
+        store(vals[r * k + j], static_cast<acc_t<T>>(v > P(0) || v != v ? v : P(0)));  // ReLU
         idx[r * k + j] = buf[j].second;
       }
     }
@@ -185,7 +198,7 @@ void select_threshold_impl(const P* pre, int64_t rows, int64_t cols, P thr_scala
       const P* p = pre + r * cols;
       for (int64_t c = 0; c < cols; ++c) {
         P t = thr ? thr[c] : thr_scalar;
-        if (p[c] > t) buf.push_back({p[c], c});
+        if (p[c] > t || p[c] != p[c]) buf.push_back({p[c], c});  // NaN is active
       }
       auto better = [](const auto& a, const auto& b) {
         return worse(b.first, b.second, a.first, a.second);

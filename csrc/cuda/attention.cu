@@ -37,6 +37,8 @@ __device__ __forceinline__ float to_acc(const bf16_t* p) {
 
 __device__ __forceinline__ float ninf(float) { return __int_as_float(0xff800000); }
 __device__ __forceinline__ double ninf(double) { return __longlong_as_double(0xfff0000000000000LL); }
+__device__ __forceinline__ float qnan(float) { return __int_as_float(0x7fffffff); }
+__device__ __forceinline__ double qnan(double) { return __longlong_as_double(0x7fffffffffffffffLL); }
 __device__ __forceinline__ float exp_acc(float x) { return expf(x); }
 __device__ __forceinline__ double exp_acc(double x) { return exp(x); }
 __device__ __forceinline__ float log_acc(float x) { return logf(x); }
@@ -86,6 +88,9 @@ __device__ void stats(const T* __restrict__ q, const T* __restrict__ k,
   }
   const i64 ti = (tb && row_ok) ? tb[pi] : 0;
   A m = ninf(A(0)), l = 0, a = 0, dsum = 0, isum = 0;
+  // A NaN (bad 2) or +inf (bad 1) attended score: lse NaN / +inf, the rest NaN; a -inf score
+  // is probability 0 (docs/decisions/nan-semantics.md). Such scores skip the online softmax.
+  int bad = 0;
   const int last = min(Tq - 1, row0 + BM - 1) + q_offset;
   const int kend = causal ? min(Tk, last + 1) : Tk;
   const A* qrow = sQ + threadIdx.x * ld;
@@ -105,6 +110,11 @@ __device__ void stats(const T* __restrict__ q, const T* __restrict__ k,
       const A* kr = sK + c * ld;
       A s = 0;
       for (int d = 0; d < D; ++d) s += qrow[d] * kr[d];
+      if (!(s > ninf(A(0)) && s < -ninf(A(0)))) {  // NaN or +-inf
+        if (s != s) bad = 2;
+        else if (s > A(0) && bad == 0) bad = 1;
+        continue;
+      }
       const bool dup_hit = has_dup && j < pi && tb[j] == ti;
       const bool ind_hit = has_ind && j >= 1 && tb[j - 1] == ti;
       if (s > m) {  // new maximum: rescale the sums (alpha = 0 on the first key)
@@ -127,6 +137,12 @@ __device__ void stats(const T* __restrict__ q, const T* __restrict__ k,
   if (!row_ok) return;
   const i64 o = bh * Tq + i;
   const i64 plane = static_cast<i64>(gridDim.y) * Tq;
+  if (bad) {
+    lse[o] = bad == 2 ? qnan(A(0)) : -ninf(A(0));
+    ent[o] = qnan(A(0));
+    for (int r = 0; r < R; ++r) mass[r * plane + o] = qnan(A(0));
+    return;
+  }
   const bool any = l > A(0);
   const A L = any ? log_acc(l) : A(0);
   const A lse_i = any ? m + L : ninf(A(0));
@@ -175,12 +191,12 @@ __device__ void pattern(const T* __restrict__ q, const T* __restrict__ k,
   const A lse_i = lse[bh * Tq + i];
   const int pi = q_offset + i;
   A v = 0;
-  const bool valid = (!causal || j <= pi) && !(pad && pad[b * Tk + j]) && lse_i > ninf(A(0));
+  const bool valid = (!causal || j <= pi) && !(pad && pad[b * Tk + j]) && lse_i != ninf(A(0));
   if (valid) {
     const T* kr = k + ((b * Hkv + h / group) * static_cast<i64>(Tk) + j) * D;
     A s = 0;
     for (int d = 0; d < D; ++d) s += sq[d] * to_acc(kr + d);
-    v = exp_acc(s - lse_i);
+    v = s == ninf(A(0)) ? A(0) : exp_acc(s - lse_i);  // -inf score: 0; NaN propagates
   }
   out[(bh * Tq + i) * static_cast<i64>(Tk) + j] = v;
 }

@@ -67,6 +67,7 @@ __device__ __forceinline__ i64 pack_key(float v, i64 col) {
   v = v + 0.0f;  // -0.0 -> +0.0: ties with +0.0 like the reference
   int b = __float_as_int(v);
   int k32 = b >= 0 ? b : (b ^ 0x7fffffff);
+  if (v != v) k32 = 0x7fffffff;  // any NaN ranks above +inf (docs/decisions/nan-semantics.md)
   return (static_cast<i64>(k32) << 32) | (0xffffffffLL - col);
 }
 
@@ -144,7 +145,7 @@ __device__ void topk_unpack(const i64* __restrict__ state, i64 rows, int k, T* _
   float v;
   i64 col;
   unpack_key(state[e], &v, &col);
-  st(vals + e, static_cast<typename Acc<T>::type>(v > 0.0f ? v : 0.0f));
+  st(vals + e, static_cast<typename Acc<T>::type>(v > 0.0f || v != v ? v : 0.0f));  // ReLU
   idx[e] = col;
 }
 

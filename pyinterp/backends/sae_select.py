@@ -82,7 +82,7 @@ def threshold(x, W_enc, b_enc, b_dec, thr, max_active):
     parts = []
     for r0 in pre.starts:
         p = pre(r0)
-        sel = p > thr
+        sel = (p > thr) | p.isnan()  # NaN is active (docs/decisions/nan-semantics.md)
         count = sel.sum(1)
         width = max_active if max_active is not None else max(1, int(count.max()))
         v, i = _by_rule(torch.where(sel, p, neg_inf), width)
@@ -124,7 +124,15 @@ def batchtopk(x, W_enc, b_enc, b_dec, k):
 
 
 def _topk_flat(vals, flat, m):
-    """The m best (value desc, flat asc) of a 1-D candidate set."""
+    """The m best (value desc, flat asc; NaN above every number) of a 1-D candidate set."""
+    nan = vals.isnan()
+    if bool(nan.any()):
+        first = torch.nonzero(nan).squeeze(1)
+        first = first[torch.argsort(flat[first])][:m]
+        if first.numel() == m or bool(nan.all()):
+            return vals[first], flat[first]
+        v, f = _topk_flat(vals[~nan], flat[~nan], m - first.numel())
+        return torch.cat([vals[first], v]), torch.cat([flat[first], f])
     kth = torch.topk(vals, m, sorted=True).values[-1]
     gt = vals > kth
     eq = vals == kth
@@ -139,7 +147,7 @@ def group_rows(vals, flat, n, d_sae, dtype):
     """Scatter batch-selected (value, flat index) pairs into per-row codes sorted by the tie
     rule, keeping positive values, padded with 0 / 0. Returns values, indices, mask."""
     dev = vals.device
-    keep = vals > 0
+    keep = (vals > 0) | vals.isnan()  # NaN propagates (docs/decisions/nan-semantics.md)
     vals, flat = vals[keep], flat[keep]
     flat, o = torch.sort(flat)                       # (row, col) ascending
     vals = vals[o]

@@ -76,11 +76,15 @@ def attention_stats(q, k, tokens, rules, causal, kpm, scale, q_offset):
     mass = torch.stack([
         (p * rule_mask(r, tokens, B, Tq, Tk, q_offset, q.device)[:, None]).sum(-1) for r in rules
     ]) if rules else p.new_zeros((0, B, H, Tq))
+    # Non-finite scores (docs/decisions/nan-semantics.md): a NaN or +inf among a query's
+    # attended scores makes its lse NaN / +inf and its entropy and masses NaN.
+    bad = torch.isnan(lse) | (lse == float("inf"))
+    ent = ent.masked_fill(bad, float("nan"))
+    mass = mass.masked_fill(bad, float("nan"))
     return lse, ent, mass
 
 
 def attention_pattern(q, k, lse, causal, kpm, scale, q_offset):
     s = scores(q, k, causal, kpm, scale, q_offset)
-    finite = torch.isfinite(lse)
-    p = torch.exp(s - torch.where(finite, lse, torch.zeros_like(lse))[..., None])
-    return torch.where(finite[..., None], p, torch.zeros_like(p))
+    # Keys with score -inf (masked, or from non-finite inputs) get 0; NaN propagates.
+    return torch.where(s == float("-inf"), torch.zeros_like(s), torch.exp(s - lse[..., None]))

@@ -27,12 +27,18 @@ def last_index(mask: Optional[torch.Tensor], B: int, T: int, device) -> torch.Te
     return torch.where(mask != 0, pos, torch.full_like(pos, -1)).amax(dim=1)
 
 
+def _masked(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (B, T, ...) with the tokens where w (B, T) is 0 set to 0 (not multiplied: NaN * 0)."""
+    return torch.where((w != 0)[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def persona_project(hidden: Hidden, vectors: torch.Tensor, mask: Optional[torch.Tensor] = None,
                     reduce: str = "mean", normalize: bool = True) -> torch.Tensor:
     """hidden: (L, B, T, D) or L x (B, T, D); vectors: (L, P, D) or (P, D); mask: (B, T) or None.
 
     Returns (L, B, P) for reduce in {"mean", "sum", "last"}, (L, B, T, P) for "none", in the
     hidden states' dtype. Rows whose mask selects no token give NaN for "mean" and "last".
+    Tokens with mask 0 are never read (NaN/Inf there change nothing: nan-semantics.md).
     """
     layers = list(hidden.unbind(0)) if isinstance(hidden, torch.Tensor) else list(hidden)
     B, T, _ = layers[0].shape
@@ -46,10 +52,10 @@ def persona_project(hidden: Hidden, vectors: torch.Tensor, mask: Optional[torch.
             v = v / v.norm(dim=-1, keepdim=True)
         proj = h.to(cd) @ v.T  # (B, T, P)
         if reduce == "none":
-            out = proj if m is None else proj * (m != 0).to(cd)[..., None]
+            out = proj if m is None else _masked(proj, m)
         elif reduce in ("mean", "sum"):
             w = torch.ones(B, T, dtype=cd, device=device) if m is None else m
-            out = (proj * w[..., None]).sum(dim=1)
+            out = _masked(proj * w[..., None], w).sum(dim=1)
             if reduce == "mean":
                 out = out / w.sum(dim=1, keepdim=True)
         elif reduce == "last":
@@ -78,7 +84,7 @@ def persona_pool(hidden: Hidden, mask: Optional[torch.Tensor] = None, reduce: st
             out = torch.where((idx >= 0)[:, None], out, torch.full_like(out, float("nan")))
         else:
             w = torch.ones(B, T, dtype=cd, device=device) if mask is None else mask.to(cd)
-            out = (hf * w[..., None]).sum(dim=1)
+            out = _masked(hf * w[..., None], w).sum(dim=1)
             if reduce == "mean":
                 out = out / w.sum(dim=1, keepdim=True)
         outs.append(out)

@@ -66,10 +66,16 @@ def topk_select(pre: torch.Tensor, k: int):
     eq = p == kth
     need = k - gt.sum(1, keepdim=True)
     sel = gt | (eq & (torch.cumsum(eq, 1) <= need))
-    # NaN pre-activations are never equal to kth; fall back to torch.topk's choice there.
-    if torch.isnan(kth).any() or (sel.sum(1) != k).any():
-        v, i = torch.topk(pre, k, dim=1, sorted=True)
-        return v, i
+    nan = torch.isnan(p)
+    if nan.any():
+        # NaN ranks above every number (as in torch.topk), NaNs by ascending index
+        # (docs/decisions/nan-semantics.md): order by value with NaN as -inf, then NaN first.
+        key = torch.where(nan, float("-inf"), p)
+        order = torch.sort(key, dim=1, descending=True, stable=True).indices
+        flag = (~torch.gather(nan, 1, order)).to(torch.int8)
+        first = torch.sort(flag, dim=1, stable=True).indices
+        i = torch.gather(order, 1, first)[:, :k]
+        return torch.gather(pre, 1, i), i
     return _order_rows(pre, sel, k)
 
 
@@ -99,7 +105,7 @@ def threshold_encode(x, W_enc, b_enc, b_dec, threshold=0.0, max_active: Optional
     """
     pre = preacts(x, W_enc, b_enc, b_dec)
     thr = threshold.to(pre.dtype) if isinstance(threshold, torch.Tensor) else threshold
-    sel = pre.detach() > thr
+    sel = (pre.detach() > thr) | torch.isnan(pre.detach())  # NaN is active (torch.relu(NaN) = NaN)
     width = _pad_width(sel.sum(1), max_active)
     if max_active is not None and pre.shape[0]:
         # keep the max_active largest entries of each row's active set
@@ -126,7 +132,7 @@ def batchtopk_encode(x, W_enc, b_enc, b_dec, k: int):
     _, fi = topk_select(flat, k * n)
     sel = torch.zeros(n * d, dtype=torch.bool, device=pre.device)
     sel[fi[0]] = True
-    sel = sel.view(n, d) & (act.detach() > 0)
+    sel = sel.view(n, d) & ((act.detach() > 0) | torch.isnan(act.detach()))
     v, i = _order_rows(act, sel, _pad_width(sel.sum(1), None))
     return v.to(x.dtype), i
 

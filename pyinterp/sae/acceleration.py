@@ -282,7 +282,22 @@ def _encode_sparse(self, x):
     return v.reshape(*lead, -1), i.reshape(*lead, -1)
 
 
+def _check_user_code(values, indices, d_sae: int) -> None:
+    """decode_sparse takes the caller's indices: check them before any kernel reads W_dec."""
+    if not isinstance(values, torch.Tensor) or not isinstance(indices, torch.Tensor):
+        raise TypeError("values and indices must be torch.Tensors")
+    if values.dim() < 1 or values.shape != indices.shape:
+        raise ValueError(f"values {tuple(values.shape)} and indices {tuple(indices.shape)} "
+                         "must have the same shape (..., k)")
+    if indices.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"indices must be int64 or int32, got {indices.dtype}")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= d_sae):
+        raise ValueError(f"indices must lie in [0, {d_sae}) (the rows of W_dec), got values "
+                         f"from {int(indices.min())} to {int(indices.max())}")
+
+
 def _decode_sparse_method(self, values, indices):
+    _check_user_code(values, indices, self.W_dec.shape[0])
     k = values.shape[-1]
     out = _decode_sparse(self, values.reshape(-1, k), indices.reshape(-1, k))
     # (un)normalise with the input's leading shape: SAELens keeps per-row state so shaped

@@ -41,17 +41,19 @@ def mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 
 
 class DensityTracker:
-    """Counts, on the device, how many rows activate each latent (no host sync per update)."""
+    """Counts, on the device, how many rows activate each latent (no host sync per update
+    with ``check_indices=False``, for indices from a dictionary's own encoder)."""
 
     def __init__(self, d_sae: int, device="cpu"):
         self.d_sae = d_sae
         self.counts = torch.zeros(d_sae, dtype=torch.int64, device=device)
         self.rows = 0
 
-    def update(self, values: torch.Tensor, indices: torch.Tensor) -> None:
+    def update(self, values: torch.Tensor, indices: torch.Tensor, check_indices: bool = True) -> None:
         k = values.shape[-1]
         v = values.reshape(-1, k)
-        self.counts += K.activation_counts(v, indices.reshape(-1, k), self.d_sae)
+        self.counts += K.activation_counts(v, indices.reshape(-1, k), self.d_sae,
+                                           check_indices=check_indices)
         self.rows += v.shape[0]
 
     def density(self) -> torch.Tensor:
@@ -176,7 +178,7 @@ def evaluate(sae, batches: Iterable, *, dense_threshold: float = 0.1) -> dict:
             x = x.reshape(-1, sae.d_in).to(sae.W_enc.device)
             v, i = sae.encode(x)
             x_hat = sae.decode(v, i) if sae.cfg.normalize_activations == "none" else sae(x)
-            tracker.update(v, i)
+            tracker.update(v, i, check_indices=False)  # the dictionary's own code
             xd = x.double()
             num += float((xd - x_hat.double()).pow(2).sum())
             sum_x = xd.sum(0) if sum_x is None else sum_x + xd.sum(0)

@@ -304,8 +304,9 @@ class SAETrainer:
             sae.after_step(res)
             n = x.shape[0]
             K.update_activity(self.since_fired[name], res.indices, sae.d_sae, values=res.values,
-                              increment=n)
-            self.fire_counts[name] += K.activation_counts(res.values, res.indices, sae.d_sae)
+                              increment=n, check_indices=False)  # our encoders' indices
+            self.fire_counts[name] += K.activation_counts(res.values, res.indices, sae.d_sae,
+                                                          check_indices=False)
             out[name] = res
         self.step += 1
         self.tokens += int(next(iter(xs.values())).shape[0])

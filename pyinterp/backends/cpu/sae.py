@@ -93,7 +93,8 @@ def threshold(x, W_enc, b_enc, b_dec, thr, max_active):
     for r0 in range(0, n, R):
         rr = min(R, n - r0)
         buf = pre.chunk(r0, rr, 0, d_sae)
-        width = max_active if max_active is not None else max(1, int((buf > cmp).sum(1).max()))
+        active = (buf > cmp) | buf.isnan()  # NaN is active (docs/decisions/nan-semantics.md)
+        width = max_active if max_active is not None else max(1, int(active.sum(1).max()))
         v = torch.empty(rr, width, dtype=x.dtype)
         i = torch.empty(rr, width, dtype=torch.int64)
         c = torch.empty(rr, dtype=torch.int64)

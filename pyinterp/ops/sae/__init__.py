@@ -167,6 +167,9 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tens
         _check_indices(indices, d_sae)
     lead = values.shape[:-1]
     k = values.shape[-1] if values.dim() else 1
+    if k == 0:  # an empty code decodes to the bias
+        out = (values.sum(-1, keepdim=True) * W_dec.new_zeros(d_in))
+        return out + b_dec if b_dec is not None else out
     v2 = values.reshape(-1, k)
     i2 = indices.reshape(-1, k).to(torch.int64)
     name, impl = pick(SPARSE_DECODE, v2, i2, W_dec, b_dec, backend=backend)
@@ -186,29 +189,37 @@ def dense_from_sparse(values: torch.Tensor, indices: torch.Tensor, d_sae: int) -
         raise ValueError(f"indices must have the shape of values {tuple(values.shape)}, "
                          f"got {tuple(indices.shape)}")
     check.integer("d_sae", d_sae, low=1)
+    _check_indices(indices, d_sae)
     out = values.new_zeros(*values.shape[:-1], d_sae)
     return out.scatter_add(-1, indices.to(torch.int64), values)
 
 
-def activation_counts(values: torch.Tensor, indices: torch.Tensor, d_sae: int) -> torch.Tensor:
-    """How many rows activate each latent (value != 0): (d_sae,) int64, on the device, no sync.
-    Padding entries (value 0) do not count."""
+def activation_counts(values: torch.Tensor, indices: torch.Tensor, d_sae: int, *,
+                      check_indices: bool = True) -> torch.Tensor:
+    """How many rows activate each latent (value != 0): (d_sae,) int64, on the device.
+    Padding entries (value 0) do not count. ``check_indices=False`` skips the range check (a
+    host sync) for indices from this package's encoders."""
     check.tensor("values", values, min_ndim=1)
     check.tensor("indices", indices, dtypes=INDEX_DTYPES)
     check.integer("d_sae", d_sae, low=1)
+    if check_indices:
+        _check_indices(indices, d_sae)
     fired = (values.detach() != 0).reshape(-1).to(torch.int64)
     counts = torch.zeros(d_sae, dtype=torch.int64, device=values.device)
     return counts.scatter_add_(0, indices.reshape(-1).to(torch.int64), fired)
 
 
 def update_activity(counter: torch.Tensor, indices: torch.Tensor, d_sae: Optional[int] = None, *,
-                    values: Optional[torch.Tensor] = None, increment: int = 1) -> torch.Tensor:
+                    values: Optional[torch.Tensor] = None, increment: int = 1,
+                    check_indices: bool = True) -> torch.Tensor:
     """Dead-latent bookkeeping on the device, without a host sync.
 
     counter: (d_sae,) integer or float tensor, "steps (or tokens) since each latent last
     fired"; it is increased by ``increment`` and reset to 0 for every latent present in
     ``indices`` (with a nonzero value when ``values`` is given, so padding does not count).
     Updated in place and returned. A latent is dead when its counter exceeds a window.
+    ``check_indices=False`` skips the range check (a host sync) for indices from this
+    package's encoders.
     """
     check.tensor("counter", counter, ndim=1,
                  dtypes=(torch.int64, torch.int32, torch.float32, torch.float64))
@@ -216,6 +227,8 @@ def update_activity(counter: torch.Tensor, indices: torch.Tensor, d_sae: Optiona
     if d_sae is not None and counter.shape[0] != d_sae:
         raise ValueError(f"counter must have shape ({d_sae},), got {tuple(counter.shape)}")
     n = counter.shape[0]
+    if check_indices:
+        _check_indices(indices, n)
     if values is not None:
         check.tensor("values", values)
         fired = (values.detach() != 0).reshape(-1).to(torch.int64)
