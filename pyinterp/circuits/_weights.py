@@ -46,6 +46,17 @@ class Norm:
             y = y + self.b
         return y
 
+    def fold(self, W: torch.Tensor) -> torch.Tensor:
+        """W (..., d, e) read by this norm's output -> the same map read from the input before
+        the division by s: rows times the gain, centred over d for a LayerNorm."""
+        if self.kind == "none":
+            return W
+        if self.w is not None:
+            W = W * self.w[:, None]
+        if self.kind == "ln":
+            W = W - W.mean(-2, keepdim=True)
+        return W
+
     def transpose(self, g: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The adjoint of x -> forward(x, s) - forward(0, s): g (..., T, d) -> (..., T, d)."""
         if self.kind == "none":

@@ -41,12 +41,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from pyinterp.circuits.graph import (
-    Graph,
-    find_threshold,
-    normalize_rows,
-    path_influence,
-)
+from pyinterp.circuits.graph import Graph, find_threshold, normalize_rows
 from pyinterp.circuits.replacement import LocalReplacement
 
 
@@ -126,40 +121,67 @@ class _RowEngine:
             (gv,) = torch.autograd.grad(out, vv, G.reshape(B * Tp, d))
         return gv.view(B, Tp, k) * v
 
-    def _readout(self, l: int, G: torch.Tensor, R: torch.Tensor) -> None:
+    def layout(self, start_layer: int, at_output: bool, Tp: int):
+        """The columns a row can have: features of the layers below the target (all layers for
+        logits), errors of those layers and embeddings, at positions < T'. Returns (global node
+        ids (W,), feature width, error layers); row buffers get W + 1 columns (the last one
+        takes padding slots)."""
+        n = self.nodes
+        n_el = self.L if at_output else start_layer
+        f_end = n.n_features if at_output else n.layer_range[start_layer][0]
+        T = self.rm.T
+        dev = self.rm.embed.device
+        ar = torch.arange(Tp, device=dev)
+        parts = [torch.arange(f_end, device=dev)]
+        parts += [n.error_start + l * T + ar for l in range(n_el)]
+        parts.append(n.embed_start + ar)
+        return torch.cat(parts), f_end, n_el
+
+    def _readout(self, l: int, G: torch.Tensor, R: torch.Tensor, f_end: int) -> None:
         """Add the direct effects of layer l's error nodes and of the features writing to
-        layer l's MLP output to the rows R (B, n + 1); G: (B, T', d) at that output."""
+        layer l's MLP output to the compact rows R (B, W + 1); G: (B, T', d) at that output."""
         n, rm = self.nodes, self.rm
         B, Tp, _ = G.shape
-        e0 = n.error_start + l * rm.T
+        e0 = f_end + l * Tp
         R[:, e0:e0 + Tp] += torch.einsum("btd,td->bt", G, rm.errors[l][:Tp])
+        dummy = R.shape[1] - 1
         for s in rm.sources_of(l):
             if rm.codes[s][0].shape[1] == 0:
                 continue
             edges = self._feature_edges(s, l, G)
-            R.index_add_(1, n.slot_node[s][:Tp].reshape(-1), edges.reshape(B, -1))
+            slots = n.slot_node[s][:Tp].reshape(-1)
+            R.index_add_(1, torch.where(slots >= f_end, torch.full_like(slots, dummy), slots), edges.reshape(B, -1))
 
-    def rows(self, start_layer: int, positions: torch.Tensor, vectors: torch.Tensor,
-             at_output: bool) -> torch.Tensor:
-        """Rows (B, n) for targets whose input direction ``vectors`` (B, d) sits at
-        ``positions`` (B,) of the residual stream: after layer ``start_layer`` (the logits:
-        ``at_output=True``, start_layer = L-1) or at its mid point (a feature of that layer)."""
-        rm, n = self.rm, self.nodes
+    def rows(self, start_layer: int, positions: torch.Tensor, vectors: torch.Tensor, at_output: bool):
+        """Rows for targets whose input direction ``vectors`` (B, d) sits at ``positions`` (B,)
+        of the residual stream: after layer ``start_layer`` (the logits: ``at_output=True``,
+        start_layer = L-1) or at its mid point (a feature of that layer). Returns (R (B, W),
+        cols (W,)): R[:, j] is the direct effect of node cols[j]; every other node's is 0."""
+        rm = self.rm
         B, d = vectors.shape
         Tp = int(positions.max()) + 1
-        G = vectors.new_zeros(B, Tp, d)
-        G[torch.arange(B, device=G.device), positions] = vectors
-        R = vectors.new_zeros(B, n.n + 1)
-        onehot = positions
+        cols, f_end, n_el = self.layout(start_layer, at_output, Tp)
+        R = vectors.new_zeros(B, cols.numel() + 1)
+        at = torch.arange(B, device=vectors.device)
+        G = None  # one-hot in position until the first attention step: kept as (B, d) vectors
         for l in range(start_layer, -1, -1):
             if at_output or l < start_layer:
-                self._readout(l, G, R)
+                if G is None:
+                    G = vectors.new_zeros(B, Tp, d)
+                    G[at, positions] = vectors
+                self._readout(l, G, R, f_end)
                 if self.skips[l] is not None:
                     G = G + rm.input_T(l, G @ self.skips[l].T)
-            G = G + rm.attention_T(l, G, onehot)
-            onehot = None
-        R[:, n.embed_start:n.embed_start + Tp] += torch.einsum("btd,td->bt", G, rm.embed[:Tp])
-        return R[:, :n.n]
+            if G is None:
+                G = rm.attention_T_onehot(l, vectors, positions, Tp)
+                G[at, positions] += vectors
+            elif l == start_layer:  # still one-hot (the readout and skip act per position)
+                G = G + rm.attention_T_onehot(l, G[at, positions], positions, Tp)
+            else:
+                G = G + rm.attention_T(l, G)
+        m0 = f_end + n_el * Tp
+        R[:, m0:m0 + Tp] += torch.einsum("btd,td->bt", G, rm.embed[:Tp])
+        return R[:, :-1], cols
 
 
 def _feature_inputs(rm: LocalReplacement, nodes: _Nodes, ids: torch.Tensor) -> torch.Tensor:
@@ -172,11 +194,20 @@ def _feature_inputs(rm: LocalReplacement, nodes: _Nodes, ids: torch.Tensor) -> t
     return rm.weights.layers[layer].ln2.transpose(enc, rm.scale2[layer][nodes.feat_pos[ids]])
 
 
-def _auto_batch(T: int, d: int, n: int, budget_bytes: int, elem: int) -> int:
-    # per target: the gradient and ~7 temporaries of its size in the attention adjoint, and the
-    # row with its absolute value and a product (measured: peak within ~1.3x of this)
-    per_target = elem * (8 * T * d + 3 * (n + 1))
-    return int(max(8, min(512, budget_bytes // max(per_target, 1))))
+def _batches(ids: torch.Tensor, pos: torch.Tensor, width: int, d: int, budget: int, elem: int,
+             fixed: Optional[int]):
+    """Split ``ids`` (sorted by position) into batches whose buffers fit ``budget`` bytes: per
+    target, its gradient (T' x d) and ~7 temporaries of that size in the attention adjoint, and
+    its row (``width``) with its absolute value and a product. At least 16 targets a batch."""
+    i, N = 0, ids.numel()
+    while i < N:
+        if fixed:
+            b = fixed
+        else:
+            Tp = int(pos[ids[min(i + 511, N - 1)]]) + 1
+            b = int(max(16, min(512, budget // (elem * (8 * Tp * d + 3 * width)))))
+        yield ids[i:i + b]
+        i += b
 
 
 def attribute(model, dictionary, tokens, *, logits: Sequence[int] | None = None,
@@ -185,7 +216,8 @@ def attribute(model, dictionary, tokens, *, logits: Sequence[int] | None = None,
               edge_threshold: float = 0.98, max_feature_nodes: int | None = None,
               batch_size: int | None = None, memory_budget: int = 24 << 20,
               dtype: torch.dtype = torch.float32, decode: Callable[[int], str] | None = None,
-              prompt: str = "", scan: str = "pyinterp", readout: str = "sparse") -> Graph:
+              prompt: str = "", scan: str = "pyinterp", readout: str = "gather",
+              patterns: str = "auto") -> Graph:
     """The pruned attribution graph of ``tokens`` (T,) for ``model`` with ``dictionary``.
 
     Targets (the graph's roots): by default the most likely next tokens at the last position
@@ -193,7 +225,10 @@ def attribute(model, dictionary, tokens, *, logits: Sequence[int] | None = None,
     by probability; or the given ``logits`` token ids (equal weights) and/or active ``features``
     given as (layer, position, feature index) (equal weights; then logits only if also given).
     ``batch_size`` targets per transposed pass (default: as many as fit ``memory_budget``
-    bytes of buffers). ``decode(token_id) -> str`` labels tokens. See the module docstring.
+    bytes of buffers). ``decode(token_id) -> str`` labels tokens. ``readout``: "gather" (decoder
+    rows gathered once per position, one batched product) or "sparse" (the backward of
+    ``ops.sparse_decode``; docs/decisions/circuits-streaming-attribution.md). ``patterns``: see
+    :class:`LocalReplacement`. See the module docstring.
     """
     if not 0.0 <= node_threshold <= 1.0:
         raise ValueError(f"node_threshold must be in [0, 1], got {node_threshold}")
@@ -204,7 +239,7 @@ def attribute(model, dictionary, tokens, *, logits: Sequence[int] | None = None,
     if readout not in ("sparse", "gather"):
         raise ValueError(f"readout must be 'sparse' or 'gather', got {readout!r}")
     t0 = time.perf_counter()
-    rm = LocalReplacement(model, dictionary, tokens, dtype=dtype)
+    rm = LocalReplacement(model, dictionary, tokens, dtype=dtype, patterns=patterns)
     dictionary = rm.dictionary
     T, L, d = rm.T, rm.weights.n_layers, rm.weights.d_model
     dev = rm.embed.device
@@ -239,37 +274,40 @@ def attribute(model, dictionary, tokens, *, logits: Sequence[int] | None = None,
     w[roots_t] = torch.tensor(root_w, dtype=dtype, device=dev)
 
     engine = _RowEngine(rm, nodes, readout)
-    if batch_size is None:
-        batch_size = _auto_batch(T, d, n, memory_budget, torch.finfo(dtype).bits // 8)
+    elem = torch.finfo(dtype).bits // 8
     coef = w.clone()                 # w + influence: final for a node once its consumers are done
     err_share = torch.zeros(n, dtype=dtype, device=dev)
     expanded = torch.zeros(n, dtype=torch.bool, device=dev)
     root_rows = torch.zeros(len(roots), n, dtype=dtype, device=dev)
     root_slot = {r: i for i, r in enumerate(roots)}
     e_lo, e_hi = nodes.error_start, nodes.embed_start
-    n_rows = 0
+    n_rows, max_batch = 0, 0
 
-    def absorb(ids: torch.Tensor, R: torch.Tensor) -> None:
-        nonlocal n_rows
+    def absorb(ids: torch.Tensor, R: torch.Tensor, cols: torch.Tensor) -> None:
+        nonlocal n_rows, max_batch
         A = R.abs()
         rs = A.sum(1).clamp(min=1e-10)
-        coef.add_((coef[ids] / rs) @ A)
-        err_share[ids] = A[:, e_lo:e_hi].sum(1) / rs
+        coef.index_add_(0, cols, (coef[ids] / rs) @ A)
+        is_err = (cols >= e_lo) & (cols < e_hi)
+        err_share[ids] = A[:, is_err].sum(1) / rs
         expanded[ids] = True
         n_rows += ids.numel()
+        max_batch = max(max_batch, ids.numel())
         for b, i in enumerate(ids.tolist()):
             if i in root_slot:
-                root_rows[root_slot[i]] = R[b]
+                root_rows[root_slot[i], cols] = R[b]
 
     # logit rows
     if logit_ids.numel():
         u = rm.weights.W_U[:, logit_ids].T - rm.weights.W_U.mean(1)   # demeaned unembedding (n_l, d)
         g = rm.final_norm_T(u, T - 1)
-        for i in range(0, logit_ids.numel(), batch_size):
-            ids = torch.arange(nodes.logit_start + i, nodes.logit_start + min(i + batch_size, logit_ids.numel()),
-                               device=dev)
-            pos = torch.full((ids.numel(),), T - 1, dtype=torch.long, device=dev)
-            absorb(ids, engine.rows(L - 1, pos, g[i:i + batch_size], at_output=True))
+        lids = torch.arange(nodes.logit_start, n, device=dev)
+        lpos = torch.full((n,), T - 1, dtype=torch.long, device=dev)
+        width = nodes.n_features + (L + 1) * T
+        i = 0
+        for ids in _batches(lids, lpos, width, d, memory_budget, elem, batch_size):
+            absorb(ids, *engine.rows(L - 1, lpos[ids], g[i:i + ids.numel()], at_output=True))
+            i += ids.numel()
 
     # feature rows, top layer first
     budget = max_feature_nodes
@@ -287,10 +325,10 @@ def attribute(model, dictionary, tokens, *, logits: Sequence[int] | None = None,
         if cand.numel() == 0:
             continue
         cand = cand[torch.argsort(nodes.feat_pos[cand], stable=True)]  # similar T' per batch
-        for i in range(0, cand.numel(), batch_size):
-            ids = cand[i:i + batch_size]
+        width = lo + (l + 1) * T
+        for ids in _batches(cand, nodes.feat_pos, width, d, memory_budget, elem, batch_size):
             vec = _feature_inputs(rm, nodes, ids)
-            absorb(ids, engine.rows(l, nodes.feat_pos[ids], vec, at_output=False))
+            absorb(ids, *engine.rows(l, nodes.feat_pos[ids], vec, at_output=False))
     influence = coef - w
     t_stream = time.perf_counter() - t0
 
@@ -300,37 +338,43 @@ def attribute(model, dictionary, tokens, *, logits: Sequence[int] | None = None,
     replacement = float(emb / (emb + err)) if float(emb + err) > 0 else float("nan")
     completeness = float(((1 - err_share) * coef).sum() / coef.sum())
 
-    # node pruning, then the kept rows over the kept columns, then edge pruning
+    # node pruning, then the kept rows over the kept columns, then edge pruning. Only features
+    # and logits have rows: the matrix is (row nodes x kept nodes), both small.
     node_mask = influence >= find_threshold(influence, node_threshold)
     node_mask[nodes.embed_start:] = True
     node_mask[roots_t] = True
     kept = node_mask.nonzero().flatten()
     col = torch.full((n + 1,), -1, dtype=torch.long, device=dev)
     col[kept] = torch.arange(kept.numel(), device=dev)
-    A = torch.zeros(kept.numel(), kept.numel(), dtype=dtype, device=dev)
     kept_rows = kept[(kept < nodes.error_start) & expanded[kept]]
+    row_nodes = torch.cat([kept_rows, torch.arange(nodes.logit_start, n, device=dev)])
+    rk = col[row_nodes]                                   # their places among the kept nodes
+    place = {int(v): i for i, v in enumerate(row_nodes.tolist())}
+    A = torch.zeros(row_nodes.numel(), kept.numel(), dtype=dtype, device=dev)
     for l in range(L - 1, -1, -1):
         lo, hi = nodes.layer_range[l]
         ids = kept_rows[(kept_rows >= lo) & (kept_rows < hi)]
         ids = ids[torch.argsort(nodes.feat_pos[ids], stable=True)]
-        for i in range(0, ids.numel(), batch_size):
-            b = ids[i:i + batch_size]
-            R = engine.rows(l, nodes.feat_pos[b], _feature_inputs(rm, nodes, b), at_output=False)
-            A[col[b]] = R[:, kept]
+        for b in _batches(ids, nodes.feat_pos, lo + (l + 1) * T, d, memory_budget, elem, batch_size):
+            R, cols = engine.rows(l, nodes.feat_pos[b], _feature_inputs(rm, nodes, b), at_output=False)
+            at = torch.full((n + 1,), -1, dtype=torch.long, device=dev)
+            at[cols] = torch.arange(cols.numel(), device=dev)
+            kc = at[kept]
+            A[[place[int(v)] for v in b.tolist()]] = torch.where(kc >= 0, R[:, kc.clamp(min=0)], 0)
     for j in range(logit_ids.numel()):  # logits come first among the roots
-        A[col[nodes.logit_start + j]] = root_rows[j, kept]
+        A[place[nodes.logit_start + j]] = root_rows[j, kept]
     wk = w[kept]
-    edge_mask, node_keep = _prune_edges(A, wk, kept, col[roots_t], nodes, edge_threshold)
+    edge_mask, node_keep = _prune_edges(A, rk, wk, kept, col[roots_t], nodes, edge_threshold)
     node_mask[kept] = node_keep
-    tgt, src = (edge_mask & (A != 0)).nonzero(as_tuple=True)
-    edges = torch.stack([kept[tgt], kept[src]], 1)
+    r_i, c_i = (edge_mask & (A != 0)).nonzero(as_tuple=True)
+    edges = torch.stack([row_nodes[r_i], kept[c_i]], 1)
     stats = {"n_features_active": nodes.n_features, "n_nodes": n, "rows_computed": n_rows,
-             "rows_recomputed_for_pruning": int(kept_rows.numel()), "batch_size": batch_size,
+             "rows_recomputed_for_pruning": int(kept_rows.numel()), "max_batch": max_batch,
              "seconds_stream": t_stream, "seconds_total": time.perf_counter() - t0,
              "n_kept_nodes": int(node_mask.sum()), "n_kept_features": int(node_mask[:nodes.n_features].sum()),
              "n_edges": int(edges.shape[0])}
     scores = {"replacement": replacement, "completeness": completeness}
-    scores.update(_pruned_scores(A, wk, edge_mask, node_keep, kept, nodes))
+    scores.update(_pruned_scores(A, rk, wk, edge_mask, node_keep, kept, nodes))
     scores["kept_influence_fraction"] = float(influence[node_mask].sum() / influence.sum()) \
         if float(influence.sum()) > 0 else float("nan")
     dec = decode or str
@@ -343,46 +387,61 @@ def attribute(model, dictionary, tokens, *, logits: Sequence[int] | None = None,
         logit_probs=logit_p.cpu(), logit_strings=[dec(int(t)) for t in logit_ids.tolist()],
         roots=roots_t.cpu(), root_weights=w[roots_t].cpu(), root_rows=root_rows.cpu(),
         influence=influence.cpu(), node_mask=node_mask.cpu(), edges=edges.cpu(),
-        edge_weight=A[tgt, src].cpu(), scores=scores,
+        edge_weight=A[r_i, c_i].cpu(), scores=scores,
         settings={"node_threshold": node_threshold, "edge_threshold": edge_threshold,
                   "max_feature_nodes": max_feature_nodes, "max_n_logits": max_n_logits,
                   "desired_logit_prob": desired_logit_prob, "input_site": dictionary.input_site},
         stats=stats, prompt=prompt, scan=scan)
 
 
-def _prune_edges(A: torch.Tensor, wk: torch.Tensor, kept: torch.Tensor, root_cols: torch.Tensor,
-                 nodes: _Nodes, edge_threshold: float):
-    """circuit-tracer's edge pruning on the kept-node matrix A (targets x sources): returns
-    the kept edges and nodes (targets are never dropped)."""
+def _influence_rect(An: torch.Tensor, rk: torch.Tensor, w: torch.Tensor, max_iter: int = 1000) -> torch.Tensor:
+    """w @ (Â + Â² + ...) for Â given by its non-zero rows An (rows of the nodes ``rk``)."""
+    cur = w[rk] @ An
+    total = cur.clone()
+    for _ in range(max_iter):
+        if not bool(cur.any()):
+            return total
+        cur = cur[rk] @ An
+        total += cur
+    raise RuntimeError("influence did not converge: the adjacency matrix has a cycle")
+
+
+def _prune_edges(A: torch.Tensor, rk: torch.Tensor, wk: torch.Tensor, kept: torch.Tensor,
+                 root_cols: torch.Tensor, nodes: _Nodes, edge_threshold: float):
+    """circuit-tracer's edge pruning on the kept-node matrix (rows ``rk`` of it in A): returns
+    the kept edges (as a mask of A) and the kept nodes (targets are never dropped)."""
     An = normalize_rows(A)
-    infl = path_influence(An, wk) + wk
-    scores = An * infl[:, None]
+    infl = _influence_rect(An, rk, wk) + wk
+    scores = An * infl[rk][:, None]
     edge_mask = scores >= find_threshold(scores, edge_threshold)
-    is_root = torch.zeros(kept.numel(), dtype=torch.bool, device=A.device)
+    m = kept.numel()
+    is_root = torch.zeros(m, dtype=torch.bool, device=A.device)
     is_root[root_cols] = True
     is_feat = (kept < nodes.error_start) & ~is_root
     must_out = (kept < nodes.embed_start) & ~is_root  # features and errors need an outgoing edge
-    node_keep = torch.ones(kept.numel(), dtype=torch.bool, device=A.device)
+    node_keep = torch.ones(m, dtype=torch.bool, device=A.device)
     while True:
         before = node_keep.clone()
-        edge_mask &= node_keep[:, None] & node_keep[None, :]
+        edge_mask &= node_keep[rk][:, None] & node_keep[None, :]
         node_keep &= ~must_out | edge_mask.any(0)
-        node_keep &= ~is_feat | edge_mask.any(1)
+        has_in = torch.zeros(m, dtype=torch.bool, device=A.device)
+        has_in[rk] = edge_mask.any(1)
+        node_keep &= ~is_feat | has_in
         if torch.equal(before, node_keep):
             break
     return edge_mask, node_keep
 
 
-def _pruned_scores(A, wk, edge_mask, node_keep, kept, nodes) -> dict:
+def _pruned_scores(A, rk, wk, edge_mask, node_keep, kept, nodes) -> dict:
     """Replacement and completeness of the pruned graph (kept nodes and edges only)."""
-    Ap = torch.where(edge_mask, A, torch.zeros_like(A))
-    An = normalize_rows(Ap)
-    infl = path_influence(An, wk * node_keep)
+    An = normalize_rows(torch.where(edge_mask, A, torch.zeros_like(A)))
+    infl = _influence_rect(An, rk, wk * node_keep)
     is_emb = (kept >= nodes.embed_start) & (kept < nodes.logit_start)
     is_err = (kept >= nodes.error_start) & (kept < nodes.embed_start)
     emb, err = infl[is_emb].sum(), infl[is_err].sum()
     coef = infl + wk * node_keep
-    nonerr = 1 - An[:, is_err].sum(1)
+    nonerr = torch.ones_like(coef)
+    nonerr[rk] = 1 - An[:, is_err].sum(1)
     return {"replacement_pruned": float(emb / (emb + err)) if float(emb + err) > 0 else float("nan"),
             "completeness_pruned": float((nonerr * coef).sum() / coef.sum()) if float(coef.sum()) > 0
             else float("nan")}

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import torch
 
+from pyinterp.circuits._patterns import RecomputedPatterns, StoredPatterns, recompute_scale
 from pyinterp.circuits._weights import ModelWeights, model_weights
 from pyinterp.circuits.dictionary import as_dictionary, check_dictionary, targets_of
 
 
-def _site_names(n_layers: int) -> list[str]:
+def _site_names(n_layers: int, recompute: bool) -> list[str]:
     names = []
     for l in range(n_layers):
-        names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_resid_mid",
-                  f"blocks.{l}.attn.hook_pattern", f"blocks.{l}.hook_mlp_out"]
+        names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_resid_mid", f"blocks.{l}.hook_mlp_out"]
+        names += [f"blocks.{l}.attn.hook_q", f"blocks.{l}.attn.hook_k"] if recompute \
+            else [f"blocks.{l}.attn.hook_pattern"]
     names.append(f"blocks.{n_layers - 1}.hook_resid_post")
     return names
 
@@ -49,13 +51,17 @@ def _tokens_1d(tokens) -> torch.Tensor:
 class LocalReplacement:
     """The frozen pass of ``model`` on ``tokens`` with ``dictionary`` replacing its MLPs.
 
+    ``patterns``: "stored" (the model's hook_pattern, any model), "recompute" (from q and k in
+    query blocks, memory linear in T: pyinterp's Transformer) or "auto" (recompute when possible).
+
     Attributes (all on the CPU/GPU of the model, in ``dtype``): ``embed`` (T, d),
-    ``patterns[l]`` (H, T, T), ``scale1/scale2[l]`` and ``scale_f`` (T, 1), ``inputs[l]``
+    ``patterns`` (per layer (H, T, T), see pyinterp.circuits._patterns), ``scale1/scale2[l]`` and ``scale_f`` (T, 1), ``inputs[l]``
     (T, d) the dictionary inputs, ``codes[l]`` = (values, indices) (T, k_l), ``errors[l]``
     (T, d), ``mlp_out[l]`` (T, d), ``logits`` (T, V) of the real model.
     """
 
-    def __init__(self, model, dictionary, tokens, *, dtype: torch.dtype = torch.float32):
+    def __init__(self, model, dictionary, tokens, *, dtype: torch.dtype = torch.float32,
+                 patterns: str = "auto"):
         self.weights: ModelWeights = model_weights(model, dtype)
         dictionary = as_dictionary(dictionary)
         W = self.weights
@@ -65,8 +71,16 @@ class LocalReplacement:
         self.tokens = _tokens_1d(tokens)
         L = W.n_layers
         dev = W.W_U.device
+        if patterns not in ("auto", "stored", "recompute"):
+            raise ValueError(f"patterns must be 'auto', 'stored' or 'recompute', got {patterns!r}")
+        scale = recompute_scale(model)
+        if patterns == "recompute" and scale is None:
+            raise ValueError("patterns='recompute' needs scores q.k/sqrt(d_head) under a causal mask: "
+                             "pyinterp's Transformer; use patterns='stored' for this model")
+        recompute = patterns == "recompute" or (patterns == "auto" and scale is not None)
         with torch.no_grad():
-            logits, cache = model.run_with_cache(self.tokens[None].to(dev), names_filter=_site_names(L))
+            logits, cache = model.run_with_cache(self.tokens[None].to(dev),
+                                                 names_filter=_site_names(L, recompute))
         self.logits = logits[0].to(dtype)
         c = {k: v[0].to(dtype) for k, v in cache.items()}
         self.T = self.tokens.numel()
@@ -74,7 +88,12 @@ class LocalReplacement:
         self.resid_pre = [c[f"blocks.{l}.hook_resid_pre"] for l in range(L)]
         self.resid_mid = [c[f"blocks.{l}.hook_resid_mid"] for l in range(L)]
         self.resid_final = c[f"blocks.{L - 1}.hook_resid_post"]
-        self.patterns = [c[f"blocks.{l}.attn.hook_pattern"] for l in range(L)]
+        if recompute:  # hook_q/hook_k: (T, H, d_head) -> (H, T, d_head)
+            self.patterns = RecomputedPatterns([c[f"blocks.{l}.attn.hook_q"].transpose(0, 1) for l in range(L)],
+                                               [c[f"blocks.{l}.attn.hook_k"].transpose(0, 1) for l in range(L)],
+                                               scale)
+        else:
+            self.patterns = StoredPatterns([c[f"blocks.{l}.attn.hook_pattern"] for l in range(L)])
         self.mlp_out = [c[f"blocks.{l}.hook_mlp_out"] for l in range(L)]
         self.scale1 = [W.layers[l].ln1.scale(self.resid_pre[l]) for l in range(L)]
         self.scale2 = [W.layers[l].ln2.scale(self.resid_mid[l]) for l in range(L)]
@@ -144,7 +163,7 @@ class LocalReplacement:
         v = torch.einsum("td,hde->hte", a, Ly.W_V)
         if Ly.b_V is not None:
             v = v + Ly.b_V[:, None, :]
-        z = torch.bmm(self.patterns[layer], v)  # (H, T, e)
+        z = self.patterns.apply(layer, v)  # (H, T, e)
         out = torch.einsum("hte,hed->td", z, Ly.W_O)
         return out if Ly.b_O is None else out + Ly.b_O
 
@@ -169,28 +188,36 @@ class LocalReplacement:
         return out if W.b_U is None else out + W.b_U
 
     # -- adjoints, batched over targets -----------------------------------------------------------
-    def attention_T(self, layer: int, g: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
-        """Adjoint of the attention block's linear part, into the residual stream before LN1.
+    def _ov_in(self, layer: int) -> torch.Tensor:
+        """W_V with LN1's gain and centring folded in: (H, d, e), so that LN1's adjoint of
+        ``gv @ W_Vᵀ`` is ``(gv @ W_V_foldedᵀ) / s`` (one pass over (B, T', d) instead of four)."""
+        key = ("ov", layer)
+        if key not in self._dec:
+            Ly = self.weights.layers[layer]
+            self._dec[key] = Ly.ln1.fold(Ly.W_V)
+        return self._dec[key]
 
-        g: (B, T', d) gradient at the attention output over positions < T'. ``onehot`` (B,)
-        says that row b of g is zero except at position onehot[b] (a target's own position):
-        then only one row of each pattern is read (B x T' x H x d work instead of B x T'^2 x d).
-        """
+    def attention_T(self, layer: int, g: torch.Tensor) -> torch.Tensor:
+        """Adjoint of the attention block's linear part, into the residual stream before LN1.
+        g: (B, T', d) gradient at the attention output over positions < T' -> (B, T', d)."""
         Ly = self.weights.layers[layer]
         B, Tp, _ = g.shape
         H, e = Ly.W_V.shape[0], Ly.W_V.shape[2]
-        P = self.patterns[layer][:, :Tp, :Tp]
-        if onehot is not None:
-            gq = g[torch.arange(B, device=g.device), onehot]           # (B, d)
-            gz = torch.einsum("bd,hed->bhe", gq, Ly.W_O)               # (B, H, e)
-            gw = torch.einsum("bhe,hde->bhd", gz, Ly.W_V)              # (B, H, d)
-            rows = P[:, onehot, :].permute(1, 2, 0)                    # (B, T', H)
-            ga = torch.bmm(rows, gw)                                   # (B, T', d)
-        else:
-            gz = torch.einsum("bqd,hed->hqbe", g, Ly.W_O).reshape(H, Tp, B * e)
-            gv = torch.bmm(P.transpose(1, 2), gz).reshape(H, Tp, B, e)  # keys <- queries
-            ga = torch.einsum("hkbe,hde->bkd", gv, Ly.W_V)
-        return Ly.ln1.transpose(ga, self.scale1[layer][:Tp])
+        W_V = self._ov_in(layer)
+        inv_s = 1.0 / self.scale1[layer][:Tp]                          # (T', 1)
+        gz = torch.einsum("bqd,hed->hqbe", g, Ly.W_O).reshape(H, Tp, B * e)
+        gv = self.patterns.apply_T(layer, gz, Tp).reshape(H, Tp, B, e)  # keys <- queries
+        return torch.einsum("hkbe,hde->bkd", gv, W_V) * inv_s
+
+    def attention_T_onehot(self, layer: int, g: torch.Tensor, positions: torch.Tensor, Tp: int) -> torch.Tensor:
+        """:meth:`attention_T` of gradients that are zero except at one position each: g (B, d)
+        at ``positions`` (B,). Reads one pattern row per target: B x T' x H x d work instead of
+        B x T'² x d."""
+        Ly = self.weights.layers[layer]
+        gz = torch.einsum("bd,hed->bhe", g, Ly.W_O)                    # (B, H, e)
+        gw = torch.einsum("bhe,hde->bhd", gz, self._ov_in(layer))      # (B, H, d)
+        rows = self.patterns.rows(layer, positions, Tp).transpose(1, 2) / self.scale1[layer][:Tp]
+        return torch.bmm(rows, gw)                                     # (B, T', d)
 
     def input_T(self, layer: int, g: torch.Tensor) -> torch.Tensor:
         """Adjoint of m_l -> dictionary input x_l: g (B, T', d) at x_l -> at m_l."""
