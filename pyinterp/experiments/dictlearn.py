@@ -21,6 +21,8 @@ from typing import Optional, Sequence
 import torch
 
 from pyinterp.experiments._experiment import Experiment
+# The logit-effect helpers live in the library (feature dashboards use them too).
+from pyinterp.sae.feature_dashboards import fold_ln_final, logit_effects  # noqa: F401
 
 
 def _progress() -> bool:
@@ -190,23 +192,3 @@ def concentration(acts: torch.Tensor, tokens: torch.Tensor, k: int):
     v, i = neuron_proxy.top_activations(acts, k)  # (k, U)
     return neuron_proxy.token_concentration(tokens[i]), v.T.contiguous(), i.T.contiguous()
 
-
-def fold_ln_final(model, directions: torch.Tensor) -> torch.Tensor:
-    """Residual-stream directions as the unembedding sees them through the final LayerNorm
-    (centred, times its gain; the per-token scale is left out). directions: (U, d_model)."""
-    d = directions.float()
-    d = d - d.mean(-1, keepdim=True)
-    ln = getattr(model, "ln_final", None)
-    if ln is not None and hasattr(ln, "w"):
-        d = d * ln.w.detach().float().to(d.device)
-    return d
-
-
-def logit_effects(directions: torch.Tensor, W_U: torch.Tensor, k: int = 10):
-    """Top positive / negative logit effects of output-space directions.
-
-    directions: (U, d_model); W_U: (d_model, d_vocab) -> (pos ids (U, k), pos vals, neg ids, neg vals)."""
-    eff = directions.float() @ W_U.float()
-    pv, pi = eff.topk(k, dim=1)
-    nv, ni = (-eff).topk(k, dim=1)
-    return pi, pv, ni, -nv

@@ -21,6 +21,7 @@ for Towards Monosemanticity's unit-norm decoder), :class:`TopKSAE`, :class:`Batc
 from pyinterp._files import CorruptFileError
 from pyinterp.sae.acceleration import accelerate, restore
 from pyinterp.sae.config import SAEConfig
+from pyinterp.sae.feature_dashboards import dashboards
 from pyinterp.sae.hub import from_pretrained
 from pyinterp.sae.io import load, save
 from pyinterp.sae.registry import architectures, get_sae_class, register_sae_class
@@ -40,6 +41,6 @@ from pyinterp.sae import metrics
 __all__ = [
     "ActivationStore", "BatchTopKSAE", "CorruptFileError", "JumpReLUSAE", "NonFiniteError",
     "ReLUSAE", "SAEConfig", "SAELoss", "SAETrainer", "SparseAutoencoder", "TopKSAE",
-    "TrainConfig", "accelerate", "architectures", "build", "collect", "from_pretrained",
+    "TrainConfig", "accelerate", "architectures", "build", "collect", "dashboards", "from_pretrained",
     "get_sae_class", "load", "metrics", "register_sae_class", "restore", "save", "stream", "train",
 ]
