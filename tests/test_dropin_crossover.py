@@ -79,7 +79,8 @@ def test_sae_codes_stop_after_the_hooked_block(model):
 
 
 def test_hf_helpers_take_sae_lens_saes():
-    transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'pyinterp[hf]')")
+    transformers = pytest.importorskip("transformers",
+                                       reason="needs transformers (pip install 'pyinterp[hf]')")
     from pyinterp.integrations import hf as phf
 
     torch.manual_seed(0)
@@ -128,7 +129,8 @@ def test_pyinterp_saes_in_hooked_sae_transformer(model, kind):
             torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
             acts = cache[HOOK + ".hook_sae_acts_post"]
             v, i = sae.encode(cache[HOOK + ".hook_sae_input"])
-            torch.testing.assert_close(acts, torch.zeros_like(acts).scatter_add(-1, i, v), atol=1e-5, rtol=1e-5)
+            dense = torch.zeros_like(acts).scatter_add(-1, i, v)
+            torch.testing.assert_close(acts, dense, atol=1e-5, rtol=1e-5)
             assert (HOOK + ".hook_sae_acts_pre") in cache  # computed densely while cached
         finally:
             model.reset_saes()

@@ -91,7 +91,9 @@ def test_hooks_that_edit_neurons_take_effect():
     # a backward hook on hook_mid sees TransformerLens's gradients (that block falls back)
     grads = {}
     for m, key in ((model, "ours"), (ref_model, "ref")):
-        m.blocks[0].mlp.hook_mid.add_hook(lambda g, hook, key=key: grads.__setitem__(key, g[0] if isinstance(g, tuple) else g), dir="bwd")
+        def record(g, hook, key=key):
+            grads[key] = g[0] if isinstance(g, tuple) else g
+        m.blocks[0].mlp.hook_mid.add_hook(record, dir="bwd")
         m(t, return_type="loss").backward()
         m.reset_hooks()
     torch.testing.assert_close(grads["ours"], grads["ref"], atol=1e-5, rtol=1e-4)

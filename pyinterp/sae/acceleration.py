@@ -34,7 +34,6 @@ results differ by a few bf16 ulps.
 """
 from __future__ import annotations
 
-import sys
 import types
 import weakref
 
@@ -88,7 +87,8 @@ def _training_kind(sae):
     key = tuple(_qualname(cls, m) for m in _KIND_METHODS) + (
         type(getattr(sae, "activation_fn", None)).__name__,)
     kind = _TRAINING_KINDS.get(key)
-    if kind == "topk" and _qualname(cls, "calculate_topk_aux_loss") != "TopKTrainingSAE.calculate_topk_aux_loss":
+    aux = "TopKTrainingSAE.calculate_topk_aux_loss"
+    if kind == "topk" and _qualname(cls, "calculate_topk_aux_loss") != aux:
         return None
     if kind == "standard" and not getattr(sae.cfg, "lp_norm", 1.0) >= 1:
         return None  # p < 1 "norms" have no usable gradient at the code's zeros

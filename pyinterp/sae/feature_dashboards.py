@@ -154,11 +154,14 @@ class Dashboards:
             feats.append({
                 "feature_index": int(f.index),
                 "neuron_alignment_indices": [], "neuron_alignment_values": [], "neuron_alignment_l1": [],
-                "correlated_neurons_indices": [], "correlated_neurons_l1": [], "correlated_neurons_pearson": [],
+                "correlated_neurons_indices": [], "correlated_neurons_l1": [],
+                "correlated_neurons_pearson": [],
                 "correlated_features_indices": [], "correlated_features_l1": [],
                 "correlated_features_pearson": [],
-                "neg_str": [self.vocab[i] for i, _ in f.logits_neg], "neg_values": r(v for _, v in f.logits_neg),
-                "pos_str": [self.vocab[i] for i, _ in f.logits_pos], "pos_values": r(v for _, v in f.logits_pos),
+                "neg_str": [self.vocab[i] for i, _ in f.logits_neg],
+                "neg_values": r(v for _, v in f.logits_neg),
+                "pos_str": [self.vocab[i] for i, _ in f.logits_pos],
+                "pos_values": r(v for _, v in f.logits_pos),
                 "frac_nonzero": float(f.frac_nonzero),
                 "freq_hist_data_bar_values": r(centres), "freq_hist_data_bar_heights": list(f.hist_heights),
                 "logits_hist_data_bar_heights": list(f.logits_hist_heights),
@@ -180,13 +183,14 @@ class Dashboards:
         esc = html.escape
         parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(self.title)}</title>"
                  f"<style>{_CSS}</style></head><body><h1>{esc(self.title)}</h1>",
-                 "<p class='small'>" + (f"hook <code>{esc(self.hook_name)}</code> · " if self.hook_name else "")
+                 "<p class='small'>"
+                 + (f"hook <code>{esc(self.hook_name)}</code> · " if self.hook_name else "")
                  + f"{self.tokens.shape[0]} rows of {self.tokens.shape[1]} tokens · "
                  + " · ".join(f"<a href='#u{f.index}'>{esc(f.label)}</a>" for f in self.features) + "</p>"]
         for f in self.features:
             ctx = "".join(self._context_html(row, pos, vals, f.max_value, before, after)
                           for (v, row, pos), vals in zip(f.contexts, f.context_values) if v > 0)
-            extra = "".join(f" · {esc(str(k))} {v:.3g}" if isinstance(v, float) else f" · {esc(str(k))} {esc(str(v))}"
+            extra = "".join(f" · {esc(str(k))} " + (f"{v:.3g}" if isinstance(v, float) else esc(str(v)))
                             for k, v in f.extra.items())
             parts.append(f"<h2 id='u{f.index}'>{esc(f.label)}</h2><p class='small'>density "
                          f"{f.frac_nonzero:.3g} · max activation {f.max_value:.3g}{extra}</p>"
@@ -314,7 +318,8 @@ def dashboards(sae, model, tokens: torch.Tensor, features: Optional[Sequence[int
     from pyinterp.sae.store import activation_fn
 
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
-        raise ValueError(f"tokens must be a (N, T) tensor of token ids, got {getattr(tokens, 'shape', tokens)!r}")
+        got = getattr(tokens, "shape", tokens)
+        raise ValueError(f"tokens must be a (N, T) tensor of token ids, got {got!r}")
     if not hasattr(model, "run_with_cache"):
         from pyinterp.models.hf import from_hf
 

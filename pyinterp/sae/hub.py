@@ -62,7 +62,8 @@ def _download(repo_id: str, filename: str, revision: Optional[str], required: bo
         raise FileNotFoundError(f"the hub repository {repo_id!r} has no file {filename!r}") from None
 
 
-def resolve(release: str, sae_id: str, revision: Optional[str] = None) -> Tuple[str, Optional[float], Optional[str]]:
+def resolve(release: str, sae_id: str,
+            revision: Optional[str] = None) -> Tuple[str, Optional[float], Optional[str]]:
     """Download (or find in the cache) one dictionary's files; returns (local directory,
     activation-norm scaling factor or None, hook name override or None)."""
     from pathlib import Path
