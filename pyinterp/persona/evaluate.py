@@ -149,8 +149,10 @@ def projection_difference(model, dataset: Sequence[Union[Sample, Tuple[str, str]
         own = []
         for start in range(0, len(data), batch_size):
             chunk = data[start:start + batch_size]
-            gen_ids = model.generate([s.prompt_ids for s in chunk], include_prompt=False,
-                                     **{"max_new_tokens": 32, **gen})
+            kw = {"max_new_tokens": 32, **gen}
+            # sample as pyinterp's generate does by default (HF models decode greedily unless asked)
+            kw.setdefault("do_sample", kw.get("temperature", 1.0) > 0)
+            gen_ids = model.generate([s.prompt_ids for s in chunk], include_prompt=False, **kw)
             own += [Sample(s.prompt_ids, list(g) or [s.prompt_ids[-1]], s.question, s.system,
                            tok.decode(g)) for s, g in zip(chunk, gen_ids)]
     if len(own) != len(data):
