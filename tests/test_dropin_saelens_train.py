@@ -213,3 +213,28 @@ def test_inference_forward_decodes_sparsely_with_the_same_result(kind, monkeypat
         f = plain.encode(x)
         torch.testing.assert_close(fast.decode(f), plain.decode(f), atol=1e-10, rtol=1e-10)
     assert spy.calls == 2
+
+
+@pytest.mark.parametrize("kind", ["topk", "jumprelu"])
+def test_sae_lens_own_trainer_fits_the_same_sae(kind):
+    """SAELens's SAETrainer.fit() on an accelerated training SAE: the same parameters and
+    dead-latent counters as on the plain SAE (dead latents appear: window 2 steps)."""
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    plain = _make(kind, dtype="float32")
+    fast = accelerate(copy.deepcopy(plain))
+    batches = [_x(torch.float32, seed=100 + s) for s in range(8)]
+    trained = {}
+    for name, sae in (("plain", plain), ("fast", fast)):
+        cfg = SAETrainerConfig(total_training_samples=8 * N, train_batch_size_samples=N, lr=3e-3,
+                               lr_end=3e-3, dead_feature_window=2, feature_sampling_window=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = SAETrainer(cfg, sae, iter(batches))
+            trainer.fit()
+        trained[name] = trainer
+    for (pname, p), q in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q, p, atol=2e-5, rtol=2e-5, msg=pname)
+    assert torch.equal(trained["plain"].n_forward_passes_since_fired,
+                       trained["fast"].n_forward_passes_since_fired)
