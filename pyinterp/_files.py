@@ -237,6 +237,8 @@ def sha256_file(path: PathLike) -> str:
 
 
 def _missing(path: Path, what: str) -> FileNotFoundError:
+    if path.exists():
+        return FileNotFoundError(f"{what} {path} is not a file")
     return FileNotFoundError(f"{what} {path} does not exist")
 
 

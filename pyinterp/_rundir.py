@@ -270,8 +270,9 @@ def write_step(final: Path, fill: Callable[[Path], None], write_pointer: Callabl
         write_pointer()
     except DiskFullError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DiskFullError(exc.errno, f"{exc.strerror} while writing the checkpoint {final} "
-                            f"(at {exc.filename}); the previous checkpoint "
+        raise DiskFullError(exc.errno, f"{os.strerror(exc.errno)} while writing the checkpoint "
+                            f"{final} (at {Path(exc.filename).name}); free space or write "
+                            "elsewhere; the previous checkpoint "
                             f"{previous.name if previous else '(none)'} is intact",
                             str(final)) from None
     except BaseException:

@@ -1,13 +1,22 @@
-"""A training process for tests/test_crash_safety.py (run as a subprocess and SIGKILLed).
+"""A training process for tests/test_crash_safety.py and tests/test_fault_injection.py (run
+as a subprocess and SIGKILLed).
 
     python tests/crash_train.py sae   <store> <ckpt_dir> <out.safetensors> <log> <delay_s>
     python tests/crash_train.py model <ckpt_dir> <out.safetensors> <log> <delay_s>
+    python tests/crash_train.py reproduce <paper> <out_dir>
 
 Resumes from the newest checkpoint in <ckpt_dir> when there is one. Appends one line per
 batch it trains on to <log>: "<batch number> <checksum of the batch>", so the test can check
 that nothing was lost or trained twice in the effective history.
+
+PYINTERP_TEST_FAULT=<kind>:<n> makes the process SIGKILL itself at the n-th call of a file
+operation: "replace" (before the n-th os.replace: a file or checkpoint folder fully written
+under its temporary name, or a pointer not yet updated), "torn" (at the n-th fsync of a
+temporary file, after cutting it to half its size: a torn temporary file). Linux only.
 """
 import os
+import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -16,6 +25,31 @@ import torch
 
 torch.set_num_threads(1)
 SAE_STEPS, MODEL_STEPS = 16, 12
+
+
+def _arm_fault():
+    spec = os.environ.get("PYINTERP_TEST_FAULT")
+    if not spec:
+        return
+    kind, n = spec.split(":")
+    n, calls = int(n), [0]
+    name = {"replace": "replace", "torn": "fsync"}[kind]
+    real = getattr(os, name)
+
+    def hooked(*args, **kwargs):
+        if kind == "torn" and ".tmp-" not in os.readlink(f"/proc/self/fd/{args[0]}"):
+            return real(*args, **kwargs)  # only the temporaries pyinterp writes (not the log)
+        calls[0] += 1
+        if calls[0] == n:
+            if kind == "torn" and stat.S_ISREG(os.fstat(args[0]).st_mode):
+                os.ftruncate(args[0], os.fstat(args[0]).st_size // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    setattr(os, name, hooked)
+
+
+_arm_fault()
 
 
 class Logged:
@@ -99,9 +133,18 @@ def model(ckpt, out, log, delay):
     atomic_save_tensors(Path(out), dict(res.model.state_dict(), step=torch.tensor(res.step)))
 
 
+def reproduce(paper, out):
+    from pyinterp import experiments
+
+    os.environ["PYINTERP_PROGRESS"] = "0"
+    experiments.reproduce(paper, scale="tiny", device="cpu", out=out, log=lambda *a: None)
+
+
 if __name__ == "__main__":
     kind, args = sys.argv[1], sys.argv[2:]
     if kind == "sae":
         sae(*args[:4], float(args[4]))
-    else:
+    elif kind == "model":
         model(*args[:3], float(args[3]))
+    else:
+        reproduce(*args[:2])

@@ -1,11 +1,7 @@
-"""Crash safety: SIGKILL a training process part way, restart it, and check that it resumes
-from the last checkpoint with nothing lost or trained twice and the same final result as an
-uninterrupted run; corrupted or truncated checkpoints and shards are detected, never loaded."""
-import os
-import signal
-import subprocess
-import sys
-import time
+"""Damaged checkpoints and shards are detected, never loaded: each file of an SAE checkpoint,
+a model checkpoint and an activation shard truncated or with a flipped byte. (SIGKILL and
+resume: tests/test_fault_injection.py; every loader against a corpus of damaged and forged
+files: tests/test_damaged_files.py.)"""
 from pathlib import Path
 
 import pytest
@@ -13,11 +9,6 @@ import torch
 
 from sae_testing import sparse_data
 from pyinterp.sae import ActivationStore, CorruptFileError, SAETrainer, collect
-from pyinterp._files import load_tensors
-
-HERE = Path(__file__).parent
-SCRIPT = str(HERE / "crash_train.py")
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
 
 
 @pytest.fixture(scope="module")
@@ -25,80 +16,6 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("acts")
     collect(root, [sparse_data(32, 16, seed=i) for i in range(12)], shard_rows=64, progress=False)
     return root
-
-
-def _run(args, timeout=300):
-    subprocess.run([sys.executable, SCRIPT, *map(str, args)], env=ENV, check=True,
-                   timeout=timeout, stdout=subprocess.DEVNULL)
-
-
-def _run_and_kill(args, ckpt: Path, log: Path, kill_after_lines: int, timeout=300):
-    """Start the trainer, SIGKILL it once it has trained ``kill_after_lines`` batches and
-    written a checkpoint; returns the number of batches it logged before dying."""
-    p = subprocess.Popen([sys.executable, SCRIPT, *map(str, args)], env=ENV,
-                         stdout=subprocess.DEVNULL)
-    t0 = time.time()
-    try:
-        while time.time() - t0 < timeout:
-            if p.poll() is not None:
-                raise AssertionError("the trainer finished before it could be killed")
-            n = len(log.read_text().splitlines()) if log.exists() else 0
-            if n >= kill_after_lines and (ckpt / "latest.json").exists() or \
-                    (ckpt / "latest").exists() and n >= kill_after_lines:
-                os.kill(p.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        assert p.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if p.poll() is None:
-            p.kill()
-    return len(log.read_text().splitlines())
-
-
-def _lines(log: Path):
-    return [tuple(line.split()) for line in log.read_text().splitlines()]
-
-
-def _check_history(ref_log, crash_log, killed_lines, resumed_from):
-    """The effective history (first run up to the checkpoint + the resumed run) equals the
-    uninterrupted run's, batch for batch."""
-    ref, got = _lines(ref_log), _lines(crash_log)
-    first, second = got[:killed_lines], got[killed_lines:]
-    assert int(second[0][0]) == resumed_from <= len(first)  # resumed at the checkpoint
-    effective = first[:resumed_from] + second
-    assert effective == ref  # nothing lost, nothing twice, same order
-
-
-def test_sae_trainer_survives_sigkill(store, tmp_path):
-    _run(["sae", store, tmp_path / "ref", tmp_path / "ref.st", tmp_path / "ref.log", 0])
-    ck, log = tmp_path / "ck", tmp_path / "crash.log"
-    killed = _run_and_kill(["sae", store, ck, tmp_path / "x.st", log, 0.15], ck, log, 8)
-    import json
-
-    meta = json.loads((ck / json.loads((ck / "latest.json").read_text())["dir"] /
-                       "trainer.json").read_text())
-    resumed_from = meta["feed"]["consumed"]
-    _run(["sae", store, ck, tmp_path / "crash.st", log, 0])
-    _check_history(tmp_path / "ref.log", log, killed, resumed_from)
-    ref, got = load_tensors(tmp_path / "ref.st"), load_tensors(tmp_path / "crash.st")
-    assert set(ref) == set(got)
-    for k in ref:  # bit-identical: same batches, same order, same optimizer state
-        assert torch.equal(ref[k], got[k]), k
-
-
-def test_model_trainer_survives_sigkill(tmp_path):
-    _run(["model", tmp_path / "ref", tmp_path / "ref.st", tmp_path / "ref.log", 0])
-    ck, log = tmp_path / "ck", tmp_path / "crash.log"
-    killed = _run_and_kill(["model", ck, tmp_path / "x.st", log, 0.15], ck, log, 5)
-    import json
-
-    latest = (ck / "latest").read_text().strip()
-    resumed_from = json.loads((ck / latest / "trainer_state.json").read_text())["step"]
-    _run(["model", ck, tmp_path / "crash.st", log, 0])
-    _check_history(tmp_path / "ref.log", log, killed, resumed_from)
-    ref, got = load_tensors(tmp_path / "ref.st"), load_tensors(tmp_path / "crash.st")
-    for k in ref:
-        assert torch.equal(ref[k], got[k]), k
 
 
 def _truncate(f: Path):

@@ -113,7 +113,7 @@ def _verified_lines(path: Path) -> List[str]:
     try:
         header = json.loads(head.decode("utf-8"))
         ok = isinstance(header, dict) and header.get("format") == _HEADER
-    except ValueError:
+    except (ValueError, RecursionError):
         ok = False
     if not ok:
         raise CorruptFileError(f"corpus cache {path} has no valid {_HEADER} header line{hint}", path)
@@ -144,7 +144,7 @@ class DefaultCorpus:
                 if isinstance(rec, dict) and isinstance(rec.get("text"), str):
                     yield rec
                     continue
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
             raise CorruptFileError(f"corpus cache {self.path}: document {i + 1} is not a JSON "
                                    "object with a 'text' string", self.path)

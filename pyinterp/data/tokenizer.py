@@ -131,12 +131,16 @@ def get_tokenizer(vocab_size: int = 4096, kind: str = "bpe",
     if path.is_file():
         return _read_cached(path, vocab_size)
     tok = train_bpe(corpus, vocab_size=vocab_size)
-    atomic_write_json(path, {"format": CACHE_FORMAT, "vocab_size": tok.vocab_size,
-                             "tokenizer": tok.backend.to_str()}, checksum=True, indent=None)
+    _write_cached(path, tok)
     return tok
 
 
 CACHE_FORMAT = "pyinterp-bpe-cache-1"
+
+
+def _write_cached(path: Path, tok: "BPETokenizer") -> None:
+    atomic_write_json(path, {"format": CACHE_FORMAT, "vocab_size": tok.vocab_size,
+                             "tokenizer": tok.backend.to_str()}, checksum=True, indent=None)
 
 
 def _read_cached(path: Path, vocab_size: int) -> "BPETokenizer":

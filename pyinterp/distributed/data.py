@@ -227,5 +227,5 @@ def merge_manifests(root: Union[str, Path], world: int) -> dict:
               "total_rows": sum(s["rows"] for s in shards),
               "inputs_consumed": sum(m["inputs_consumed"] for m in parts),
               "seed": parts[0].get("seed", 0), "complete": True, "world_size": world}
-    atomic_write_json(root / MANIFEST, merged)
+    atomic_write_json(root / MANIFEST, merged, checksum=True)
     return merged

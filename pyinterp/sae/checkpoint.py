@@ -175,6 +175,10 @@ def read_meta(path: Path) -> dict:
             raise CorruptFileError(f"{f} is missing the field {field!r}", f)
     if not isinstance(meta["files"], dict) or not isinstance(meta["saes"], dict):
         raise CorruptFileError(f"{f}: 'files' and 'saes' must be JSON objects", f)
+    for field in ("step", "tokens"):
+        v = meta.get(field, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CorruptFileError(f"{f}: {field!r} must be an int >= 0, got {v!r}", f)
     return meta
 
 

@@ -7,6 +7,7 @@ docs/decisions/sae-saelens-compatibility.md for how fields map.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -16,10 +17,11 @@ import torch
 from pyinterp._files import (
     CorruptFileError,
     atomic_save_tensors,
-    atomic_write_json,
+    atomic_write_bytes,
     load_tensors,
     read_header,
     read_json,
+    sha256_bytes,
     sha256_file,
 )
 from pyinterp.sae.config import SAEConfig, dtype_name, parse_dtype
@@ -102,10 +104,12 @@ def save(sae, path: Union[str, Path], *,
     if dens is not None:
         atomic_save_tensors(path / SPARSITY_FILENAME,
                             {"sparsity": dens.clamp_min(1e-10).log10().float()})
-    # cfg.json first, then the weights naming its sha256: a pair from two saves is refused.
-    atomic_write_json(path / CFG_FILENAME, out_cfg)
+    # The weights record the sha256 of the cfg.json written after them: a pair from two
+    # saves is refused, and a save that fails (full disk) on the weights leaves the old pair.
+    cfg_bytes = (json.dumps(out_cfg, indent=2, sort_keys=True) + "\n").encode()
     atomic_save_tensors(path / WEIGHTS_FILENAME, {k: v.to(dtype) for k, v in w.items()},
-                        metadata={CFG_DIGEST_KEY: sha256_file(path / CFG_FILENAME)})
+                        metadata={CFG_DIGEST_KEY: sha256_bytes(cfg_bytes)})
+    atomic_write_bytes(path / CFG_FILENAME, cfg_bytes)
     return path
 
 

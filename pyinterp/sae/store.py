@@ -20,11 +20,12 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
-from pyinterp._files import (CorruptFileError, atomic_save_tensors, atomic_write_json,
-                                 load_tensors, read_json, sha256_file)
+from pyinterp._files import (CorruptFileError, atomic_save_tensors, atomic_write_json, inside,
+                             load_tensors, read_json, read_verified, sha256_file)
 from pyinterp.sae.config import dtype_name, parse_dtype
 
 MANIFEST = "manifest.json"
+_END = object()
 FORMAT = "pyinterp-activations-1"
 
 
@@ -90,14 +91,40 @@ def _manifest_path(root: Path) -> Path:
     return Path(root) / MANIFEST
 
 
+def _count(v, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
 def read_manifest(root: Union[str, Path]) -> dict:
+    """The manifest of a store, its checksum (when it has one) and every field checked:
+    hooks with their width, each shard's file (inside ``root``), rows, bytes and sha256."""
     root = Path(root)
-    m = read_json(_manifest_path(root), "activation manifest")
+    path = _manifest_path(root)
+    m = read_json(path, "activation manifest")
     for field in ("format", "hooks", "shards"):
         if field not in m:
-            raise CorruptFileError(f"{_manifest_path(root)} is missing the field {field!r}")
+            raise CorruptFileError(f"{path} is missing the field {field!r}")
     if m["format"] != FORMAT:
-        raise CorruptFileError(f"{_manifest_path(root)}: unknown format {m['format']!r}")
+        raise CorruptFileError(f"{path}: unknown format {m['format']!r}")
+    if not isinstance(m["hooks"], dict) or not all(
+            isinstance(h, dict) and _count(h.get("d"), 1) for h in m["hooks"].values()):
+        raise CorruptFileError(f"{path}: 'hooks' must map hook names to {{'d': width >= 1, ...}}",
+                               path)
+    if not isinstance(m["shards"], list):
+        raise CorruptFileError(f"{path}: 'shards' must be a list", path)
+    for j, s in enumerate(m["shards"]):
+        ok = (isinstance(s, dict) and _count(s.get("rows")) and _count(s.get("bytes", 0))
+              and isinstance(s.get("sha256"), str) and len(s["sha256"]) == 64)
+        if not ok:
+            raise CorruptFileError(f"{path}: shard {j} must have 'file', 'rows', 'bytes' and a "
+                                   f"64-digit 'sha256', got {s!r}"[:300], path)
+        inside(root, s.get("file"), f"shard {j} file", path)
+    for field in ("total_rows", "inputs_consumed"):
+        if field in m and not _count(m[field]):
+            raise CorruptFileError(f"{path}: {field} must be an int >= 0, got {m[field]!r}", path)
+    if "total_rows" in m and m["total_rows"] != sum(s["rows"] for s in m["shards"]):
+        raise CorruptFileError(f"{path}: total_rows {m['total_rows']} is not the sum of the "
+                               "shards' rows", path)
     return m
 
 
@@ -132,8 +159,11 @@ def collect(out_dir: Union[str, Path], source, inputs: Optional[Iterable] = None
                     "inputs_consumed": 0, "seed": seed, "complete": False}
     fn = activation_fn(source, hook_names) if inputs is not None else None
     it = iter(inputs if inputs is not None else source)
-    for _ in range(manifest["inputs_consumed"]):  # resume: skip what complete shards hold
-        next(it)
+    for n in range(manifest["inputs_consumed"]):  # resume: skip what complete shards hold
+        if next(it, _END) is _END:
+            raise ValueError(f"the inputs ended after {n} items, but the unfinished collection in "
+                             f"{root} already holds {manifest['inputs_consumed']}: resume with "
+                             "the same inputs, or pass resume=False")
     pending: dict[str, list] = {}
     pending_rows, pending_inputs = 0, 0
     bar = progress_bar(total=max_rows, initial=manifest["total_rows"], disable=not progress,
@@ -154,7 +184,7 @@ def collect(out_dir: Union[str, Path], source, inputs: Optional[Iterable] = None
                                    "sha256": sha256_file(root / fname)})
         manifest["total_rows"] += pending_rows
         manifest["inputs_consumed"] += pending_inputs
-        atomic_write_json(_manifest_path(root), manifest)
+        atomic_write_json(_manifest_path(root), manifest, checksum=True)
         pending, pending_rows, pending_inputs = {}, 0, 0
 
     try:
@@ -187,7 +217,7 @@ def collect(out_dir: Union[str, Path], source, inputs: Optional[Iterable] = None
     finally:
         bar.close()
     manifest["complete"] = True
-    atomic_write_json(_manifest_path(root), manifest)
+    atomic_write_json(_manifest_path(root), manifest, checksum=True)
     return manifest
 
 
@@ -279,18 +309,17 @@ class ActivationStore:
         if self._memory is not None:
             return self._memory
         info = self.shards[i]
-        f = self.root / info["file"]
+        listing = _manifest_path(self.root)
+        f = inside(self.root, info["file"], "activation shard", listing)
         if not f.is_file():
-            raise CorruptFileError(f"activation shard {f} is missing (listed in "
-                                   f"{_manifest_path(self.root)})")
+            raise CorruptFileError(f"activation shard {f} is missing (listed in {listing})")
         size = f.stat().st_size
         if "bytes" in info and size != info["bytes"]:
             raise CorruptFileError(f"activation shard {f} is truncated or corrupt: {size} bytes, "
                                    f"the manifest records {info['bytes']}")
-        if self.verify and sha256_file(f) != info["sha256"]:
-            raise CorruptFileError(f"activation shard {f} is corrupt: its sha256 does not match "
-                                   f"{_manifest_path(self.root)}")
-        t = load_tensors(f, "activation shard")
+        data = (read_verified(f, info["sha256"], "activation shard", listing) if self.verify
+                else None)
+        t = load_tensors(f, "activation shard", data=data)
         missing = [n for n in self.hook_names if n not in t]
         if missing:
             raise CorruptFileError(f"activation shard {f} is missing the hooks {missing}")
