@@ -24,7 +24,10 @@ rm -f "$log".*
 asan=$(${CXX:-g++} -print-file-name=libasan.so)
 ubsan=$(${CXX:-g++} -print-file-name=libubsan.so)
 tests=()
-for f in test_solu.py test_sae_ops.py test_attention_ops.py test_persona_ops.py; do
+# + the fuzz of every op's index and shape checks (random shapes, strides, out-of-range
+# indices: tests/test_op_fuzz.py, more cases here) and the NaN/Inf paths of the kernels.
+for f in test_solu.py test_sae_ops.py test_attention_ops.py test_persona_ops.py \
+         test_op_fuzz.py test_nan_semantics.py test_public_index_checks.py; do
   [ -f "$root/tests/$f" ] && tests+=("tests/$f")
 done
 cd "$root"
@@ -32,7 +35,7 @@ set +e
 LD_PRELOAD="$asan $ubsan" \
 ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:log_path=$log:verify_asan_link_order=0" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$log" \
-PYINTERP_C_PATH="$so" PYTHONPATH="$root/tools${PYTHONPATH:+:$PYTHONPATH}" \
+PYINTERP_FUZZ_CASES="${PYINTERP_FUZZ_CASES:-400}" PYINTERP_C_PATH="$so" PYTHONPATH="$root/tools${PYTHONPATH:+:$PYTHONPATH}" \
   "$py" -m pytest -q --capture=sys -p sanitize_preload -k "cpu" "${tests[@]}" "$@" 2>&1 | tee "$build/pytest.log"
 rc=${PIPESTATUS[0]}
 
