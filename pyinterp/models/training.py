@@ -153,6 +153,7 @@ def _unflatten_optimizer(tensors: Dict[str, torch.Tensor], meta: dict) -> dict:
 
 CHECKSUMS = "checksums.json"
 STATE = "trainer_state.json"
+CorruptCheckpointError = CorruptFileError  # the name before pyinterp._files: one type
 LEGACY_RUN = "legacy"  # run id of checkpoints written before run ids existed
 _STEP_DIR = re.compile(r"^step-(\d{7})$")
 _NEEDED = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors", STATE)
