@@ -42,3 +42,25 @@ def device_guard(t: Optional[torch.Tensor]):
 # Attention rule kinds, as the kernels number them (csrc/cpu/attention.cpp RuleKind, the
 # Triton and CUDA stats kernels): key = query - n, key = n, earlier same token, prefix match.
 RULE_KINDS = {"offset": 0, "pos": 1, "duplicate": 2, "induction": 3}
+
+
+def to_device_async(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A short host list as a tensor on ``device`` without stalling the host: for CUDA it is
+    staged in pinned memory and copied asynchronously on the current stream (the caching host
+    allocator keeps the pinned block until that copy has run). ``torch.tensor(list,
+    device="cuda")`` copies from pageable memory, which waits for the stream to drain: a sync
+    per call inside a hot launcher or a model hook."""
+    t = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def device_layer_table(layers) -> tuple[torch.Tensor, torch.Tensor]:
+    """Data pointers (L,) and element strides (L*3,) of per-layer (B, T, D) views, as int64
+    tensors on the layers' device (copied without a host sync): how the GPU persona kernels
+    read a list of views of a model's residual stream in place."""
+    device = layers[0].device
+    ptrs = to_device_async([h.data_ptr() for h in layers], torch.int64, device)
+    strides = to_device_async([s for h in layers for s in h.stride()], torch.int64, device)
+    return ptrs, strides

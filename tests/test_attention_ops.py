@@ -4,11 +4,6 @@ The statistics are forward-only (docs/decisions/attention-stats-no-grad.md), so 
 backward to test; the reference itself is checked against hand-computed values below.
 """
 import math
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +12,6 @@ from pyinterp import ops
 from pyinterp.ops.attention import parse_rules
 from kernel_testing import BACKEND_PARAMS, require
 
-ROOT = Path(__file__).resolve().parents[1]
 ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 RULES = ("prev", "first", "duplicate", "induction", "offset:0", "offset:3")
 
@@ -231,53 +225,3 @@ def test_bad_pattern_arguments():
 def test_parse_rules():
     assert parse_rules(("prev", "first", "offset:-1"))[2].n == -1
     assert parse_rules("induction")[0].kind == "induction"
-
-
-# ------------------------------------------------------------------------------------------
-# GPU code that cannot run here is at least compiled
-
-
-_AOT_SCRIPT = r"""
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import pyinterp.backends.triton.kernels  # noqa: F401
-from pyinterp.triton_kernels import attention as tk
-
-target = GPUTarget("cuda", 90, 32)
-for t in ("bf16", "fp32"):
-    sig = {"Q": "*" + t, "K": "*" + t, "TOK": "*i64", "PAD": "*u8", "KINDS": "*i32", "NS": "*i64",
-           "LSE": "*fp32", "ENT": "*fp32", "MASS": "*fp32", "H": "i32", "GROUP": "i32", "Tq": "i32",
-           "Tk": "i32", "D": "i32", "q_offset": "i32", "scale": "fp32", "PLANE": "i64"}
-    const = dict(R=4, CAUSAL=True, HAS_PAD=True, HAS_DUP=True, HAS_IND=True, CAST_F32=False,
-                 ACC_F64=False, BLOCK_M=64, BLOCK_N=64, BLOCK_D=64)
-    sig.update({c: "constexpr" for c in const})
-    ptx = triton.compile(ASTSource(tk._stats_kernel, sig, const), target=target).asm["ptx"]
-    assert ".target sm_90" in ptx
-sig = {"Q": "*fp16", "K": "*fp16", "PAD": "*u8", "LSE": "*fp32", "OUT": "*fp32", "H": "i32",
-       "GROUP": "i32", "Tq": "i32", "Tk": "i32", "D": "i32", "q_offset": "i32", "scale": "fp32"}
-const = dict(CAUSAL=True, HAS_PAD=False, CAST_F32=False, ACC_F64=False, BLOCK_M=64, BLOCK_N=64,
-             BLOCK_D=64)
-sig.update({c: "constexpr" for c in const})
-ptx = triton.compile(ASTSource(tk._pattern_kernel, sig, const), target=target).asm["ptx"]
-assert ".target sm_90" in ptx
-print("compiled")
-"""
-
-
-def test_triton_kernels_compile_for_sm90():
-    """Ahead-of-time compile for sm_90 (no GPU needed): catches what the interpreter misses.
-    Runs in a subprocess because the interpreter (TRITON_INTERPRET=1) replaces @triton.jit."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    out = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=600)
-    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-4000:]
-
-
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed here")
-def test_cuda_source_compiles_with_nvcc(tmp_path):
-    src = ROOT / "csrc" / "cuda" / "attention.cu"
-    out = subprocess.run(["nvcc", "-c", "-arch=sm_90", "-std=c++17", str(src), "-o",
-                          str(tmp_path / "attention.o")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr

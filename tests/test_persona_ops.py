@@ -1,11 +1,7 @@
 """persona_project: every backend x dtype x reduce x awkward shapes against the reference,
-forward and backward; gradcheck; in-place reads of strided views; bad inputs; GPU code compiled.
+forward and backward; gradcheck; in-place reads of strided views; bad inputs. (GPU compile
+checks: tests/test_gpu_resources.py, tests/test_cuda_launch_contract.py.)
 """
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +10,6 @@ from pyinterp import ops
 from pyinterp.bench.timing import peak_memory
 from kernel_testing import BACKEND_PARAMS, assert_close, require
 
-ROOT = Path(__file__).resolve().parents[1]
 ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 REDUCES = ("mean", "sum", "last", "none")
 # (L, B, T, D, P): T=1 and P=1; odd sizes; P > 8 and D > 128 (several D blocks / direction
@@ -222,78 +217,6 @@ def test_bad_inputs_name_the_argument(backend):
     with pytest.raises(TypeError, match="normalize must be a bool"):
         call(layers, v, None, "mean", 1)
 
-
-# ------------------------------------------------------------------------------------------
-# GPU code that cannot run here is at least compiled
-
-_AOT_SCRIPT = r"""
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import pyinterp.backends.triton.kernels  # noqa: F401
-from pyinterp.triton_kernels import persona as tk
-
-target = GPUTarget("cuda", 90, 32)
-for dt in ("fp32", "fp16", "bf16", "fp64"):
-    acc = "fp64" if dt == "fp64" else "fp32"
-    DT = getattr(triton.language, {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16",
-                                   "fp64": "float64"}[dt])
-    F64 = dt == "fp64"
-    jobs = [
-        (tk._pool_kernel, dict(TABLE="*i64", STRIDES="*i64", W="*" + acc, OUT="*" + acc, L="i32",
-                               B="i32", T="i32", D="i32", per_split="i32"),
-         dict(DT=DT, ACC_F64=F64, BLOCK_T=16, BLOCK_D=128)),
-        (tk._gather_kernel, dict(TABLE="*i64", STRIDES="*i64", INDEX="*i64", OUT="*" + acc, B="i32",
-                                 D="i32"), dict(DT=DT, ACC_F64=F64, BLOCK_D=128)),
-        (tk._tokens_kernel, dict(TABLE="*i64", STRIDES="*i64", WV="*" + acc, OUT="*" + acc,
-                                 w_lstride="i32", B="i32", T="i32", D="i32", P="i32"),
-         dict(DT=DT, ACC_F64=F64, BLOCK_T=16, BLOCK_D=32 if F64 else 64, BLOCK_P=8)),
-    ]
-    for fn, sig, const in jobs:
-        sig.update({c: "constexpr" for c in const})
-        assert ".target sm_90" in triton.compile(ASTSource(fn, sig, const), target=target).asm["ptx"]
-print("compiled")
-"""
-
-
-def test_triton_kernels_compile_for_sm90():
-    """Ahead-of-time compile for sm_90 (no GPU needed): catches what the interpreter misses.
-    Runs in a subprocess because the interpreter (TRITON_INTERPRET=1) replaces @triton.jit."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    out = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=600)
-    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-4000:]
-
-
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed here")
-def test_cuda_source_compiles_with_nvcc(tmp_path):
-    src = ROOT / "csrc" / "cuda" / "persona.cu"
-    out = subprocess.run(["nvcc", "-c", "-arch=sm_90", "-std=c++17", str(src), "-o",
-                          str(tmp_path / "persona.o")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-
-
-def test_cuda_source_compiles_with_nvrtc():
-    """The run-time path (NVRTC with the runtime's options) accepts the source."""
-    pytest.importorskip("cupy")
-    try:
-        from cupy_backends.cuda.libs import nvrtc
-
-        nvrtc.getVersion()
-    except Exception as exc:  # pragma: no cover - depends on the install
-        pytest.skip(f"NVRTC is not loadable here: {exc}")
-    src = (ROOT / "csrc" / "cuda" / "persona.cu").read_text()
-    prog = nvrtc.createProgram(src, "persona.cu", [], [])
-    try:
-        nvrtc.compileProgram(prog, ["-std=c++17", "--use_fast_math", "-arch=sm_90"])
-    except Exception:
-        pytest.fail(nvrtc.getProgramLog(prog))
-    ptx = nvrtc.getPTX(prog)
-    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
-    for name in ("persona_pool", "persona_gather", "persona_tokens"):
-        for sfx in ("f32", "f16", "bf16", "f64"):
-            assert f"{name}_{sfx}" in ptx
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)

@@ -37,7 +37,14 @@ def _rand(draw, shape, dtype, mag):
 
 def _close(a, b, dtype, scale=1.0):
     tol = TOL[dtype] * max(1.0, scale)
-    torch.testing.assert_close(a.double(), b.double(), atol=tol, rtol=TOL[dtype], equal_nan=True)
+    torch.testing.assert_close(a.double().cpu(), b.double().cpu(), atol=tol, rtol=TOL[dtype],
+                               equal_nan=True)
+
+
+def _to(device, *tensors):
+    """The examples are drawn on CPU; the backend under test runs them on its device (CUDA for
+    triton/cuda on a GPU machine), the reference on CPU."""
+    return [None if t is None else t.to(device) for t in tensors]
 
 
 @st.composite
@@ -51,17 +58,18 @@ def rows(draw, max_rows=6, max_d=40):
 # ------------------------------------------------------------------------------------- SoLU
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_solu_and_solu_ln_match_reference(backend):
-    require(backend)
+    device = require(backend)
 
     @_examples(backend)
     @given(rows(), st.booleans())
     def check(case, affine):
         x, dtype, mag = case
-        _close(ops.solu(x, backend=backend), ops.solu(x, backend="reference"), dtype, mag)
+        (xd,) = _to(device, x)
+        _close(ops.solu(xd, backend=backend), ops.solu(x, backend="reference"), dtype, mag)
         d = x.shape[-1]
         w = torch.linspace(0.5, 1.5, d).to(dtype) if affine else None
         b = torch.linspace(-1, 1, d).to(dtype) if affine else None
-        out = ops.solu_ln(x, w, b, backend=backend)
+        out = ops.solu_ln(xd, *_to(device, w, b), backend=backend)
         ref = ops.solu_ln(x, w, b, backend="reference")
         _close(out, ref, dtype, 10.0 if dtype in (torch.float16, torch.bfloat16) else 1.0)
         assert torch.isfinite(out).all()
@@ -106,13 +114,14 @@ def _check_selection(values, indices, pre, dtype, mag, must_take=None):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_topk_encode_is_a_valid_top_k_and_decodes_like_reference(backend):
-    require(backend)
+    device = require(backend)
 
     @_examples(backend)
     @given(encoder_case())
     def check(case):
         x, W, b_enc, b_dec, k, dtype, mag = case
-        v, i = ops.topk_encode(x, W, b_enc, b_dec, k, backend=backend)
+        v, i = ops.topk_encode(*_to(device, x, W, b_enc, b_dec), k, backend=backend)
+        v, i = v.cpu(), i.cpu()
         assert v.shape == i.shape == (x.shape[0], k) and i.dtype == torch.int64
         assert (v >= 0).all() and (v[:, :-1] >= v[:, 1:]).all()
         pre = _pre(x, W, b_enc, b_dec)
@@ -125,21 +134,22 @@ def test_topk_encode_is_a_valid_top_k_and_decodes_like_reference(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_threshold_and_batchtopk_codes_are_valid(backend):
-    require(backend)
+    device = require(backend)
 
     @_examples(backend)
     @given(encoder_case(), st.sampled_from([0.0, 0.5]))
     def check(case, thr):
         x, W, b_enc, b_dec, k, dtype, mag = case
         pre = _pre(x, W, b_enc, b_dec)
-        v, i = ops.threshold_encode(x, W, b_enc, b_dec, thr, backend=backend)
+        on_device = _to(device, x, W, b_enc, b_dec)
+        v, i = (t.cpu() for t in ops.threshold_encode(*on_device, thr, backend=backend))
         _check_selection(v, i, pre, dtype, mag)
         tol = TOL[dtype] * max(1.0, mag) * 10
         dense = ops.dense_from_sparse(v, i, W.shape[1]).double()
         clear = (pre - thr).abs() > tol  # away from the threshold the code is exact
         expect = torch.where(pre > thr, pre, torch.zeros_like(pre))
         _close(dense[clear], expect[clear], dtype, max(1.0, mag) * 10)
-        vb, ib = ops.batchtopk_encode(x, W, b_enc, b_dec, k, backend=backend)
+        vb, ib = (t.cpu() for t in ops.batchtopk_encode(*on_device, k, backend=backend))
         _check_selection(vb, ib, pre, dtype, mag)
         assert int((vb > 0).sum()) <= k * x.shape[0]
 
@@ -162,19 +172,20 @@ def decode_case(draw):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sparse_decode_forward_and_backward_match_reference(backend):
-    require(backend)
+    device = require(backend)
 
     @_examples(backend)
     @given(decode_case())
     def check(case):
         values, indices, W, b, dtype, mag, det = case
         outs = {}
-        for name in (backend, "reference"):
-            v = values.clone().requires_grad_(True)
-            w = W.clone().requires_grad_(True)
-            out = ops.sparse_decode(v, indices, w, b, deterministic=det, backend=name)
+        for name, dev in ((backend, device), ("reference", torch.device("cpu"))):
+            v, idx, w, bb = _to(dev, values, indices, W, b)
+            v, w = v.requires_grad_(True), w.requires_grad_(True)
+            out = ops.sparse_decode(v, idx, w, bb, deterministic=det, backend=name)
+            weight = torch.linspace(-1, 1, out.numel(), device=dev).view_as(out)
             out.double().pow(2).sum().backward() if dtype == torch.float64 else \
-                (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+                (out.float() * weight).sum().backward()
             outs[name] = (out, v.grad, w.grad)
         scale = mag * values.shape[1] * 4
         for a, r in zip(outs[backend], outs["reference"]):
@@ -200,7 +211,7 @@ def qk_case(draw):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_attention_stats_and_pattern_match_reference(backend):
-    require(backend)
+    device = require(backend)
     all_rules = ("prev", "first", "duplicate", "induction", "offset:2")
 
     @_examples(backend)
@@ -208,8 +219,11 @@ def test_attention_stats_and_pattern_match_reference(backend):
     def check(case):
         q, k, tokens, mask, causal, dtype = case
         rules = all_rules if causal else ("prev", "first", "offset:2")
-        got = ops.attention_stats(q, k, tokens, rules, causal=causal, key_padding_mask=mask,
+        qd, kd, td, md = _to(device, q, k, tokens, mask)
+        got = ops.attention_stats(qd, kd, td, rules, causal=causal, key_padding_mask=md,
                                   backend=backend)
+        got.lse, got.entropy = got.lse.cpu(), got.entropy.cpu()
+        got.mass = {r: m.cpu() for r, m in got.mass.items()}
         ref = ops.attention_stats(q, k, tokens, rules, causal=causal, key_padding_mask=mask,
                                   backend="reference")
         tol = 1e-9 if dtype == torch.float64 else 2e-3
@@ -217,7 +231,7 @@ def test_attention_stats_and_pattern_match_reference(backend):
         torch.testing.assert_close(got.entropy, ref.entropy, atol=tol * 10, rtol=tol)
         for r in rules:
             torch.testing.assert_close(got.mass[r], ref.mass[r], atol=tol, rtol=tol)
-        p = ops.attention_pattern(q, k, causal=causal, key_padding_mask=mask, backend=backend)
+        p = ops.attention_pattern(qd, kd, causal=causal, key_padding_mask=md, backend=backend).cpu()
         pr = ops.attention_pattern(q, k, causal=causal, key_padding_mask=mask, backend="reference")
         torch.testing.assert_close(p, pr, atol=tol, rtol=tol, equal_nan=True)
 
@@ -244,13 +258,13 @@ def persona_case(draw):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_persona_project_matches_reference(backend):
-    require(backend)
+    device = require(backend)
 
     @_examples(backend)
     @given(persona_case())
     def check(case):
         h, v, mask, reduce, normalize, dtype, mag = case
-        got = ops.persona_project(h, v, mask, reduce, normalize, backend=backend)
+        got = ops.persona_project(*_to(device, h, v, mask), reduce, normalize, backend=backend)
         ref = ops.persona_project(h, v, mask, reduce, normalize, backend="reference")
         _close(got, ref, dtype, mag * h.shape[-1])
 

@@ -8,19 +8,14 @@ including among the many exact ties such data produce (the tie rule).
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
-import pyinterp
 from pyinterp import ops
 from pyinterp.ops import sae as sae_ops
 from kernel_testing import BACKEND_PARAMS, assert_close, require
 
-ROOT = Path(__file__).resolve().parents[1]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # (N, d_in, d_sae, k): d_sae = 1, k = d_sae (non power of two), k = 1, several column tiles
@@ -359,91 +354,3 @@ def test_unsupported_backend_name_raises():
     with pytest.raises(ValueError, match="backend"):
         ops.topk_encode(torch.randn(2, 3), torch.randn(3, 4), torch.randn(4), None, 1,
                         backend="nope")
-
-
-# ------------------------------------------------------------------------------------------
-# GPU code that cannot run here is at least compiled
-
-
-_AOT_SCRIPT = r"""
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-import pyinterp.backends.triton.kernels  # noqa: F401
-from pyinterp.triton_kernels import sae as tk
-
-target = GPUTarget("cuda", 90, 32)
-
-
-def compile_(fn, sig, const):
-    src = ASTSource(fn, {**sig, **{c: "constexpr" for c in const}}, const)
-    assert ".target sm_90" in triton.compile(src, target=target).asm["ptx"], fn
-
-
-compile_(tk._topk_partial_kernel,
-         {"X": "*bf16", "W": "*bf16", "BIAS": "*fp32", "CAND": "*i64", "N": "i32",
-          "D_IN": "i32", "D_SAE": "i32", "cols_per_split": "i32", "n_splits": "i32",
-          "stride_xn": "i32", "stride_wi": "i32", "stride_wl": "i32", "min_key": "i64"},
-         dict(KP=16, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, CAST_F32=False, IEEE=False))
-compile_(tk._topk_merge_kernel, {"CAND": "*i64", "OUT": "*i64", "n_in": "i32", "n_out": "i32",
-                                 "min_key": "i64"}, dict(KP=16, G=32))
-compile_(tk._topk_finalize_kernel, {"CAND": "*i64", "VALS": "*bf16", "IDX": "*i64", "N": "i32",
-                                    "k": "i32"}, dict(KP=16, BLOCK_M=16))
-common = {"IDX": "*i64", "W": "*bf16", "K": "i32", "D": "i32", "stride_wl": "i32",
-          "stride_wd": "i32"}
-compile_(tk._gather_kernel, {"COEF": "*fp32", **common, "BIAS": "*bf16", "OUT": "*bf16"},
-         dict(HAS_BIAS=True, ACC_F64=False, BLOCK_J=16, BLOCK_D=256))
-compile_(tk._gather_dot_kernel, {"G": "*fp32", **common, "OUT": "*fp32"},
-         dict(ACC_F64=False, BLOCK_J=16, BLOCK_D=256))
-scatter = {"COEF": "*fp32", "X": "*fp32", "COLSUM": "*fp32", "K": "i32", "D": "i32",
-           "stride_ol": "i32", "stride_od": "i32"}
-compile_(tk._scatter_atomic_kernel, {**scatter, "IDX": "*i64", "OUT": "*fp32"},
-         dict(HAS_COLSUM=True, BLOCK_D=256))
-compile_(tk._scatter_segment_kernel, {**scatter, "ORDER": "*i64", "OFFSETS": "*i64",
-                                      "OUT": "*bf16"},
-         dict(HAS_COLSUM=True, ACC_F64=False, BLOCK_D=256))
-print("ok")
-"""
-
-
-def test_triton_kernels_compile_for_sm90():
-    """Ahead-of-time compile for sm_90 (catches what the interpreter misses). The interpreter
-    replaces @triton.jit functions in this process, so it runs in a child without it."""
-    pytest.importorskip("triton")
-    import os
-    import sys
-
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    out = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True,
-                         env=env, cwd=str(ROOT), timeout=900)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-4000:]
-
-
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed here")
-def test_cuda_source_compiles_with_nvcc(tmp_path):
-    src = ROOT / "csrc" / "cuda" / "sae.cu"
-    out = subprocess.run(["nvcc", "-c", "-arch=sm_90", "-std=c++17", str(src), "-o",
-                          str(tmp_path / "sae.o")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-
-
-def test_cuda_source_compiles_with_nvrtc():
-    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
-    try:
-        nvrtc.getVersion()
-    except Exception as exc:  # pragma: no cover - depends on the install
-        pytest.skip(f"NVRTC library unavailable ({exc}); the nvcc test covers the source")
-    src = (ROOT / "csrc" / "cuda" / "sae.cu").read_text()
-    prog = nvrtc.createProgram(src, "sae.cu", [], [])
-    try:
-        nvrtc.compileProgram(prog, ["-arch=sm_90", "-std=c++17", "--use_fast_math"])
-    except Exception:
-        pytest.fail(nvrtc.getProgramLog(prog))
-    names = ["sae_topk_chunk_f32", "sae_scatter_atomic_f32", "sae_scatter_atomic_f64"] + [
-        f"{op}_{s}" for op in ("sae_topk_unpack", "sae_gather", "sae_gather_dot",
-                               "sae_scatter_segment") for s in ("f32", "f16", "bf16", "f64")]
-    ptx = nvrtc.getPTX(prog)
-    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
-    for name in names:  # extern "C" names the runtime looks up (runtime.kernel)
-        assert f".entry {name}(" in ptx, name

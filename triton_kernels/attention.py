@@ -2,11 +2,15 @@
 ``pyinterp/backends/triton/attention.py``).
 
 ``_stats_kernel`` is a FlashAttention-2-style forward without the value product: one program
-per (block of BLOCK_M queries, batch x head) walks the key blocks with ``tl.dot`` and an online
+per (batch x head, block of BLOCK_M queries), numbered on grid axis 0 only (axis 1 would cap
+B * H at 65,535), walks the key blocks with ``tl.dot`` and an online
 softmax, and in the same loop accumulates what the statistics need (running max m, l = sum e^{s-m},
 a = sum e^{s-m} (s - m) for the entropy, and the token-rule masses, with the tokens of each key
 block loaded next to it). Single-key rules (offset, first) are one gathered dot product per query
 in the epilogue. ``_pattern_kernel`` writes exp(s - lse) tile by tile for chosen rows.
+
+The score dots run on tensor cores for bf16/fp16 (wgmma on sm_90); float32 scores are exact
+(``PRECISION="ieee"``) unless the caller allowed TF32 (``PRECISION="tf32"``).
 
 Forward only (docs/decisions/attention-stats-no-grad.md). Under TRITON_INTERPRET=1 the operands
 of tl.dot are cast to float32 (the interpreter's bf16 dot is wrong).
@@ -25,10 +29,13 @@ def _stats_kernel(
     R: tl.constexpr, CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr,
     HAS_DUP: tl.constexpr, HAS_IND: tl.constexpr, CAST_F32: tl.constexpr,
     ACC_F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr = "ieee",
 ):
     acc_t = tl.float64 if ACC_F64 else tl.float32
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    n_m = tl.cdiv(Tq, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = (pid // n_m).to(tl.int64)
+    pid_m = pid % n_m
     b = bh // H
     h = bh % H
     hkv = h // GROUP
@@ -65,7 +72,7 @@ def _stats_kernel(
                      mask=n_ok[None, :] & d_ok[:, None], other=0.0)
         if CAST_F32:
             kt = kt.to(tl.float32)
-        s = tl.dot(q, kt, out_dtype=acc_t, input_precision="ieee") * scale
+        s = tl.dot(q, kt, out_dtype=acc_t, input_precision=PRECISION) * scale
         valid = n_ok[None, :] & row_ok[:, None]
         if CAUSAL:
             valid = valid & (offs_n[None, :] <= pos_m[:, None])
@@ -106,6 +113,9 @@ def _stats_kernel(
     tl.store(LSE + out, lse, mask=row_ok)
     tl.store(ENT + out, ent, mask=row_ok)
     qf = q.to(acc_t)
+    # One (B, H, Tq) plane per rule: advance a pointer plane by plane, so that no offset
+    # r * PLANE is formed in 32 bits (it passes 2^31 once R * B * H * Tq does).
+    mass_ptr = MASS + out
     for r in tl.static_range(R):
         kind = tl.load(KINDS + r)
         n = tl.load(NS + r)
@@ -125,7 +135,8 @@ def _stats_kernel(
         if HAS_IND:
             v = tl.where(kind == 3, ind_i / l_safe, v)
         v = tl.where(bad_i > 0, nan, v)
-        tl.store(MASS + r * PLANE + out, v, mask=row_ok)
+        tl.store(mass_ptr, v, mask=row_ok)
+        mass_ptr += PLANE
 
 
 @triton.jit
@@ -134,11 +145,14 @@ def _pattern_kernel(
     H, GROUP, Tq, Tk, D, q_offset, scale,
     CAUSAL: tl.constexpr, HAS_PAD: tl.constexpr, CAST_F32: tl.constexpr, ACC_F64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr = "ieee",
 ):
     acc_t = tl.float64 if ACC_F64 else tl.float32
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    pid_n = tl.program_id(2)
+    n_m = tl.cdiv(Tq, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = (pid // n_m).to(tl.int64)
+    pid_m = pid % n_m
+    pid_n = tl.program_id(1)
     b = bh // H
     h = bh % H
     HKV = H // GROUP
@@ -156,7 +170,7 @@ def _pattern_kernel(
     if CAST_F32:
         q = q.to(tl.float32)
         kt = kt.to(tl.float32)
-    s = tl.dot(q, kt, out_dtype=acc_t, input_precision="ieee") * scale
+    s = tl.dot(q, kt, out_dtype=acc_t, input_precision=PRECISION) * scale
     lse = tl.load(LSE + bh * Tq + offs_m, mask=row_ok, other=float("-inf"))
     # keys with score -inf (masked or from non-finite inputs) get 0; NaN propagates
     valid = n_ok[None, :] & row_ok[:, None] & (lse != float("-inf"))[:, None] & (s != float("-inf"))

@@ -10,8 +10,8 @@ model's residual stream costs one launch and no copy.
   When (L*B x D blocks) would not fill the GPU, the tokens are split and partial rows summed.
 - ``_gather_kernel``: h[l, b, index[b]] ("last"), NaN where index < 0.
 - ``_tokens_kernel``: proj[l, b, t, p] = h[l, b, t] . w[l, p] for tiles of BLOCK_T tokens x
-  BLOCK_P directions, reducing over D in BLOCK_D chunks with a broadcast multiply-sum (P is
-  small; a tl.dot would need P >= 16 and TF32 would cost float32 accuracy).
+  BLOCK_P directions, reducing over D in BLOCK_D chunks: a broadcast multiply-sum for P < 16, an
+  fp32 ("ieee", never TF32: it would cost float32 accuracy) tl.dot from BLOCK_P = 16.
 """
 import triton
 import triton.language as tl
@@ -98,7 +98,12 @@ def _tokens_kernel(TABLE, STRIDES, WV, OUT, w_lstride, B, T, D, P,
                     other=0.0).to(acc_t)  # (BLOCK_T, BLOCK_D)
         w = tl.load(wl + offs_p[None, :] * D + offs_d[:, None], mask=d_ok[:, None] & p_ok[None, :],
                     other=0.0)  # (BLOCK_D, BLOCK_P)
-        acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
+        if BLOCK_P >= 16 and not ACC_F64:
+            # Say "ieee" explicitly: triton 3.6 rewrites the broadcast multiply-sum below into a
+            # dot with the default (TF32) precision once every dim is >= 16.
+            acc = tl.dot(x, w, acc, input_precision="ieee")
+        else:
+            acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
     out = OUT + ((lb * T + offs_t)[:, None]) * P + offs_p[None, :]
     tl.store(out, acc, mask=t_ok[:, None] & p_ok[None, :])
 

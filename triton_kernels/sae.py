@@ -94,8 +94,11 @@ def _topk_merge_kernel(CAND, OUT, n_in, n_out, min_key, KP: tl.constexpr, G: tl.
     offs = tl.arange(0, G * KP)
     src = grp * G * KP + offs
     keys = tl.load(CAND + row.to(tl.int64) * n_in * KP + src, mask=src < n_in * KP, other=min_key)
-    top = tl.topk(keys, KP)
-    tl.store(OUT + (row.to(tl.int64) * n_out + grp) * KP + tl.arange(0, KP), top)
+    if KP == 1:  # tl.topk of 1-D keys with k = 1 does not compile under triton 3.6
+        tl.store(OUT + row.to(tl.int64) * n_out + grp, tl.max(keys, 0))
+    else:
+        top = tl.topk(keys, KP)
+        tl.store(OUT + (row.to(tl.int64) * n_out + grp) * KP + tl.arange(0, KP), top)
 
 
 @triton.jit

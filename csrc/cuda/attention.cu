@@ -2,7 +2,8 @@
 // Same interface as csrc/cpu/attention.cpp and triton_kernels/attention.py; see
 // docs/decisions/attention-stats-one-pass.md.
 //
-// attention_stats_<t>: one block per (BM queries, batch x head); one thread per query row.
+// attention_stats_<t>: one block per (batch x head, BM queries), all on grid x (grid y would
+//   cap B * H at 65,535); one thread per query row.
 //   The block's query rows (pre-scaled) and each key tile of BN keys are staged in shared
 //   memory (row stride D + 1 so that threads reading different rows hit different banks; every
 //   thread reads the same key element: a broadcast). Each thread runs the online softmax over
@@ -10,7 +11,8 @@
 //   H = log l - a / l) and the token-rule sums (duplicate, induction), all rescaled when m
 //   grows. Single-key rules (offset, first) are one dot product per query after the loop.
 // attention_pattern_<t>: out[b, h, i, j] = exp(s_ij - lse_i) on attended keys, 0 elsewhere;
-//   one thread per output element, the query row staged in shared memory per block.
+//   one thread per output element, the query row staged in shared memory per block; the blocks
+//   of (batch x head, query, key block) all on grid x.
 //
 // fp16/bf16 are read as raw 16-bit words and converted in registers (no headers under NVRTC);
 // accumulation in float (double for float64); outputs in the accumulation type.
@@ -63,10 +65,12 @@ __device__ void stats(const T* __restrict__ q, const T* __restrict__ k,
   A* sK = sQ + blockDim.x * (D + 1);             // BN rows x (D + 1)
   const int ld = D + 1;
   const int BM = blockDim.x;
-  const i64 bh = blockIdx.y;
+  const int n_qblocks = (Tq + BM - 1) / BM;
+  const i64 bh = blockIdx.x / n_qblocks;
+  const int qblock = blockIdx.x % n_qblocks;
   const i64 b = bh / H, h = bh % H;
   const int Hkv = H / group;
-  const int i = blockIdx.x * BM + threadIdx.x;  // query row
+  const int i = qblock * BM + threadIdx.x;  // query row
   const bool row_ok = i < Tq;
   const int pi = q_offset + i;
   const A scale = static_cast<A>(scale_f);
@@ -76,7 +80,7 @@ __device__ void stats(const T* __restrict__ q, const T* __restrict__ k,
   const unsigned char* pb = pad ? pad + b * Tk : nullptr;
 
   // stage the block's query rows (coalesced over d)
-  const int row0 = blockIdx.x * BM;
+  const int row0 = qblock * BM;
   for (int e = threadIdx.x; e < BM * D; e += BM) {
     const int r = e / D, d = e % D;
     sQ[r * ld + d] = (row0 + r < Tq) ? to_acc(qh + static_cast<i64>(row0 + r) * D + d) * scale : A(0);
@@ -136,7 +140,7 @@ __device__ void stats(const T* __restrict__ q, const T* __restrict__ k,
   }
   if (!row_ok) return;
   const i64 o = bh * Tq + i;
-  const i64 plane = static_cast<i64>(gridDim.y) * Tq;
+  const i64 plane = static_cast<i64>(gridDim.x / n_qblocks) * Tq;  // B * H * Tq
   if (bad) {
     lse[o] = bad == 2 ? qnan(A(0)) : -ninf(A(0));
     ent[o] = qnan(A(0));
@@ -177,13 +181,14 @@ __device__ void pattern(const T* __restrict__ q, const T* __restrict__ k,
   typedef typename Acc<T>::type A;
   extern __shared__ unsigned char smem_raw[];
   A* sq = reinterpret_cast<A*>(smem_raw);  // the query row, D values
-  // blockIdx.x = i * n_key_blocks + key block (x has no 65535 limit); blockIdx.y = b * H + h
-  const i64 bh = blockIdx.y;
+  // blockIdx.x = ((b * H + h) * Tq + i) * n_key_blocks + key block (grid x: up to 2^31 - 1)
+  const int nkb = (Tk + blockDim.x - 1) / blockDim.x;
+  const i64 row = blockIdx.x / nkb;
+  const i64 bh = row / Tq;
+  const int i = static_cast<int>(row % Tq);
   const i64 b = bh / H, h = bh % H;
   const int Hkv = H / group;
-  const int nkb = (Tk + blockDim.x - 1) / blockDim.x;
-  const int i = blockIdx.x / nkb;
-  const int j = (blockIdx.x % nkb) * blockDim.x + threadIdx.x;
+  const int j = static_cast<int>(blockIdx.x % nkb) * blockDim.x + threadIdx.x;
   const T* qr = q + (bh * Tq + i) * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) sq[d] = to_acc(qr + d) * static_cast<A>(scale_f);
   __syncthreads();

@@ -2,16 +2,12 @@
 // csrc/cpu/sae.cpp and triton_kernels/sae.py; see docs/decisions/sae-topk-ties.md and
 // sae-deterministic-scatter.md.
 //
-// sae_topk_chunk_<t>: the top-k epilogue. torch (cuBLAS) produces a float32 chunk of
-//   pre-activations (rows x cols, leading dim ld); one block per row folds the chunk into the
-//   row's running top-k, kept in global memory as k packed int64 keys sorted descending
-//   (key = order-preserving int32 of the value << 32 | (2^32 - 1 - column): value desc, then
-//   column asc, the tie rule). The block stages the running keys and every chunk element
-//   that beats the current k-th key in shared memory (CAP slots); when the buffer could
-//   overflow it bitonic-sorts it and keeps the best k. Keys are unique, so the result does
-//   not depend on the order threads append. k <= KMAX.
+// sae_topk_chunk_<t>: the top-k epilogue (sae_topk.cuh): torch (cuBLAS) produces a float32
+//   chunk of pre-activations (rows x cols, leading dim ld); one block per row folds it into
+//   the row's running top-k of packed (value, column) keys. k <= KMAX.
 // sae_topk_unpack_<t>: keys -> ReLU(value) in the output dtype and int64 column.
-// sae_gather_<t>:      out[n] = bias + sum_j coef[n, j] W[idx[n, j], :] (W by strides).
+// sae_gather_<t>:      out[n] = bias + sum_j coef[n, j] W[idx[n, j], :] (W by strides), out
+//                      in W's dtype; sae_gather_acc_<t> the same with a float32 (float64) out.
 // sae_gather_dot_<t>:  out[n, j] = dot(g[n], W[idx[n, j], :]), one warp per (n, j).
 // sae_scatter_atomic_<acc>: out[idx[e], :] += coef[e] x[row(e), :] with float atomics.
 // sae_scatter_segment_<t>: deterministic: latent l sums its entries (sorted by latent,
@@ -59,83 +55,7 @@ __device__ __forceinline__ void st(bf16_t* p, float v) {
   p->bits = h;
 }
 
-#define KMAX 1024
-#define CAP 2048
-#define MIN_KEY (-9223372036854775807LL - 1LL)
-
-__device__ __forceinline__ i64 pack_key(float v, i64 col) {
-  v = v + 0.0f;  // -0.0 -> +0.0: ties with +0.0 like the reference
-  int b = __float_as_int(v);
-  int k32 = b >= 0 ? b : (b ^ 0x7fffffff);
-  if (v != v) k32 = 0x7fffffff;  // any NaN ranks above +inf (docs/decisions/nan-semantics.md)
-  return (static_cast<i64>(k32) << 32) | (0xffffffffLL - col);
-}
-
-__device__ __forceinline__ void unpack_key(i64 key, float* v, i64* col) {
-  int k32 = static_cast<int>(key >> 32);
-  int b = k32 >= 0 ? k32 : (k32 ^ 0x7fffffff);
-  *v = __int_as_float(b);
-  *col = 0xffffffffLL - (key & 0xffffffffLL);
-}
-
-// Bitonic sort of buf[0, CAP) descending; all threads of the block take part.
-__device__ void sort_desc(i64* buf) {
-  for (int size = 2; size <= CAP; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int t = threadIdx.x; t < CAP / 2; t += blockDim.x) {
-        int lo = 2 * t - (t & (stride - 1));
-        int hi = lo + stride;
-        bool desc = ((lo & size) == 0);
-        i64 a = buf[lo], b = buf[hi];
-        if ((a < b) == desc) {
-          buf[lo] = b;
-          buf[hi] = a;
-        }
-      }
-      __syncthreads();
-    }
-  }
-}
-
-// Sort, keep the best k at the front, refill the tail with MIN_KEY; returns the k-th key.
-__device__ i64 compact(i64* buf, int* count, int k) {
-  for (int t = threadIdx.x; t < CAP; t += blockDim.x) {
-    if (t >= *count) buf[t] = MIN_KEY;
-  }
-  __syncthreads();
-  sort_desc(buf);
-  __syncthreads();
-  if (threadIdx.x == 0) *count = k;
-  __syncthreads();
-  return buf[k - 1];
-}
-
-__device__ void topk_chunk(const float* __restrict__ pre, i64 ld, i64 cols, i64 col0, int k,
-                           i64* __restrict__ state) {
-  __shared__ i64 buf[CAP];
-  __shared__ int count;
-  const i64 row = blockIdx.x;
-  const float* p = pre + row * ld;
-  i64* s = state + row * k;
-  for (int t = threadIdx.x; t < k; t += blockDim.x) buf[t] = s[t];
-  if (threadIdx.x == 0) count = k;
-  __syncthreads();
-  i64 thr = buf[k - 1];  // state is sorted descending
-  for (i64 c0 = 0; c0 < cols; c0 += blockDim.x) {
-    if (count + static_cast<int>(blockDim.x) > CAP) thr = compact(buf, &count, k);
-    i64 c = c0 + threadIdx.x;
-    if (c < cols) {
-      i64 key = pack_key(p[c], col0 + c);
-      if (key > thr) {
-        int pos = atomicAdd(&count, 1);  // integer atomic: the kept set is order-free
-        buf[pos] = key;
-      }
-    }
-    __syncthreads();
-  }
-  compact(buf, &count, k);
-  for (int t = threadIdx.x; t < k; t += blockDim.x) s[t] = buf[t];
-}
+#include "sae_topk.cuh"
 
 template <typename T>
 __device__ void topk_unpack(const i64* __restrict__ state, i64 rows, int k, T* __restrict__ vals,
@@ -149,10 +69,12 @@ __device__ void topk_unpack(const i64* __restrict__ state, i64 rows, int k, T* _
   idx[e] = col;
 }
 
-template <typename T>
+// O: the output type, T (sparse_decode) or Acc<T>::type (the encoder's grad x, float32 for
+// 16-bit weights).
+template <typename T, typename O>
 __device__ void gather(const typename Acc<T>::type* __restrict__ coef, const i64* __restrict__ idx,
                        const T* __restrict__ W, i64 sl, i64 sd, const T* __restrict__ bias,
-                       T* __restrict__ out, int k, int d) {
+                       O* __restrict__ out, int k, int d) {
   typedef typename Acc<T>::type A;
   const i64 n = blockIdx.x;
   const int i = blockIdx.y * blockDim.x + threadIdx.x;
@@ -230,7 +152,12 @@ __global__ void sae_topk_chunk_f32(const float* pre, i64 ld, i64 cols, i64 col0,
   }                                                                                              \
   __global__ void sae_gather_##SUF(const Acc<T>::type* coef, const i64* idx, const T* W, i64 sl,  \
                                    i64 sd, const T* bias, T* out, int k, int d) {                 \
-    gather<T>(coef, idx, W, sl, sd, bias, out, k, d);                                            \
+    gather<T, T>(coef, idx, W, sl, sd, bias, out, k, d);                                         \
+  }                                                                                              \
+  __global__ void sae_gather_acc_##SUF(const Acc<T>::type* coef, const i64* idx, const T* W,      \
+                                       i64 sl, i64 sd, const T* bias, Acc<T>::type* out, int k,   \
+                                       int d) {                                                   \
+    gather<T, Acc<T>::type>(coef, idx, W, sl, sd, bias, out, k, d);                              \
   }                                                                                              \
   __global__ void sae_gather_dot_##SUF(const Acc<T>::type* g, const i64* idx, const T* W, i64 sl, \
                                        i64 sd, Acc<T>::type* out, i64 nnz, int k, int d) {        \

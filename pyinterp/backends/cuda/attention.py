@@ -1,25 +1,31 @@
 """Attention launchers on the CUDA backend (``csrc/cuda/attention.cu``); the contract is in
 :mod:`pyinterp.ops.attention.function`. Forward only. Launch geometry:
-stats - one block per (BM queries, batch x head), one thread per query, BM = BN chosen so the
-staged query rows and key tile fit 48 KiB of shared memory; pattern - one thread per output.
+stats - one block per (batch x head, BM queries), one thread per query, BM = BN chosen so the
+staged query rows and key tile fit 48 KiB of shared memory (beyond that, for large head dims, the
+device's opt-in limit); pattern - one thread per output. Blocks are numbered on grid x only (grid
+y would cap B * H at 65,535).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from pyinterp._common import RULE_KINDS, acc_dtype
+from pyinterp._common import RULE_KINDS, acc_dtype, to_device_async
 from pyinterp.backends.cuda import runtime as rt
 
 _FILE = "attention.cu"
-_SMEM_LIMIT = 48 * 1024
 
 
-def _tile(D: int, acc_bytes: int) -> int:
-    for bm in (128, 64, 32):
-        if 2 * bm * (D + 1) * acc_bytes <= _SMEM_LIMIT:
-            return bm
-    raise ValueError(f"d_head = {D} is too large for the cuda attention kernel (max ~{_SMEM_LIMIT // (64 * acc_bytes) - 1})")
+def _tile(D: int, acc_bytes: int, fn) -> int:
+    """Queries per block (= keys per tile): the largest that fits 48 KiB (several blocks per
+    SM), else the opt-in limit (one thread per query: few, large blocks for large D)."""
+    most = rt.max_dynamic_smem(fn)
+    for limit in (rt.SMEM_DEFAULT - fn.shared_size_bytes, most):
+        for bm in (128, 64, 32):
+            if 2 * bm * (D + 1) * acc_bytes <= limit:
+                return bm
+    raise ValueError(f"d_head = {D} is too large for the cuda attention kernel "
+                     f"(max ~{most // (64 * acc_bytes) - 1})")
 
 
 def attention_stats(q, k, tokens, kinds, ns, causal, kpm, scale, q_offset):
@@ -36,14 +42,14 @@ def attention_stats(q, k, tokens, kinds, ns, causal, kpm, scale, q_offset):
         return lse, ent, mass
     needs_tok = any(c in (RULE_KINDS["duplicate"], RULE_KINDS["induction"]) for c in kinds)
     n_rules = len(kinds)
-    kinds = torch.tensor(list(kinds) or [0], dtype=torch.int32, device=dev)
-    ns = torch.tensor(list(ns) or [0], dtype=torch.int64, device=dev)
+    kinds = to_device_async(list(kinds) or [0], torch.int32, dev)
+    ns = to_device_async(list(ns) or [0], torch.int64, dev)
     tok = tokens.to(torch.int64).contiguous() if needs_tok else None
     pad = kpm.contiguous().view(torch.uint8) if kpm is not None else None
     acc_bytes = 8 if ad == torch.float64 else 4
-    bm = _tile(D, acc_bytes)
     fn = rt.kernel(_FILE, "attention_stats", q.dtype)
-    grid = ((Tq + bm - 1) // bm, B * H, 1)
+    bm = _tile(D, acc_bytes, fn)
+    grid = (((Tq + bm - 1) // bm) * B * H, 1, 1)
     rt.launch(fn, grid, (bm, 1, 1), (
         rt.ptr(q), rt.ptr(k), rt.ptr(tok), rt.ptr(pad), rt.ptr(kinds), rt.ptr(ns), rt.i32(n_rules),
         rt.ptr(lse), rt.ptr(ent), rt.ptr(mass), rt.i32(H), rt.i32(H // Hkv), rt.i32(Tq), rt.i32(Tk),
@@ -65,7 +71,7 @@ def attention_pattern(q, k, lse, causal, kpm, scale, q_offset):
     pad = kpm.contiguous().view(torch.uint8) if kpm is not None else None
     threads = 128
     fn = rt.kernel(_FILE, "attention_pattern", q.dtype)
-    grid = (Tq * ((Tk + threads - 1) // threads), B * H, 1)
+    grid = (B * H * Tq * ((Tk + threads - 1) // threads), 1, 1)
     rt.launch(fn, grid, (threads, 1, 1), (
         rt.ptr(q), rt.ptr(k), rt.ptr(pad), rt.ptr(lse), rt.ptr(out), rt.i32(H), rt.i32(H // Hkv),
         rt.i32(Tq), rt.i32(Tk), rt.i32(D), rt.i32(q_offset), rt.i32(int(causal)), np.float64(scale),

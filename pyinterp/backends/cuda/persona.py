@@ -1,8 +1,9 @@
 """Persona launchers on the CUDA backend (``csrc/cuda/persona.cu``); the contract is in
 :mod:`pyinterp.ops.persona.function`.
 
-Layers are passed as device tables of data pointers and element strides (one small host-to-device
-copy of 4*L int64 values per call), so views of a model's residual stream are read in place.
+Layers are passed as device tables of data pointers and element strides (one small asynchronous
+host-to-device copy of 4*L int64 values per call), so views of a model's residual stream are read
+in place.
 """
 from __future__ import annotations
 
@@ -11,18 +12,12 @@ from typing import Optional
 import torch
 
 from pyinterp._common import acc_dtype as _acc
+from pyinterp._common import device_layer_table
 from pyinterp.backends.cuda import runtime
 
 _FILE = "persona.cu"
 _POOL_THREADS = 256
 _TOKENS_WARPS = 8
-
-
-def _tables(layers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    device = layers[0].device
-    ptrs = torch.tensor([h.data_ptr() for h in layers], dtype=torch.int64).to(device, non_blocking=True)
-    strides = torch.tensor([s for h in layers for s in h.stride()], dtype=torch.int64)
-    return ptrs, strides.to(device, non_blocking=True)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -36,7 +31,7 @@ def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
     h0 = layers[0]
     L, (B, T, D) = len(layers), h0.shape
     acc = _acc(h0.dtype)
-    table, strides = _tables(layers)
+    table, strides = device_layer_table(layers)
     n_d = _cdiv(D, _POOL_THREADS)
     if index is not None:
         out = torch.empty(L, B, D, dtype=acc, device=h0.device)
@@ -67,7 +62,7 @@ def persona_tokens(layers: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
     P = w.shape[1]
     if not w[0].is_contiguous():
         w = w.contiguous()
-    table, strides = _tables(layers)
+    table, strides = device_layer_table(layers)
     out = torch.empty(L, B, T, P, dtype=w.dtype, device=h0.device)
     fn = runtime.kernel(_FILE, "persona_tokens", h0.dtype)
     runtime.launch(fn, (L * B, _cdiv(T, _TOKENS_WARPS), 1), (32 * _TOKENS_WARPS, 1, 1),

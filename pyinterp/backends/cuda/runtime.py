@@ -74,11 +74,28 @@ def ptr(t: torch.Tensor | None) -> np.uint64:
     return np.uint64(0 if t is None else t.data_ptr())
 
 
+# Shared memory per block: without an opt-in, static + dynamic <= 48 KiB; a kernel may ask for
+# more dynamic shared memory (up to the device's opt-in limit minus its static bytes: 227 KB on
+# H100/H200) once cudaFuncSetAttribute(MaxDynamicSharedMemorySize) has raised its limit.
+SMEM_DEFAULT = 48 * 1024
+
+
+def max_dynamic_smem(fn) -> int:
+    """The most dynamic shared memory ``fn`` can be launched with on the current device."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    optin = getattr(props, "shared_memory_per_block_optin", SMEM_DEFAULT)
+    return max(optin, SMEM_DEFAULT) - fn.shared_size_bytes
+
+
 def launch(fn, grid, block, args, shared_mem: int = 0) -> None:
-    """Launch ``fn`` on torch's current CUDA stream."""
+    """Launch ``fn`` on torch's current CUDA stream (the device guard of the ops makes the
+    tensors' device current), opting in to more than 48 KiB of shared memory when asked."""
     cupy = _cupy()
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     with cupy.cuda.Device(torch.cuda.current_device()), stream:
+        if shared_mem + fn.shared_size_bytes > SMEM_DEFAULT and \
+                fn.max_dynamic_shared_size_bytes < shared_mem:
+            fn.max_dynamic_shared_size_bytes = shared_mem  # cudaFuncSetAttribute, per device
         fn(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
 
 

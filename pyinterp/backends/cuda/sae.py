@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pyinterp.backends import sae_select as S
+from pyinterp.backends import sae_layout, sae_select as S
 from pyinterp.backends.cuda import runtime
 from pyinterp.backends.sae_select import batchtopk, threshold  # noqa: F401  (launchers)
 
@@ -76,7 +76,10 @@ def gather(coef, idx, W, stride_l, stride_d, d, bias, out_dtype):
     n, k = idx.shape
     out = torch.empty(n, d, dtype=out_dtype, device=coef.device)
     if n:
-        runtime.launch(runtime.kernel(_FILE, "sae_gather", W.dtype), (n, _cdiv(d, _THREADS)),
+        W, stride_l, stride_d = sae_layout.row_major(W, stride_l, stride_d, n * k)
+        # out in W's dtype (decode) or in the accumulation dtype (the encoder's grad x)
+        name = "sae_gather" if out_dtype == W.dtype else "sae_gather_acc"
+        runtime.launch(runtime.kernel(_FILE, name, W.dtype), (n, _cdiv(d, _THREADS)),
                        (_THREADS,), (runtime.ptr(coef), runtime.ptr(idx), runtime.ptr(W),
                                      runtime.i64(stride_l), runtime.i64(stride_d), runtime.ptr(bias),
                                      runtime.ptr(out), runtime.i32(k), runtime.i32(d)))
@@ -98,14 +101,13 @@ def gather_dot(g, idx, W, stride_l, stride_d):
 
 
 def scatter_rows(coef, idx, X, d_sae, out_dtype, transposed, want_colsum, deterministic):
+    """Rows are written row-major (coalesced) and transposed after (sae_layout)."""
     n, k = idx.shape
     d = X.shape[1]
     dev = X.device
     cd = coef.dtype
-    shape = (d, d_sae) if transposed else (d_sae, d)
-    sl, sd = (1, d_sae) if transposed else (d, 1)
     if deterministic or torch.are_deterministic_algorithms_enabled():
-        out = torch.empty(shape, dtype=out_dtype, device=dev)
+        rows = torch.empty(d_sae, d, dtype=out_dtype, device=dev)
         colsum = torch.empty(d_sae, dtype=cd, device=dev) if want_colsum else None
         flat = idx.reshape(-1)
         order = torch.sort(flat, stable=True).indices
@@ -114,15 +116,16 @@ def scatter_rows(coef, idx, X, d_sae, out_dtype, transposed, want_colsum, determ
         runtime.launch(runtime.kernel(_FILE, "sae_scatter_segment", out_dtype),
                        (d_sae, _cdiv(d, _THREADS)), (_THREADS,),
                        (runtime.ptr(coef), runtime.ptr(order), runtime.ptr(offsets), runtime.ptr(X),
-                        runtime.ptr(out), runtime.i64(sl), runtime.i64(sd), runtime.ptr(colsum),
+                        runtime.ptr(rows), runtime.i64(d), runtime.i64(1), runtime.ptr(colsum),
                         runtime.i32(k), runtime.i32(d)))
-        return out, colsum
-    acc = torch.zeros(shape, dtype=cd, device=dev)
-    colsum = torch.zeros(d_sae, dtype=cd, device=dev) if want_colsum else None
-    if n:
-        runtime.launch(runtime.kernel(_FILE, "sae_scatter_atomic", cd), (n, _cdiv(d, _THREADS)),
-                       (_THREADS,), (runtime.ptr(coef), runtime.ptr(idx), runtime.ptr(X),
-                                     runtime.ptr(acc), runtime.i64(sl), runtime.i64(sd),
-                                     runtime.ptr(colsum), runtime.i32(k), runtime.i32(d)))
-    return acc.to(out_dtype), colsum
-
+    else:
+        rows = torch.zeros(d_sae, d, dtype=cd, device=dev)
+        colsum = torch.zeros(d_sae, dtype=cd, device=dev) if want_colsum else None
+        if n:
+            runtime.launch(runtime.kernel(_FILE, "sae_scatter_atomic", cd), (n, _cdiv(d, _THREADS)),
+                           (_THREADS,), (runtime.ptr(coef), runtime.ptr(idx), runtime.ptr(X),
+                                         runtime.ptr(rows), runtime.i64(d), runtime.i64(1),
+                                         runtime.ptr(colsum), runtime.i32(k), runtime.i32(d)))
+    if transposed:
+        return sae_layout.transposed(rows, out_dtype), colsum
+    return rows.to(out_dtype), colsum

@@ -13,7 +13,6 @@ from pyinterp._common import acc_dtype as _acc_dtype
 from pyinterp.backends.cuda import runtime as rt
 
 _SOURCE = "solu.cu"
-_SMEM_LIMIT = 48 * 1024  # default dynamic shared memory per block without an opt-in
 
 
 def _threads(d: int) -> int:
@@ -30,9 +29,11 @@ def _vec(x2: torch.Tensor) -> int:
     return int(x2.data_ptr() % 16 == 0 and x2.shape[1] % n == 0)
 
 
-def _cache_bytes(x2: torch.Tensor) -> int:
+def _cache_bytes(x2: torch.Tensor, fn) -> int:
+    """Dynamic shared memory to cache a row in the accumulation type, 0 when it does not fit
+    (rt.launch opts in beyond 48 KiB: rows up to ~57k float32 on an H100/H200)."""
     nbytes = x2.shape[1] * (8 if x2.dtype == torch.float64 else 4)
-    return nbytes if nbytes <= _SMEM_LIMIT else 0
+    return nbytes if nbytes <= rt.max_dynamic_smem(fn) else 0
 
 
 def _grid_rows(rows: int) -> int:
@@ -50,8 +51,8 @@ def solu_forward(x2: torch.Tensor):
     y = torch.empty_like(x2)
     lse = torch.empty(rows, dtype=_acc_dtype(x2.dtype), device=x2.device)
     if rows:
-        smem = _cache_bytes(x2)
         fn = rt.kernel(_SOURCE, "solu_fwd", x2.dtype)
+        smem = _cache_bytes(x2, fn)
         rt.launch(fn, (_grid_rows(rows),), (_threads(d),),
                   (rt.ptr(x2), rt.ptr(y), rt.ptr(lse), rt.i64(rows), rt.i32(d),
                    rt.i32(int(smem > 0)), rt.i32(_vec(x2))), shared_mem=smem)
@@ -74,8 +75,8 @@ def solu_ln_forward(x2, w, b, eps: float, store_pre: bool):
     pre = torch.empty_like(x2) if store_pre else None
     stats = torch.empty(rows, 3, dtype=_acc_dtype(x2.dtype), device=x2.device)
     if rows:
-        smem = _cache_bytes(x2)
         fn = rt.kernel(_SOURCE, "solu_ln_fwd", x2.dtype)
+        smem = _cache_bytes(x2, fn)
         rt.launch(fn, (_grid_rows(rows),), (_threads(d),),
                   (rt.ptr(x2), rt.ptr(w), rt.ptr(b), rt.ptr(y), rt.ptr(pre), rt.ptr(stats),
                    rt.i64(rows), rt.i32(d), rt.f32(eps), rt.i32(int(smem > 0)),

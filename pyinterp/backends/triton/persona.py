@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pyinterp._common import acc_dtype, triton_interpreted
+from pyinterp._common import acc_dtype, device_layer_table, triton_interpreted
 from pyinterp.backends.triton.kernels import package  # noqa: F401  (registers the kernels)
 from pyinterp.triton_kernels import persona as tk
 
@@ -21,17 +21,10 @@ _TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.
        torch.float64: tl.float64}
 
 
-def _tables(layers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    device = layers[0].device
-    ptrs = torch.tensor([h.data_ptr() for h in layers], dtype=torch.int64, device=device)
-    strides = torch.tensor([s for h in layers for s in h.stride()], dtype=torch.int64, device=device)
-    return ptrs, strides
-
-
 def _target_programs(device: torch.device) -> int:
-    if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 8  # interpreter: small, so that tests on small shapes exercise the split path
+    if triton_interpreted():
+        return 8  # small, so that tests on small shapes exercise the split path
+    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
@@ -41,7 +34,7 @@ def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
     h0 = layers[0]
     L, (B, T, D) = len(layers), h0.shape
     acc = acc_dtype(h0.dtype)
-    table, strides = _tables(layers)
+    table, strides = device_layer_table(layers)
     block_d = min(128, triton.next_power_of_2(D))
     n_d = triton.cdiv(D, block_d)
     f64 = acc == torch.float64
@@ -71,7 +64,7 @@ def persona_tokens(layers: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
     P = w.shape[1]
     if not w[0].is_contiguous():
         w = w.contiguous()
-    table, strides = _tables(layers)
+    table, strides = device_layer_table(layers)
     out = torch.empty(L, B, T, P, dtype=w.dtype, device=h0.device)
     block_p = min(16, triton.next_power_of_2(P))
     block_t = 16

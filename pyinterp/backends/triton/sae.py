@@ -9,7 +9,7 @@ import torch
 import triton
 
 from pyinterp._common import triton_interpreted as _interpreted
-from pyinterp.backends import sae_select as S
+from pyinterp.backends import sae_layout, sae_select as S
 from pyinterp.backends.sae_select import batchtopk, threshold  # noqa: F401  (launchers)
 from pyinterp.backends.triton.kernels import package  # noqa: F401  (registers the kernels)
 from pyinterp.triton_kernels import sae as tk
@@ -22,6 +22,24 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
 
 
+def topk_tiles(KP: int, dtype: torch.dtype) -> dict:
+    """Tiles, warps and pipeline depth of ``_topk_partial_kernel`` for a running top-KP.
+
+    Each program holds a (BLOCK_M, BLOCK_N) accumulator, the tile's keys and the running
+    (BLOCK_M, KP) top keys (int64) in registers; BLOCK_M shrinks as KP grows so that they fit
+    255 registers per thread without spilling, with 8 warps. 16-bit inputs take BLOCK_M = 64
+    up to KP = 64 (wgmma needs 64 rows); float32 (exact "ieee" FMA dots, no tensor cores)
+    half that. Chosen from ptxas on sm_90 (docs/gpu-resources.md): e.g. the former fp32
+    KP = 256 tiles (64 x 256, 3 stages) needed 262,144 B of shared memory (> 232,448) and
+    spilled 14 KB per thread; these need <= 48 KiB and spill nothing."""
+    if _interpreted():
+        return dict(BLOCK_M=16, BLOCK_N=max(KP, 32), BLOCK_K=32, num_warps=4, num_stages=1)
+    wide = dtype == torch.float32
+    block_m = (32 if wide else 64) if KP <= 64 else 32 if (KP <= 128 and not wide) else 16
+    return dict(BLOCK_M=block_m, BLOCK_N=max(KP, 128), BLOCK_K=32, num_warps=8,
+                num_stages=2 if wide else 3)
+
+
 def _topk_fused(x, W_enc, b_enc, b_dec, k):
     n, d_in = x.shape
     d_sae = W_enc.shape[1]
@@ -29,10 +47,9 @@ def _topk_fused(x, W_enc, b_enc, b_dec, k):
     bias = S.fold_bias(b_enc, b_dec, W_enc).contiguous()  # (x - b_dec) @ W + b = x @ W + bias
     KP = _next_pow2(k)
     interp = _interpreted()
-    BLOCK_M = 16 if interp else 64
-    BLOCK_N = max(KP, 32 if interp else 128)
-    BLOCK_K = 32 if interp else 64
-    m_blocks = triton.cdiv(n, BLOCK_M)
+    tiles = topk_tiles(KP, x.dtype)
+    BLOCK_M, BLOCK_N = tiles["BLOCK_M"], tiles["BLOCK_N"]
+    m_blocks = max(1, triton.cdiv(n, BLOCK_M))  # N = 0: no launch, but no division by zero
     n_tiles = triton.cdiv(d_sae, BLOCK_N)
     sms = 1 if interp else torch.cuda.get_device_properties(dev).multi_processor_count
     n_splits = max(1, min(n_tiles, triton.cdiv(2 * sms, m_blocks)))
@@ -42,8 +59,7 @@ def _topk_fused(x, W_enc, b_enc, b_dec, k):
     if n:
         tk._topk_partial_kernel[(m_blocks, n_splits)](
             x, W_enc, bias, cand, n, d_in, d_sae, cols_per_split, n_splits,
-            x.stride(0), W_enc.stride(0), W_enc.stride(1), _MIN_KEY,
-            KP=KP, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+            x.stride(0), W_enc.stride(0), W_enc.stride(1), _MIN_KEY, KP=KP, **tiles,
             CAST_F32=interp and x.dtype != torch.float32, IEEE=x.dtype == torch.float32)
     G = max(2, 2048 // KP) if not interp else 4
     while cand.shape[1] > 1 and n:
@@ -69,6 +85,7 @@ def gather(coef, idx, W, stride_l, stride_d, d, bias, out_dtype):
     n, k = idx.shape
     out = torch.empty(n, d, dtype=out_dtype, device=coef.device)
     if n:
+        W, stride_l, stride_d = sae_layout.row_major(W, stride_l, stride_d, n * k)
         BJ, BD = 16, _blocks(d)[1]
         tk._gather_kernel[(n, triton.cdiv(d, BD))](
             coef, idx, W, bias if bias is not None else coef, out, k, d, stride_l, stride_d,
@@ -105,31 +122,30 @@ def segments(idx, d_sae):
 def scatter_rows(coef, idx, X, d_sae, out_dtype, transposed, want_colsum, deterministic):
     """out[l] = sum over entries e with idx e == l of coef[e] * X[row(e)]: (d_sae, d), or its
     transpose (d, d_sae). coef (N, k), X (N, d) in the compute dtype. Also the per-latent sum
-    of coef when ``want_colsum``."""
+    of coef when ``want_colsum``. Rows are written row-major (coalesced) and transposed after
+    (sae_layout)."""
     n, k = idx.shape
     d = X.shape[1]
     dev = X.device
     cd = coef.dtype
-    shape = (d, d_sae) if transposed else (d_sae, d)
     BD = _blocks(d)[1]
     if deterministic_wanted(deterministic):
-        out = torch.empty(shape, dtype=out_dtype, device=dev)
+        rows = torch.empty(d_sae, d, dtype=out_dtype, device=dev)
         colsum = torch.empty(d_sae, dtype=cd, device=dev) if want_colsum else None
         order, offsets = segments(idx, d_sae)
-        so_l, so_d = (1, d_sae) if transposed else (d, 1)
         tk._scatter_segment_kernel[(d_sae, triton.cdiv(d, BD))](
-            coef, order, offsets, X, out, colsum if want_colsum else coef, k, d, so_l, so_d,
+            coef, order, offsets, X, rows, colsum if want_colsum else coef, k, d, d, 1,
             HAS_COLSUM=want_colsum, ACC_F64=cd == torch.float64, BLOCK_D=BD)
-        return out, colsum
-    acc = torch.zeros(shape, dtype=cd, device=dev)
-    colsum = torch.zeros(d_sae, dtype=cd, device=dev) if want_colsum else None
-    so_l, so_d = (1, d_sae) if transposed else (d, 1)
-    if n:
-        tk._scatter_atomic_kernel[(n, triton.cdiv(d, BD))](
-            coef, idx, X, acc, colsum if want_colsum else coef, k, d, so_l, so_d,
-            HAS_COLSUM=want_colsum, BLOCK_D=BD)
-    return acc.to(out_dtype), colsum
-
+    else:
+        rows = torch.zeros(d_sae, d, dtype=cd, device=dev)
+        colsum = torch.zeros(d_sae, dtype=cd, device=dev) if want_colsum else None
+        if n:
+            tk._scatter_atomic_kernel[(n, triton.cdiv(d, BD))](
+                coef, idx, X, rows, colsum if want_colsum else coef, k, d, d, 1,
+                HAS_COLSUM=want_colsum, BLOCK_D=BD)
+    if transposed:
+        return sae_layout.transposed(rows, out_dtype), colsum
+    return rows.to(out_dtype), colsum
 
 
 def topk(x, W_enc, b_enc, b_dec, k):

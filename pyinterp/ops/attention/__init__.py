@@ -26,6 +26,7 @@ from typing import Dict, NamedTuple, Optional, Sequence, Union
 
 import torch
 
+from pyinterp._common import to_device_async
 from pyinterp.ops import _validate as check
 from pyinterp.ops._dispatch import Op, is_oracle, pick
 from pyinterp.ops.attention import function as F
@@ -281,7 +282,7 @@ def attention_pattern(
     else:
         stats_fn, pattern_fn = partial(F.stats, impl), partial(F.pattern, impl)
     group = H // k.shape[1]
-    idx = torch.tensor(hs, device=q.device)
+    idx = to_device_async(hs, torch.int64, q.device)  # no host sync on a GPU
     with torch.no_grad():
         q_sel = q.detach().index_select(1, idx)
         k_sel = k.detach().index_select(1, idx // group)  # one key head per selected head
