@@ -27,16 +27,17 @@ def topk_tiles(KP: int, dtype: torch.dtype) -> dict:
 
     Each program holds a (BLOCK_M, BLOCK_N) accumulator, the tile's keys and the running
     (BLOCK_M, KP) top keys (int64) in registers; BLOCK_M shrinks as KP grows so that they fit
-    255 registers per thread without spilling, with 8 warps. 16-bit inputs take BLOCK_M = 64
-    up to KP = 64 (wgmma needs 64 rows); float32 (exact "ieee" FMA dots, no tensor cores)
-    half that. Chosen from ptxas on sm_90 (docs/gpu-resources.md): e.g. the former fp32
+    255 registers per thread, with 8 warps. 16-bit inputs take BLOCK_M = 64 up to KP = 64
+    (wgmma needs 64 rows) and BLOCK_N = max(KP, 64) (128 spilled under triton 3.6); float32
+    (exact "ieee" FMA dots, no tensor cores) half the rows and BLOCK_N = max(KP, 128). Chosen
+    from ptxas on sm_90 under triton 3.6 and 3.9 (docs/gpu-resources.md): the former fp32
     KP = 256 tiles (64 x 256, 3 stages) needed 262,144 B of shared memory (> 232,448) and
-    spilled 14 KB per thread; these need <= 48 KiB and spill nothing."""
+    spilled 14 KB per thread; these need <= 64 KiB and spill at most a few dozen bytes."""
     if _interpreted():
         return dict(BLOCK_M=16, BLOCK_N=max(KP, 32), BLOCK_K=32, num_warps=4, num_stages=1)
     wide = dtype == torch.float32
     block_m = (32 if wide else 64) if KP <= 64 else 32 if (KP <= 128 and not wide) else 16
-    return dict(BLOCK_M=block_m, BLOCK_N=max(KP, 128), BLOCK_K=32, num_warps=8,
+    return dict(BLOCK_M=block_m, BLOCK_N=max(KP, 128 if wide else 64), BLOCK_K=32, num_warps=8,
                 num_stages=2 if wide else 3)
 
 
