@@ -40,11 +40,10 @@ def test_accelerated_sae_lens_decode_sparse_checks_indices(sae_lens, bad):
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton", "cuda", None])
 @pytest.mark.parametrize("bad", BAD)
 def test_sparse_ops_reject_out_of_range_indices(backend, bad):
-    if backend is not None:
-        require(backend)
-    v = torch.ones(2, 3)
-    i = torch.tensor([[0, 1, 2], [3, bad, 5]])
-    W = torch.randn(48, 8)
+    device = require(backend) if backend is not None else torch.device("cpu")
+    v = torch.ones(2, 3, device=device)
+    i = torch.tensor([[0, 1, 2], [3, bad, 5]], device=device)
+    W = torch.randn(48, 8, device=device)
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 48\)"):
         ops.sparse_decode(v, i, W, backend=backend)
     if backend is None:
