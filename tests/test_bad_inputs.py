@@ -95,6 +95,18 @@ _CASES = [
     ("pool-reduce", getattr(ops, "persona_pool", None), [t(1, 2, 3, 8)], {"reduce": "none"}, ValueError, "reduce"),
     ("pool-mask-dtype", getattr(ops, "persona_pool", None), [t(1, 2, 3, 8), torch.ones(2, 3, dtype=torch.complex64)], {}, TypeError, "mask"),
     ("persona-normalize", ops.persona_project, [t(1, 2, 3, 8), t(2, 8)], {"normalize": 1}, TypeError, "normalize"),
+    # --- multi-output decode, JumpReLU (issue 17)
+    ("multi-W_dec-2d", ops.multi_decode, [t(4, 2), t(4, 2, dtype=i64), t(10, 6)], {}, ValueError, "W_dec"),
+    ("multi-indices-range", ops.multi_decode, [t(4, 2), torch.full((4, 2), 10), t(2, 10, 6)], {}, ValueError, "indices"),
+    ("multi-map", ops.multi_decode, [t(4, 2), t(4, 2, dtype=i64), t(2, 10, 6)], {"decoder_map": [[0, 2]]}, ValueError, "decoder_map"),
+    ("multi-ranges", ops.multi_decode, [t(4, 2), t(4, 2, dtype=i64), t(2, 10, 6)], {"ranges": [(0, 3)]}, ValueError, "ranges"),
+    ("multi-b_dec", ops.multi_decode, [t(4, 2), t(4, 2, dtype=i64), t(2, 10, 6), t(6)], {}, ValueError, "b_dec"),
+    ("band-threshold-shape", ops.jumprelu_select, enc() + [t(9), 0.1], {}, ValueError, "threshold"),
+    ("band-bandwidth", ops.jumprelu_select, enc() + [t(10), 0.0], {}, ValueError, "bandwidth"),
+    ("band-W_enc", ops.jumprelu_select, with_(enc(), 1, t(7, 10)) + [t(10), 0.1], {}, ValueError, "W_enc"),
+    ("gate-indices", ops.jumprelu_gate, [t(4, 2), t(4, 3, dtype=i64), t(10), 0.1], {}, ValueError, "indices"),
+    ("gate-bandwidth", ops.jumprelu_gate, [t(4, 2), t(4, 2, dtype=i64), t(10), -1.0], {}, ValueError, "bandwidth"),
+    ("l0-threshold", ops.jumprelu_l0, [t(4, 2), t(4, 2, dtype=i64), t(2, 5), 0.1], {}, ValueError, "threshold"),
 ]
 
 

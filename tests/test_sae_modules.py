@@ -132,8 +132,10 @@ def test_jumprelu_threshold_semantics():
         sae.threshold.copy_(torch.linspace(-0.5, 0.5, 12))
     x = torch.randn(10, 6)
     pre = _dense_pre(sae, x)
-    code = pre.relu() * (pre > sae.threshold)
-    torch.testing.assert_close(sae(x), _dense_recon(sae, code).detach(), atol=1e-5, rtol=1e-5)
+    code = pre.relu() * (pre > sae.threshold)                 # inference: SAELens's JumpReLUSAE
+    torch.testing.assert_close(sae.eval()(x), _dense_recon(sae, code).detach(), atol=1e-5, rtol=1e-5)
+    code = pre * (pre > sae.threshold)                        # training: JumpReLUTrainingSAE
+    torch.testing.assert_close(sae.train()(x), _dense_recon(sae, code).detach(), atol=1e-5, rtol=1e-5)
 
 
 def test_auxk_loss_only_when_latents_are_dead():

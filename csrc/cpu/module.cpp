@@ -8,6 +8,7 @@ void register_solu(py::module_& m);
 void register_sae(py::module_& m);
 void register_persona(py::module_& m);
 void register_attention(py::module_& m);
+void register_multi_decode(py::module_& m);
 }  // namespace pyinterp
 
 PYBIND11_MODULE(_C, m) {
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_C, m) {
   pyinterp::register_attention(m);
   pyinterp::register_sae(m);
   pyinterp::register_persona(m);
+  pyinterp::register_multi_decode(m);
 }

@@ -71,11 +71,12 @@ def topk(x, W_enc, b_enc, b_dec, k):
 
 
 @torch.no_grad()
-def threshold(x, W_enc, b_enc, b_dec, thr, max_active):
+def threshold(x, W_enc, b_enc, b_dec, thr, max_active, out_dtype=None):
     """Entries strictly above the threshold (a float or (d_sae,) tensor), sorted by the tie
     rule, padded with 0 / 0 to the batch's largest count (one host sync) or ``max_active``
-    (rows with more keep their max_active largest)."""
+    (rows with more keep their max_active largest). Values in ``out_dtype`` (default x's)."""
     dev = x.device
+    out_dtype = out_dtype or x.dtype
     pre = _Preacts(x, W_enc, b_enc, b_dec)
     thr = thr.to(pre.W.dtype) if isinstance(thr, torch.Tensor) else thr
     neg_inf = torch.tensor(float("-inf"), dtype=pre.W.dtype, device=dev)
@@ -87,15 +88,25 @@ def threshold(x, W_enc, b_enc, b_dec, thr, max_active):
         width = max_active if max_active is not None else max(1, int(count.max()))
         v, i = _by_rule(torch.where(sel, p, neg_inf), width)
         keep = torch.arange(width, device=dev) < count.unsqueeze(1)
-        parts.append((torch.where(keep, v, 0.0).to(x.dtype), torch.where(keep, i, 0), keep))
+        parts.append((torch.where(keep, v, 0.0).to(out_dtype), torch.where(keep, i, 0), keep))
     if not parts:
         width = max_active or 1
-        return (torch.zeros(0, width, dtype=x.dtype, device=dev),
+        return (torch.zeros(0, width, dtype=out_dtype, device=dev),
                 torch.zeros(0, width, dtype=torch.int64, device=dev),
                 torch.zeros(0, width, dtype=torch.bool, device=dev))
     width = max(p[0].shape[1] for p in parts)
     return tuple(torch.cat([F.pad(t, (0, width - t.shape[1])) for t in ts])
                  for ts in zip(*parts))
+
+
+@torch.no_grad()
+def band(x, W_enc, b_enc, b_dec, thr, bandwidth, max_active):
+    """The JumpReLU band selection (pyinterp.ops.jumprelu.function): entries above
+    threshold - bandwidth/2, pre-activations in the accumulation dtype, -inf padding."""
+    cd = acc_dtype(x.dtype)
+    pre, idx, mask = threshold(x, W_enc, b_enc, b_dec, thr.to(cd) - bandwidth / 2, max_active,
+                               out_dtype=cd)
+    return pre.masked_fill(~mask, float("-inf")), idx, mask
 
 
 @torch.no_grad()

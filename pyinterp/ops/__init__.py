@@ -18,3 +18,9 @@ __all__ += ["attention_stats", "attention_pattern", "AttentionStats"]
 from pyinterp.ops.persona import persona_pool, persona_project  # noqa: E402
 
 __all__ += ["persona_project", "persona_pool"]
+from pyinterp.ops.multi_decode import multi_decode  # noqa: E402
+
+__all__ += ["multi_decode"]
+from pyinterp.ops.jumprelu import jumprelu_gate, jumprelu_l0, jumprelu_select  # noqa: E402
+
+__all__ += ["jumprelu_select", "jumprelu_gate", "jumprelu_l0"]

@@ -15,8 +15,14 @@ dictionary reading the batch at its ``hook_name``, each with its own optimiser.
 Architectures are registered by name (:func:`register_sae_class`, pyinterp/sae/registry.py);
 files and :func:`build` find classes there. Modules: :class:`ReLUSAE` ("standard", L1 weighted by decoder norms; ``decoder_norm="unit"``
 for Towards Monosemanticity's unit-norm decoder), :class:`TopKSAE`, :class:`BatchTopKSAE`,
-:class:`JumpReLUSAE` (inference). Each has ``encode(x) -> (values, indices)``,
-``decode(values, indices)``, ``forward(x) -> reconstruction`` and ``loss(x)``.
+:class:`JumpReLUSAE` (trained thresholds, step / quadratic / tanh L0 penalty),
+:class:`MatryoshkaTopKSAE`, :class:`MatryoshkaBatchTopKSAE`. Each has ``encode(x) -> (values,
+indices)``, ``decode(values, indices)``, ``forward(x) -> reconstruction`` and ``loss(x)``.
+Beyond SAEs (docs/dictionaries.md): :class:`Transcoder` (one hook in, another out, optional
+affine skip), :class:`Crosscoder` (L layers in and out, one latent space) and
+:class:`CrossLayerTranscoder` (layer l's features write to layers l..L-1); each with an
+``activation`` of relu / topk / batchtopk / jumprelu. ``needed_hooks(dictionaries)`` lists the
+hook points one model pass must give the trainer.
 """
 from pyinterp._files import CorruptFileError
 from pyinterp.sae.acceleration import accelerate, restore
@@ -25,22 +31,29 @@ from pyinterp.sae.feature_dashboards import dashboards
 from pyinterp.sae.hub import from_pretrained
 from pyinterp.sae.io import load, save
 from pyinterp.sae.registry import architectures, get_sae_class, register_sae_class
+from pyinterp.sae.dictionary import SparseDictionary
 from pyinterp.sae.modules import (
     BatchTopKSAE,
     JumpReLUSAE,
+    MatryoshkaBatchTopKSAE,
+    MatryoshkaTopKSAE,
     ReLUSAE,
     SAELoss,
     SparseAutoencoder,
     TopKSAE,
     build,
 )
+from pyinterp.sae.transcoders import Transcoder
+from pyinterp.sae.crosscoders import Crosscoder, CrossLayerTranscoder
 from pyinterp.sae.store import ActivationStore, collect, stream
-from pyinterp.sae.trainer import NonFiniteError, SAETrainer, TrainConfig, train
+from pyinterp.sae.trainer import NonFiniteError, SAETrainer, TrainConfig, needed_hooks, train
 from pyinterp.sae import metrics
 
 __all__ = [
-    "ActivationStore", "BatchTopKSAE", "CorruptFileError", "JumpReLUSAE", "NonFiniteError",
-    "ReLUSAE", "SAEConfig", "SAELoss", "SAETrainer", "SparseAutoencoder", "TopKSAE",
-    "TrainConfig", "accelerate", "architectures", "build", "collect", "dashboards", "from_pretrained",
-    "get_sae_class", "load", "metrics", "register_sae_class", "restore", "save", "stream", "train",
+    "ActivationStore", "BatchTopKSAE", "CorruptFileError", "CrossLayerTranscoder", "Crosscoder",
+    "JumpReLUSAE", "MatryoshkaBatchTopKSAE", "MatryoshkaTopKSAE", "NonFiniteError",
+    "ReLUSAE", "SAEConfig", "SAELoss", "SAETrainer", "SparseAutoencoder", "SparseDictionary",
+    "TopKSAE", "TrainConfig", "Transcoder", "accelerate", "architectures", "build", "collect",
+    "dashboards", "from_pretrained", "get_sae_class", "load", "metrics", "needed_hooks",
+    "register_sae_class", "restore", "save", "stream", "train",
 ]

@@ -121,7 +121,8 @@ def _splice_hook(sae, mode: str):
 
 def loss_recovered(model, inputs: Union[torch.Tensor, Iterable], sae=None, hook_name=None, *,
                    loss_fn: Optional[Callable] = None) -> dict:
-    """Loss recovered by splicing a dictionary's reconstruction into a model.
+    """Loss recovered by splicing a dictionary's reconstruction into a model (transcoders,
+    crosscoders and CLTs: :func:`pyinterp.sae.splice.loss_recovered`, their replacement model).
 
     Either ``model`` with ``run_with_hooks(input, fwd_hooks=[(hook_name, fn)],
     return_type="loss")`` (pyinterp.models.Transformer, TransformerLens), or ``loss_fn(input,
@@ -131,6 +132,16 @@ def loss_recovered(model, inputs: Union[torch.Tensor, Iterable], sae=None, hook_
     """
     if sae is None:
         raise ValueError("sae is required")
+    from pyinterp.sae.modules import SparseAutoencoder
+
+    if not isinstance(sae, SparseAutoencoder):
+        # transcoders, crosscoders, CLTs: their own replacement hooks
+        from pyinterp.sae import splice
+
+        if hook_name is not None or loss_fn is not None:
+            raise TypeError(f"{type(sae).__name__} splices at its own hooks: use "
+                            "pyinterp.sae.splice.loss_recovered for a custom loss_fn")
+        return splice.loss_recovered(model, inputs, sae)
     hook_name = hook_name or getattr(sae, "hook_name", None)
     if loss_fn is None:
         if not hasattr(model, "run_with_hooks"):
@@ -164,33 +175,55 @@ def loss_recovered(model, inputs: Union[torch.Tensor, Iterable], sae=None, hook_
 
 @torch.no_grad()
 def evaluate(sae, batches: Iterable, *, dense_threshold: float = 0.1) -> dict:
-    """L0, FVU, MSE, dead/dense fractions and the density histogram over ``batches``
-    ((N, d_in) tensors, or dicts read at ``sae.hook_name``)."""
-    tracker = DensityTracker(sae.d_sae, sae.W_enc.device)
-    num = den = 0.0
-    l0_sum, rows = 0.0, 0
-    sum_x = sum_x2 = None
+    """L0, FVU (overall and per output), MSE, dead/dense fractions and the density histogram
+    of any dictionary over ``batches``: (N, d_in) tensors for one-input dictionaries, or dicts
+    hook -> activations holding every hook the dictionary reads (``needed_hooks()``).
+
+    FVU = sum ||y - y_hat||^2 / sum ||y - mean(y)||^2 with y the dictionary's target (the input
+    for SAEs and crosscoders, the output hook for transcoders and CLTs), per output layer in
+    ``fvu_per_output`` and summed over outputs in ``fvu``; MSE per row summed over outputs. L0
+    counts active latents per row (all layers of a CLT; ``l0_per_layer`` splits it)."""
+    tracker = DensityTracker(sae.n_latents, sae.W_enc.device)
+    groups = sae.n_latents // sae.layer_size
+    num = sum_x = sum_x2 = l0_groups = None
+    rows = 0
     was_training = sae.training
     sae.eval()
     try:
         for b in batches:
-            x = b[sae.hook_name] if isinstance(b, dict) else b
-            x = x.reshape(-1, sae.d_in).to(sae.W_enc.device)
-            v, i = sae.encode(x)
-            x_hat = sae.decode(v, i) if sae.cfg.normalize_activations == "none" else sae(x)
+            v, i, target, recon = sae.reconstruct(*_inputs(sae, b))
             tracker.update(v, i, check_indices=False)  # the dictionary's own code
-            xd = x.double()
-            num += float((xd - x_hat.double()).pow(2).sum())
-            sum_x = xd.sum(0) if sum_x is None else sum_x + xd.sum(0)
-            sum_x2 = float(xd.pow(2).sum()) + (sum_x2 or 0.0)
-            l0_sum += float((v != 0).sum())
-            rows += x.shape[0]
+            t, r = target.double(), recon.double()
+            n_num = (t - r).pow(2).sum((1, 2))
+            n_sx, n_sx2 = t.sum(1), t.pow(2).sum((1, 2))
+            fired = (v != 0).to(torch.float64)
+            n_l0 = torch.zeros(groups, dtype=torch.float64, device=v.device).index_add_(
+                0, torch.div(i, sae.layer_size, rounding_mode="floor").reshape(-1), fired.reshape(-1))
+            if num is None:
+                num, sum_x, sum_x2, l0_groups = n_num, n_sx, n_sx2, n_l0
+            else:
+                num, sum_x, sum_x2, l0_groups = (num + n_num, sum_x + n_sx, sum_x2 + n_sx2,
+                                                 l0_groups + n_l0)
+            rows += target.shape[1]
     finally:
         sae.train(was_training)
     if rows == 0:
         raise ValueError("batches is empty")
-    den = sum_x2 - float(sum_x.pow(2).sum()) / rows
+    den = sum_x2 - sum_x.pow(2).sum(-1) / rows
     dens = tracker.density()
-    return {"l0": l0_sum / rows, "fvu": num / den, "mse": num / rows,
-            "dead_fraction": dead_fraction(dens), "dense_fraction": dense_fraction(dens, dense_threshold),
-            "density": dens, "histogram": density_histogram(dens)}
+    out = {"l0": float(l0_groups.sum()) / rows, "fvu": float(num.sum() / den.sum()),
+           "mse": float(num.sum()) / rows, "dead_fraction": dead_fraction(dens),
+           "dense_fraction": dense_fraction(dens, dense_threshold), "density": dens,
+           "histogram": density_histogram(dens)}
+    if num.numel() > 1:
+        out["fvu_per_output"] = (num / den).tolist()
+    if groups > 1:
+        out["l0_per_layer"] = (l0_groups / rows).tolist()
+    return out
+
+
+def _inputs(sae, batch) -> tuple:
+    if isinstance(batch, torch.Tensor) and len(sae.input_widths()) == 1:
+        return (batch.reshape(-1, sae.d_in).to(sae.W_enc.device),)
+    return tuple(t.reshape(-1, t.shape[-1]).to(sae.W_enc.device)
+                 for t in sae.batch_inputs(batch, "evaluate"))

@@ -1,4 +1,5 @@
-"""Dictionary modules: ReLU+L1 ("standard"), TopK, BatchTopK and JumpReLU (inference).
+"""Sparse autoencoders: ReLU+L1 ("standard"), TopK, BatchTopK, JumpReLU (trained with its
+threshold's straight-through estimator) and the Matryoshka TopK / BatchTopK dictionaries.
 
 Every module maps activations x: (..., d_in) to a sparse code given as ``(values, indices)``,
 each (..., k) (k fixed for TopK; a per-call padded width for the threshold codes, padding
@@ -9,67 +10,44 @@ W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in), b_dec (d_in,).
 Activations are multiplied by the fixed scalar ``input_scale`` (E||s x||^2 = d_in, see
 :func:`pyinterp.sae.init.activation_scale`) before encoding and divided by it after
 decoding, so ``forward(x)`` is in the units of ``x``; ``loss(x)`` is in the normalised units.
+Transcoders, crosscoders and cross-layer transcoders live in :mod:`pyinterp.sae.transcoders`
+and :mod:`pyinterp.sae.crosscoders`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
-from pyinterp._common import acc_dtype
+from pyinterp.ops.multi_decode import prefix_ranges, shared_decoder_map
 from pyinterp.sae import _kernels as K
+from pyinterp.sae import activations as A
 from pyinterp.sae import io
 from pyinterp.sae.config import SAEConfig
-from pyinterp.sae.init import geometric_median, random_directions
+from pyinterp.sae.dictionary import SAELoss, SparseDictionary, squared_error
+from pyinterp.sae.init import activation_scale, geometric_median, random_directions
+from pyinterp.sae.jumprelu_init import init_thresholds_to_l0
 from pyinterp.sae.registry import get_sae_class, register_sae_class
 
-
-@dataclass
-class SAELoss:
-    """One training loss evaluation. Tensors ``total``..``aux`` are scalars (on device).
-
-    values, indices: the code (N, k), detached; x, x_hat: normalised input and
-    reconstruction (N, d_in), detached.
-    """
-
-    total: torch.Tensor
-    mse: torch.Tensor
-    sparsity: torch.Tensor
-    aux: torch.Tensor
-    values: torch.Tensor
-    indices: torch.Tensor
-    x: torch.Tensor
-    x_hat: torch.Tensor
-
-    def components(self) -> dict[str, float]:
-        """The loss terms as Python floats (one host sync)."""
-        t = torch.stack([self.total.detach().float(), self.mse.detach().float(),
-                         self.sparsity.detach().float(), self.aux.detach().float()]).tolist()
-        return dict(zip(("loss", "mse", "sparsity", "aux"), t))
+__all__ = ["SAELoss", "SparseAutoencoder", "ReLUSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE",
+           "MatryoshkaTopKSAE", "MatryoshkaBatchTopKSAE", "build"]
 
 
-class SparseAutoencoder(nn.Module):
-    """Base class; use :class:`ReLUSAE`, :class:`TopKSAE`, :class:`BatchTopKSAE`, :class:`JumpReLUSAE`."""
+class SparseAutoencoder(SparseDictionary):
+    """Base class; use :class:`ReLUSAE`, :class:`TopKSAE`, :class:`BatchTopKSAE`,
+    :class:`JumpReLUSAE`, :class:`MatryoshkaTopKSAE`, :class:`MatryoshkaBatchTopKSAE`."""
 
     architecture: str = ""
 
     def __init__(self, d_in: Optional[int] = None, d_sae: Optional[int] = None, *,
                  cfg: Optional[SAEConfig] = None, device=None, seed: Optional[int] = None,
                  backend: Optional[str] = None, **config):
-        super().__init__()
         if cfg is None:
             cfg = SAEConfig(architecture=self.architecture, d_in=d_in, d_sae=d_sae, **config)
         elif d_in is not None or d_sae is not None or config:
             raise TypeError("pass either cfg or the config fields, not both")
-        if cfg.architecture != self.architecture:
-            raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r}, "
-                             f"got cfg.architecture={cfg.architecture!r}")
-        self.cfg = cfg
-        self.backend = backend
-        # Deterministic W_dec gradient (no float atomics); the trainer can switch it on.
-        self.deterministic = False
+        super().__init__(cfg, backend)
         dtype = cfg.torch_dtype
         kw = dict(dtype=dtype, device=device)
         self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae, **kw))
@@ -78,22 +56,10 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))
         # Fixed activation scale (E||s x||^2 = d_in); a buffer so checkpoints carry it.
         self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device))
+        self._init_activation_state((cfg.d_sae,), device)
         self.reset_parameters(seed)
         # Loaded weights carry a data-derived scale and b_dec: the trainer keeps them.
         self.register_load_state_dict_post_hook(_mark_data_initialised)
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def d_in(self) -> int:
-        return self.cfg.d_in
-
-    @property
-    def d_sae(self) -> int:
-        return self.cfg.d_sae
-
-    @property
-    def hook_name(self) -> Optional[str]:
-        return self.cfg.hook_name
 
     def extra_repr(self) -> str:
         k = f", k={self.cfg.k}" if self.cfg.k is not None else ""
@@ -175,17 +141,19 @@ class SparseAutoencoder(nn.Module):
     def _b_dec_in(self) -> Optional[torch.Tensor]:
         return self.b_dec if self.cfg.apply_b_dec_to_input else None
 
-    def _kw(self) -> dict:
-        return {} if self.backend is None else {"backend": self.backend}
-
     # ------------------------------------------------------------------ the maps
-    def _encode(self, xn: torch.Tensor):
-        """xn: (N, d_in) normalised -> values, indices (N, k). Each dictionary kind defines it."""
-        raise TypeError(f"{type(self).__name__} is the abstract base of the dictionaries; use ReLUSAE, "
-                        "TopKSAE, BatchTopKSAE or JumpReLUSAE")
+    def _code(self, xn: torch.Tensor) -> A.Code:
+        """xn: (N, d_in) normalised -> the code of this dictionary's latent rule (in train
+        mode BatchTopK / JumpReLU use their training rules)."""
+        if not self.activation:
+            raise TypeError(f"{type(self).__name__} is the abstract base of the dictionaries; use "
+                            "ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE or a Matryoshka SAE")
+        return self._encode_one(xn, self.W_enc, self.b_enc, self._b_dec_in())
 
-    def _encode_train(self, xn: torch.Tensor):
-        return self._encode(xn)
+    def _encode(self, xn: torch.Tensor):
+        """xn: (N, d_in) normalised -> values, indices (N, k)."""
+        code = self._code(xn)
+        return code.values, code.indices
 
     def _decode(self, values, indices, check_indices: bool = False) -> torch.Tensor:
         # Indices from our own encoders are in range: skip the check (a sync on GPU).
@@ -254,33 +222,65 @@ class SparseAutoencoder(nn.Module):
         """Restore this architecture's state from the extra tensors of a loaded file."""
 
     # ------------------------------------------------------------------ training
-    def _sparsity(self, values, indices, l1_scale) -> torch.Tensor:
-        return values.new_zeros(())
+    def _sparsity(self, code: A.Code, l1_scale: float) -> torch.Tensor:
+        return self._sparsity_one(code, self.W_dec.norm(dim=1), l1_scale)
 
     def _aux(self, xn, x_hat, dead_mask) -> torch.Tensor:
-        return xn.new_zeros(())
+        if not self.uses_auxk:
+            return xn.new_zeros(())
+        return _auxk_loss(self, xn, x_hat, dead_mask)
+
+    def _reconstruct(self, xn, code: A.Code):
+        """(x_hat, {extra loss terms}) of a training code."""
+        return self._decode(code.values, code.indices), {}
 
     def loss(self, x: torch.Tensor, *, dead_mask: Optional[torch.Tensor] = None,
              l1_scale: float = 1.0) -> SAELoss:
         """Training loss on x: (..., d_in), in normalised units.
 
         mse = mean over rows of ||x - x_hat||^2 (summed over d_in); plus the architecture's
-        sparsity penalty (ReLU: lambda * l1_scale * sum_i f_i ||W_dec,i||) and, given
-        ``dead_mask`` (d_sae,) bool, the AuxK loss (TopK/BatchTopK)."""
+        sparsity penalty (ReLU: lambda * l1_scale * sum_i f_i ||W_dec,i||; JumpReLU: its L0
+        penalty) and, given ``dead_mask`` (d_sae,) bool, the AuxK loss (TopK/BatchTopK);
+        Matryoshka dictionaries add their prefix losses (``extra``)."""
         xn, _ = self._normalize_in(self._flatten(x))
-        values, indices = self._encode_train(xn)
-        x_hat = self._decode(values, indices)
-        cd = acc_dtype(xn.dtype)
-        mse = (x_hat.to(cd) - xn.to(cd)).pow(2).sum(-1).mean()
-        sparsity = self._sparsity(values, indices, l1_scale)
+        code = self._code(xn)
+        x_hat, extra = self._reconstruct(xn, code)
+        mse = squared_error(xn, x_hat)
+        sparsity = self._sparsity(code, l1_scale)
         aux = self._aux(xn, x_hat, dead_mask) if dead_mask is not None else mse.new_zeros(())
         total = mse + sparsity + aux
-        return SAELoss(total, mse, sparsity, aux, values.detach(), indices.detach(),
-                       xn.detach(), x_hat.detach())
+        for v in extra.values():
+            total = total + v
+        return SAELoss(total, mse, sparsity, aux, code.values.detach(), code.indices.detach(),
+                       xn.detach(), x_hat.detach(), extra)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> tuple:
+        """(values, indices, x (1, N, d_in), reconstruction (1, N, d_in)) in x's units."""
+        x2 = self._flatten(x)
+        xn, state = self._normalize_in(x2)
+        values, indices = self._encode(xn)
+        y = self._normalize_out(self._decode(values, indices), state)
+        return values, indices, x2.unsqueeze(0), y.unsqueeze(0)
+
+    def initialise(self, samples: tuple, normalize: bool, b_dec_init: Optional[str]) -> None:
+        (sample,) = samples
+        if normalize:
+            self.set_input_scale(activation_scale(sample.float()))
+        if b_dec_init:
+            self.init_b_dec(sample, b_dec_init)
+        if self.activation == "jumprelu" and self.cfg.init_l0:
+            with torch.no_grad():
+                xn, _ = self._normalize_in(self._flatten(sample, "sample"))
+                init_thresholds_to_l0(self.threshold, xn, self.W_enc, self.b_enc,
+                                      self._b_dec_in(), self.cfg.init_l0)
+        self.data_initialised = True
 
     @torch.no_grad()
     def after_step(self, code: Optional[SAELoss] = None) -> None:
-        """Called by the trainer after each optimiser step (renormalises a unit decoder)."""
+        """Called by the trainer after each optimiser step: renormalises a unit decoder,
+        keeps JumpReLU thresholds >= 0, updates BatchTopK's inference threshold."""
+        super().after_step(code)
         self.normalize_decoder()
 
     @torch.no_grad()
@@ -303,24 +303,20 @@ def _mark_data_initialised(module, incompatible_keys) -> None:
 
 
 def _auxk_loss(sae: SparseAutoencoder, xn, x_hat, dead_mask) -> torch.Tensor:
-    """AuxK (Gao et al. 2024): the top-k_aux dead latents reconstruct the main residual.
-
-    No host sync: alive latents get a huge negative encoder bias so they are never picked
-    with a positive value; the loss is scaled by min(#dead / k_aux, 1) (0 when none is dead).
-    """
+    """AuxK (Gao et al. 2024) of an SAE (see :func:`pyinterp.sae.activations.auxk_loss`)."""
     if dead_mask.shape != (sae.d_sae,) or dead_mask.dtype != torch.bool:
         raise ValueError(f"dead_mask must be a bool tensor of shape ({sae.d_sae},), got "
                          f"{dead_mask.dtype} {tuple(dead_mask.shape)}")
-    k_aux = sae.cfg.effective_aux_k
-    big = torch.finfo(sae.b_enc.dtype).max / 4
-    mask_bias = torch.where(dead_mask, torch.zeros((), dtype=sae.b_enc.dtype, device=dead_mask.device),
-                            torch.full((), -big, dtype=sae.b_enc.dtype, device=dead_mask.device))
-    v, i = K.topk_encode(xn, sae.W_enc, sae.b_enc + mask_bias, sae._b_dec_in(), k_aux, **sae._kw())
-    residual = (xn - x_hat).detach()
-    e_hat = K.sparse_decode(v, i, sae.W_dec, None, deterministic=sae.deterministic,
-                            check_indices=False, **sae._kw())
-    scale = (dead_mask.sum().to(torch.float32) / k_aux).clamp(max=1.0)
-    return sae.cfg.aux_coefficient * scale * (e_hat.float() - residual.float()).pow(2).sum(-1).mean()
+    bias = sae.b_enc + A.dead_bias(dead_mask, sae.b_enc.dtype)
+
+    def encode_dead(k):
+        return K.topk_encode(xn, sae.W_enc, bias, sae._b_dec_in(), k, **sae._kw())
+
+    def decode(v, i):
+        return K.sparse_decode(v, i, sae.W_dec, None, deterministic=sae.deterministic,
+                               check_indices=False, **sae._kw())
+    return A.auxk_loss(xn, x_hat, dead_mask, decode=decode, encode_dead=encode_dead,
+                       k_aux=sae.cfg.effective_aux_k, coefficient=sae.cfg.aux_coefficient)
 
 
 @register_sae_class
@@ -332,17 +328,7 @@ class ReLUSAE(SparseAutoencoder):
     """
 
     architecture = "standard"
-
     # The active set's width is data-dependent: each encode costs one device->host sync.
-    def _encode(self, xn):
-        return K.threshold_encode(xn, self.W_enc, self.b_enc, self._b_dec_in(), 0.0,
-                                  **self._kw())
-
-    def _sparsity(self, values, indices, l1_scale):
-        cd = acc_dtype(values.dtype)
-        norms = self.W_dec.norm(dim=1)
-        weighted = values.to(cd) * norms[indices].to(cd)
-        return self.cfg.l1_coefficient * l1_scale * weighted.sum(-1).mean()
 
 
 @register_sae_class
@@ -355,26 +341,10 @@ class TopKSAE(SparseAutoencoder):
         k = int(self.cfg.k)
         cfg_json.update(k=k, rescale_acts_by_decoder_norm=False, activation_fn_kwargs={"k": k})
 
-    def _encode(self, xn):
-        return K.topk_encode(xn, self.W_enc, self.b_enc, self._b_dec_in(), int(self.cfg.k),
-                             **self._kw())
-
-    def _aux(self, xn, x_hat, dead_mask):
-        return _auxk_loss(self, xn, x_hat, dead_mask)
-
-
-class _ThresholdMixin:
-    def _threshold_code(self, xn, threshold: torch.Tensor):
-        """JumpReLU code: keep pre-activations > threshold (a scalar or (d_sae,) tensor).
-
-        As SAELens: ReLU(pre) * (pre > threshold), i.e. keep pre > max(threshold, 0)."""
-        thr = threshold.detach().to(xn.dtype).clamp_min(0).expand(self.d_sae)
-        return K.threshold_encode(xn, self.W_enc, self.b_enc, self._b_dec_in(), thr,
-                                  **self._kw())
 
 
 @register_sae_class
-class BatchTopKSAE(_ThresholdMixin, SparseAutoencoder):
+class BatchTopKSAE(SparseAutoencoder):
     """BatchTopK (Bussmann et al. 2024): in training the top k*N activations of the batch.
 
     At inference (``eval()``, or ``use_threshold=True``) a JumpReLU with one learned scalar
@@ -383,49 +353,11 @@ class BatchTopKSAE(_ThresholdMixin, SparseAutoencoder):
 
     architecture = "batchtopk"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        dev = self.W_enc.device
-        self.register_buffer("threshold", torch.zeros((), dtype=torch.float32, device=dev))
-        self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.int64, device=dev))
-        self.use_threshold: Optional[bool] = None
-
-    def _k(self) -> int:
-        k = self.cfg.k
-        if not float(k).is_integer():
-            raise ValueError(f"BatchTopK training needs an integer k, got k={k} (SAELens allows "
-                             "a fractional average k; round it)")
-        return int(k)
-
-    def _encode_train(self, xn):
-        return K.batchtopk_encode(xn, self.W_enc, self.b_enc, self._b_dec_in(), self._k(),
-                                  **self._kw())
-
-    def _encode(self, xn):
-        use = (not self.training) if self.use_threshold is None else self.use_threshold
-        if not use:
-            return self._encode_train(xn)
-        return self._threshold_code(xn, self.threshold)
-
-    def _aux(self, xn, x_hat, dead_mask):
-        return _auxk_loss(self, xn, x_hat, dead_mask)
-
     @torch.no_grad()
     def update_threshold(self, values: torch.Tensor) -> None:
         """EMA of the smallest positive selected activation; no host sync."""
-        inf = torch.full((), float("inf"), device=values.device)
-        m = torch.where(values > 0, values.float(), inf).min()
-        lr = self.cfg.threshold_lr
-        ema = torch.where(self.threshold_updates == 0, m, (1 - lr) * self.threshold + lr * m)
-        ok = torch.isfinite(m)
-        self.threshold.copy_(torch.where(ok, ema, self.threshold))
-        self.threshold_updates.add_(ok.to(torch.int64))
-
-    @torch.no_grad()
-    def after_step(self, code: Optional[SAELoss] = None) -> None:
-        super().after_step(code)
-        if code is not None:
-            self.update_threshold(code.values)
+        A.update_batchtopk_threshold(self.threshold, self.threshold_updates, values,
+                                     self.cfg.threshold_lr)
 
     def saelens_save(self, tensors, cfg_json, metadata):
         # As SAELens: saved as a JumpReLU with the learned (scalar) threshold for every latent.
@@ -442,18 +374,19 @@ class BatchTopKSAE(_ThresholdMixin, SparseAutoencoder):
 
 
 @register_sae_class
-class JumpReLUSAE(_ThresholdMixin, SparseAutoencoder):
-    """Inference JumpReLU dictionary (e.g. loaded from SAELens): keep pre > threshold_i."""
+class JumpReLUSAE(SparseAutoencoder):
+    """JumpReLU (Rajamanoharan et al. 2024; Gemma Scope): f_i = pre_i [pre_i > theta_i].
+
+    Inference (``eval()``): SAELens's ReLU(pre) [pre > theta]. Training (``train()``): the
+    thresholds learn through the straight-through estimator (rectangle kernel of width
+    ``cfg.bandwidth``) from the reconstruction and from the L0 penalty ``cfg.sparsity_loss``
+    ("step", "quadratic" with ``target_l0``, "tanh"), coefficient ``cfg.l0_coefficient``. The
+    encoder returns the active latents and the band of inactive ones within bandwidth/2 of
+    their threshold, sparse (:func:`pyinterp.ops.jumprelu_select`); no dense pre-activation is
+    kept. Thresholds are float32 parameters, kept >= 0 after each step.
+    """
 
     architecture = "jumprelu"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.threshold = nn.Parameter(torch.zeros(self.d_sae, dtype=self.W_enc.dtype,
-                                                  device=self.W_enc.device))
-
-    def _encode(self, xn):
-        return self._threshold_code(xn, self.threshold)
 
     @classmethod
     def saelens_tensors(cls, cfg_json):
@@ -467,6 +400,54 @@ class JumpReLUSAE(_ThresholdMixin, SparseAutoencoder):
         self.threshold.copy_(extra["threshold"])
 
 
-def build(cfg: SAEConfig, **kwargs) -> SparseAutoencoder:
+class _Matryoshka:
+    """Nested prefix losses (Bussmann et al. 2025): sum_j ||x - x_hat(latents < m_j)||^2 over
+    ``cfg.matryoshka_widths`` m_1 < ... < m_J = d_sae, all J reconstructions from one
+    multi-output decode of the code (one decoder, J prefix ranges)."""
+
+    def _reconstruct(self, xn, code: A.Code):
+        widths = self.cfg.matryoshka_widths
+        G = len(widths)
+        outs = K.multi_decode(code.values, code.indices, self.W_dec.unsqueeze(0),
+                              self.b_dec.unsqueeze(0).expand(G, -1),
+                              decoder_map=shared_decoder_map(G), ranges=prefix_ranges(widths),
+                              deterministic=self.deterministic, check_indices=False, **self._kw())
+        extra = {}
+        if G > 1:
+            extra["prefix_mse"] = squared_error(xn.unsqueeze(0).expand(G - 1, -1, -1), outs[:-1])
+        return outs[-1], extra
+
+
+@register_sae_class
+class MatryoshkaTopKSAE(_Matryoshka, TopKSAE):
+    """Matryoshka TopK SAE: TopK latents, the loss summed over nested prefixes. Saved for
+    SAELens as a TopK SAE (inference is the same)."""
+
+    architecture = "matryoshka_topk"
+
+    def saelens_save(self, tensors, cfg_json, metadata):
+        super().saelens_save(tensors, cfg_json, metadata)
+        cfg_json["architecture"] = "topk"
+        metadata["training_architecture"] = "matryoshka_topk"
+        metadata["training_architecture_details"] = {
+            "k": self.cfg.k, "matryoshka_widths": self.cfg.matryoshka_widths}
+
+
+@register_sae_class
+class MatryoshkaBatchTopKSAE(_Matryoshka, BatchTopKSAE):
+    """Matryoshka BatchTopK SAE (SAELens's matryoshka_batchtopk): BatchTopK latents in
+    training, the nested prefix losses; a JumpReLU with one threshold at inference (saved so,
+    as SAELens saves it)."""
+
+    architecture = "matryoshka_batchtopk"
+
+    def saelens_save(self, tensors, cfg_json, metadata):
+        super().saelens_save(tensors, cfg_json, metadata)
+        metadata["training_architecture"] = "matryoshka_batchtopk"
+        metadata["training_architecture_details"] = {
+            "k": self.cfg.k, "matryoshka_widths": self.cfg.matryoshka_widths}
+
+
+def build(cfg: SAEConfig, **kwargs) -> SparseDictionary:
     """The registered module class for ``cfg.architecture``, constructed from ``cfg``."""
     return get_sae_class(cfg.architecture)(cfg=cfg, **kwargs)

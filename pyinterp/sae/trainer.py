@@ -13,9 +13,12 @@ trainer locks it while it runs, a new trainer refuses a directory holding anothe
 this run's older checkpoints.
 
 Each dictionary has its own Adam optimiser; a batch from the source is either a tensor
-(every dictionary trains on it) or a dict ``hook_name -> (N, d_in)`` (each dictionary reads
-its own ``cfg.hook_name``). Dead-latent counters live on the device; the host reads them only
-every ``aux_check_every`` steps and at log/checkpoint steps.
+(every one-input dictionary trains on it) or a dict ``hook_name -> (N, d)``: each dictionary
+reads the hook points it needs (``dictionary.needed_hooks()``: an SAE its ``hook_name``, a
+transcoder its input and output hooks, crosscoders / CLTs every layer's), so one model pass
+(:func:`pyinterp.sae.store.stream` with :func:`needed_hooks` of all dictionaries) feeds them
+all. Dead-latent counters live on the device; the host reads them only every
+``aux_check_every`` steps and at log/checkpoint steps.
 """
 from __future__ import annotations
 
@@ -32,8 +35,8 @@ from pyinterp._rundir import WriterLock, new_run_id
 from pyinterp.sae import _kernels as K
 from pyinterp.sae import checkpoint as ckpt
 from pyinterp.sae.config import SAEConfig
-from pyinterp.sae.init import activation_scale
-from pyinterp.sae.modules import ReLUSAE, SAELoss, SparseAutoencoder, build
+from pyinterp.sae.dictionary import SAELoss, SparseDictionary
+from pyinterp.sae.modules import ReLUSAE, build
 from pyinterp.sae.resample import resample_dead
 from pyinterp.sae.schedule import coefficient_factor, lr_factor
 
@@ -167,26 +170,26 @@ class _Feed:
 class SAETrainer:
     """Adam training of one or several dictionaries on one activation stream."""
 
-    def __init__(self, saes: Union[SparseAutoencoder, dict, list], source, cfg: TrainConfig,
+    def __init__(self, saes: Union[SparseDictionary, dict, list], source, cfg: TrainConfig,
                  *, callback: Optional[Callable[["SAETrainer", dict], None]] = None,
                  fresh: bool = False):
         """``fresh``: when ``cfg.checkpoint_dir`` holds another run, move it to
         ``<dir>/superseded/`` instead of refusing to start (nothing is deleted)."""
-        if isinstance(saes, SparseAutoencoder):
+        if isinstance(saes, SparseDictionary):
             saes = {"sae": saes}
         elif isinstance(saes, (list, tuple)):
             saes = {f"sae{i}": s for i, s in enumerate(saes)}
         if not isinstance(saes, dict) or not saes:
             raise TypeError("saes must be a dictionary module, a list of them or a dict name -> module")
         for name, sae in saes.items():
-            if not isinstance(sae, SparseAutoencoder):
+            if not isinstance(sae, SparseDictionary):
                 raise TypeError(f"saes[{name!r}] must be a pyinterp.sae dictionary, got {type(sae).__name__}")
             if not str(name).replace("_", "").replace("-", "").replace(".", "").isalnum():
                 raise ValueError(f"dictionary name {name!r} must be alphanumeric (it names files)")
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
         self.cfg = cfg
-        self.saes: dict[str, SparseAutoencoder] = dict(saes)
+        self.saes: dict[str, SparseDictionary] = dict(saes)
         self.feed = _Feed(source)
         self.callback = callback
         self.step = 0
@@ -206,28 +209,22 @@ class SAETrainer:
             dev = sae.W_enc.device
             self.optimizers[name] = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas,
                                                      eps=cfg.eps, foreach=False)
-            self.since_fired[name] = torch.zeros(sae.d_sae, dtype=torch.int64, device=dev)
-            self.fire_counts[name] = torch.zeros(sae.d_sae, dtype=torch.int64, device=dev)
+            self.since_fired[name] = torch.zeros(sae.n_latents, dtype=torch.int64, device=dev)
+            self.fire_counts[name] = torch.zeros(sae.n_latents, dtype=torch.int64, device=dev)
             self.aux_on[name] = False
             self._bad[name] = torch.zeros((), dtype=torch.bool, device=dev)
 
     # -------------------------------------------------------------------- helpers
-    def _input(self, batch, name: str) -> torch.Tensor:
+    def _input(self, batch, name: str) -> tuple:
+        """The tensors dictionary ``name`` trains on, as (N, d) rows on its device."""
         sae = self.saes[name]
-        if isinstance(batch, torch.Tensor):
-            x = batch
-        elif isinstance(batch, dict):
-            key = sae.hook_name if sae.hook_name is not None else name
-            if key not in batch:
-                raise KeyError(f"the batch has no activations for dictionary {name!r} (hook "
-                               f"{key!r}); it has {sorted(batch)}")
-            x = batch[key]
-        else:
-            raise TypeError(f"a batch must be a tensor or a dict of tensors, got {type(batch).__name__}")
-        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != sae.d_in:
-            raise ValueError(f"activations for dictionary {name!r} must have shape (N, {sae.d_in}), "
-                             f"got {tuple(getattr(x, 'shape', ()))}")
-        return x.reshape(-1, sae.d_in).to(sae.W_enc.device)
+        out = []
+        for x, d in zip(sae.batch_inputs(batch, name), sae.input_widths()):
+            if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[-1] != d:
+                raise ValueError(f"activations for dictionary {name!r} must have shape (N, {d}), "
+                                 f"got {tuple(getattr(x, 'shape', ()))}")
+            out.append(x.reshape(-1, d).to(sae.W_enc.device))
+        return tuple(out)
 
     def _nonfinite(self, name: str, what: str, step: int):
         where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
@@ -241,11 +238,12 @@ class SAETrainer:
         for name, flag in self._bad.items():
             if bool(flag):
                 what = "loss"
-                if x_by_name is not None and name in x_by_name and not bool(torch.isfinite(x_by_name[name]).all()):
+                if x_by_name is not None and name in x_by_name and not all(
+                        bool(torch.isfinite(x).all()) for x in x_by_name[name]):
                     what = "activations (NaN/Inf in the input batch)"
                 raise self._nonfinite(name, what, step)
 
-    def _after_backward(self, name: str, sae: SparseAutoencoder) -> None:
+    def _after_backward(self, name: str, sae: SparseDictionary) -> None:
         """Called after each dictionary's backward, before gradient projection and clipping;
         a no-op here. pyinterp.distributed's data-parallel trainer all-reduces gradients here."""
 
@@ -261,13 +259,11 @@ class SAETrainer:
         if fresh and (cfg.normalize_activations or cfg.b_dec_init):
             batches = [self.feed.next() for _ in range(cfg.init_batches)]
             for name, sae in fresh.items():
-                sample = torch.cat([self._input(b, name) for b in batches])
-                if not bool(torch.isfinite(sample).all()):
+                per_batch = [self._input(b, name) for b in batches]
+                samples = tuple(torch.cat(parts) for parts in zip(*per_batch))
+                if not all(bool(torch.isfinite(s).all()) for s in samples):
                     raise self._nonfinite(name, "activations (NaN/Inf in the initialisation sample)", 0)
-                if cfg.normalize_activations:
-                    sae.set_input_scale(activation_scale(sample.float()))
-                if cfg.b_dec_init:
-                    sae.init_b_dec(sample, cfg.b_dec_init)
+                sae.initialise(samples, cfg.normalize_activations, cfg.b_dec_init)
                 sae.data_initialised = True
         self.initialised = True
 
@@ -286,9 +282,9 @@ class SAETrainer:
             sae.train()
             opt = self.optimizers[name]
             dead = None
-            if self.aux_on[name] and sae.cfg.architecture in ("topk", "batchtopk"):
+            if self.aux_on[name] and sae.uses_auxk:
                 dead = self.since_fired[name] >= cfg.dead_window_tokens
-            res = sae.loss(x, dead_mask=dead, l1_scale=l1_scale)
+            res = sae.loss(*x, dead_mask=dead, l1_scale=l1_scale)
             self._bad[name] |= ~torch.isfinite(res.total.detach())
             if check_now:
                 self._check_finite(step + 1, xs)
@@ -302,14 +298,14 @@ class SAETrainer:
                 group["lr"] = lr
             opt.step()
             sae.after_step(res)
-            n = x.shape[0]
-            K.update_activity(self.since_fired[name], res.indices, sae.d_sae, values=res.values,
+            n = x[0].shape[0]
+            K.update_activity(self.since_fired[name], res.indices, sae.n_latents, values=res.values,
                               increment=n, check_indices=False)  # our encoders' indices
-            self.fire_counts[name] += K.activation_counts(res.values, res.indices, sae.d_sae,
+            self.fire_counts[name] += K.activation_counts(res.values, res.indices, sae.n_latents,
                                                           check_indices=False)
             out[name] = res
         self.step += 1
-        self.tokens += int(next(iter(xs.values())).shape[0])
+        self.tokens += int(next(iter(xs.values()))[0].shape[0])
         if self.step % cfg.aux_check_every == 0:
             for name in self.saes:
                 self.aux_on[name] = bool((self.since_fired[name] >= cfg.dead_window_tokens).any())
@@ -319,7 +315,7 @@ class SAETrainer:
                 if isinstance(sae, ReLUSAE):
                     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
                     dead = self.fire_counts[name] == 0
-                    resample_dead(sae, dead, xs[name], self.optimizers[name], generator=gen)
+                    resample_dead(sae, dead, xs[name][0], self.optimizers[name], generator=gen)
                     self.since_fired[name].masked_fill_(dead, 0)  # a fresh latent is not dead
                     self.fire_counts[name].zero_()
         return out
@@ -330,9 +326,7 @@ class SAETrainer:
             comp = res.components()
             l0 = float((res.values > 0).sum(-1).float().mean())
             dead = float((self.since_fired[name] >= self.cfg.dead_window_tokens).float().mean())
-            var = (res.x.float() - res.x.float().mean(0)).pow(2).sum(-1).mean()
-            fvu = float(comp["mse"] / max(float(var), 1e-30))
-            rec[name] = dict(comp, l0=l0, fvu=fvu, dead_fraction=dead)
+            rec[name] = dict(comp, l0=l0, dead_fraction=dead, **_fvu(res.x, res.x_hat))
         self.history.append(rec)
         return rec
 
@@ -467,9 +461,9 @@ class SAETrainer:
             m = meta["saes"][name]
             for key in ("since_fired", "fire_counts"):
                 t = state.get(f"{name}.{key}")
-                if t is None or tuple(t.shape) != (sae.d_sae,):
+                if t is None or tuple(t.shape) != (sae.n_latents,):
                     raise CorruptFileError(f"{sfile}: {name}.{key} is missing or not of shape "
-                                           f"({sae.d_sae},)", sfile)
+                                           f"({sae.n_latents},)", sfile)
             sae.load_state_dict(files[wfile])
             ckpt.optimizer_from_tensors(self.optimizers[name], files[f"optim_{name}.safetensors"],
                                         m["optimizer"], path / f"optim_{name}.safetensors")
@@ -537,6 +531,32 @@ def _check_tensors(expected: dict, got: Optional[dict], file: Path) -> None:
         if tuple(got[k].shape) != tuple(t.shape):
             raise CorruptFileError(f"{file}: tensor {k} has shape {tuple(got[k].shape)}, the "
                                    f"dictionary's config needs {tuple(t.shape)}", file)
+
+
+def _fvu(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
+    """FVU of a batch: one figure, plus one per output for (G, N, d) reconstructions."""
+    xd, rd = x.double(), x_hat.double()
+    num = (xd - rd).pow(2).sum(-1).sum(-1)                 # (G,) or ()
+    den = (xd - xd.mean(-2, keepdim=True)).pow(2).sum(-1).sum(-1)
+    out = {"fvu": float(num.sum() / den.sum().clamp_min(1e-30))}
+    if x.dim() == 3:
+        out["fvu_per_output"] = (num / den.clamp_min(1e-30)).tolist()
+    return out
+
+
+def needed_hooks(saes) -> list[str]:
+    """Every hook point the dictionaries read, in first-use order: pass it to
+    :func:`pyinterp.sae.store.stream` / ``collect`` so one model pass feeds them all."""
+    if isinstance(saes, SparseDictionary):
+        saes = [saes]
+    elif isinstance(saes, dict):
+        saes = list(saes.values())
+    out: list[str] = []
+    for sae in saes:
+        for h in sae.needed_hooks():
+            if h not in out:
+                out.append(h)
+    return out
 
 
 def train(saes, source, cfg: Optional[TrainConfig] = None, **kwargs) -> SAETrainer:

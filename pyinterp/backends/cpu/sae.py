@@ -81,8 +81,11 @@ def topk(x, W_enc, b_enc, b_dec, k):
     return values, indices, values > 0
 
 
-def threshold(x, W_enc, b_enc, b_dec, thr, max_active):
+def threshold(x, W_enc, b_enc, b_dec, thr, max_active, out_dtype=None):
+    """``out_dtype``: the values' dtype (default x's; the JumpReLU band selection asks for the
+    accumulation dtype)."""
     n, d_sae = x.shape[0], W_enc.shape[1]
+    out_dtype = out_dtype or x.dtype
     pre = _Pre(x, W_enc, b_enc, b_dec)
     C, nt = ext(), num_threads()
     thr_t = thr.to(pre.cd).contiguous() if isinstance(thr, torch.Tensor) else None
@@ -95,7 +98,7 @@ def threshold(x, W_enc, b_enc, b_dec, thr, max_active):
         buf = pre.chunk(r0, rr, 0, d_sae)
         active = (buf > cmp) | buf.isnan()  # NaN is active (docs/decisions/nan-semantics.md)
         width = max_active if max_active is not None else max(1, int(active.sum(1).max()))
-        v = torch.empty(rr, width, dtype=x.dtype)
+        v = torch.empty(rr, width, dtype=out_dtype)
         i = torch.empty(rr, width, dtype=torch.int64)
         c = torch.empty(rr, dtype=torch.int64)
         C.sae_select_threshold(buf.data_ptr(), rr, d_sae, thr_s, _p(thr_t), width, v.data_ptr(),
@@ -103,7 +106,7 @@ def threshold(x, W_enc, b_enc, b_dec, thr, max_active):
         parts.append((v, i, c))
     width = max_active if max_active is not None else max([p[0].shape[1] for p in parts] or [1])
     values = torch.cat([F.pad(v, (0, width - v.shape[1])) for v, _, _ in parts]) if n else \
-        torch.zeros(0, width, dtype=x.dtype)
+        torch.zeros(0, width, dtype=out_dtype)
     indices = torch.cat([F.pad(i, (0, width - i.shape[1])) for _, i, _ in parts]) if n else \
         torch.zeros(0, width, dtype=torch.int64)
     counts = torch.cat([c for _, _, c in parts]) if n else torch.zeros(0, dtype=torch.int64)

@@ -1,0 +1,242 @@
+// Multi-output sparse decode CPU kernels (family "multi_decode"; contract in
+// pyinterp/ops/multi_decode/function.py). One sparse code (values, indices) (N, k) with global
+// latent indices decodes through a stack of decoders W (P, d_src, d) into G outputs:
+//
+//   out[g, n] = bias[g] + sum_j [p >= 0 and lo[g] <= i < hi[g]] coef[n, j] * W[p, i % d_src]
+//   with i = idx[n, j], p = dmap[(i / d_src) * G + g].
+//
+// - md_gather: one row n per iteration, G accumulators; each active entry's decoder row is
+//   read once per output it reaches (outputs sharing a decoder, as Matryoshka prefixes, hit
+//   it in cache). No dense (N, d_sae) code, no (N, k, d) tensor.
+// - md_gather_dot: grad values, one dot per (entry, output reached).
+// - md_scatter: grad W by latent: a CSR of the entries by global latent (counting sort, entry
+//   order kept), then each latent sums, per output, its entries' coef * g[out, row] in that
+//   order and adds the outputs sharing a decoder: no atomics, bit-identical for any thread
+//   count. A decoder row belongs to exactly one latent (the op checks that every decoder of
+//   the stack serves one source block), so latents write disjoint rows.
+// IEEE semantics: an entry that reaches an output always adds coef * W (0 * inf = nan); one
+// that does not adds nothing.
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <omp.h>
+
+#include "common.h"
+
+namespace py = pybind11;
+
+namespace pyinterp {
+namespace {
+
+template <typename P>
+static inline P* as(uintptr_t p) {
+  return reinterpret_cast<P*>(p);
+}
+
+struct Plan {
+  const int64_t* dmap;  // (S, G)
+  const int64_t* lo;    // (G,)
+  const int64_t* hi;    // (G,)
+  int64_t S, G, d_src;
+
+  // decoder index of latent i for output g, or -1 when i does not reach g
+  inline int64_t decoder(int64_t i, int64_t g) const {
+    if (i < lo[g] || i >= hi[g]) return -1;
+    const int64_t s = i / d_src;
+    if (s < 0 || s >= S) return -1;
+    return dmap[s * G + g];
+  }
+};
+
+template <typename T>
+void gather_impl(const acc_t<T>* coef, const int64_t* idx, const T* W, const T* bias, T* out,
+                 int64_t rows, int64_t k, int64_t d, const Plan& plan, int nthreads) {
+  using A = acc_t<T>;
+  const int64_t G = plan.G;
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<A> acc(G * d);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < rows; ++n) {
+      for (int64_t g = 0; g < G; ++g) {
+        A* a = acc.data() + g * d;
+        if (bias) {
+          const T* b = bias + g * d;
+          for (int64_t t = 0; t < d; ++t) a[t] = to_float(b[t]);
+        } else {
+          std::fill(a, a + d, A(0));
+        }
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t i = idx[n * k + j];
+        const A c = coef[n * k + j];
+        const int64_t r = i % plan.d_src;
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t p = plan.decoder(i, g);
+          if (p < 0) continue;
+          const T* w = W + (p * plan.d_src + r) * d;
+          A* a = acc.data() + g * d;
+#pragma omp simd
+          for (int64_t t = 0; t < d; ++t) a[t] += c * static_cast<A>(to_float(w[t]));
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        T* o = out + (g * rows + n) * d;
+        const A* a = acc.data() + g * d;
+        for (int64_t t = 0; t < d; ++t) store(o[t], a[t]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void gather_dot_impl(const acc_t<T>* gout, const int64_t* idx, const T* W, acc_t<T>* out,
+                     int64_t rows, int64_t k, int64_t d, const Plan& plan, int nthreads) {
+  using A = acc_t<T>;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t n = 0; n < rows; ++n) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t i = idx[n * k + j];
+      const int64_t r = i % plan.d_src;
+      A s = 0;
+      for (int64_t g = 0; g < plan.G; ++g) {
+        const int64_t p = plan.decoder(i, g);
+        if (p < 0) continue;
+        const T* w = W + (p * plan.d_src + r) * d;
+        const A* gr = gout + (g * rows + n) * d;
+        A part = 0;
+#pragma omp simd reduction(+ : part)
+        for (int64_t t = 0; t < d; ++t) part += gr[t] * static_cast<A>(to_float(w[t]));
+        s += part;
+      }
+      out[n * k + j] = s;
+    }
+  }
+}
+
+// Counting sort of the nnz entries by global latent: offsets (n_lat + 1), order (nnz).
+void csr_impl(const int64_t* idx, int64_t nnz, int64_t n_lat, int64_t* offsets, int64_t* order) {
+  std::fill(offsets, offsets + n_lat + 1, int64_t(0));
+  for (int64_t e = 0; e < nnz; ++e) ++offsets[idx[e] + 1];
+  for (int64_t l = 0; l < n_lat; ++l) offsets[l + 1] += offsets[l];
+  std::vector<int64_t> cursor(offsets, offsets + n_lat);
+  for (int64_t e = 0; e < nnz; ++e) order[cursor[idx[e]]++] = e;
+}
+
+// out (P, d_src, d) zero-filled by the caller; X = grad of the outputs (G, N, d).
+template <typename T>
+void scatter_impl(const acc_t<T>* coef, const acc_t<T>* X, const int64_t* offsets,
+                  const int64_t* order, int64_t rows, int64_t k, int64_t d, T* out,
+                  const Plan& plan, int nthreads) {
+  using A = acc_t<T>;
+  const int64_t G = plan.G;
+  const int64_t n_lat = plan.S * plan.d_src;
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<A> acc(G * d);
+    std::vector<int64_t> dec(G);
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t i = 0; i < n_lat; ++i) {
+      const int64_t start = offsets[i], end = offsets[i + 1];
+      if (start == end) continue;
+      const int64_t r = i % plan.d_src;
+      // slot g holds the sum for decoder dec[g]; outputs sharing a decoder add into the first
+      for (int64_t g = 0; g < G; ++g) {
+        int64_t p = plan.decoder(i, g);
+        int64_t slot = g;
+        for (int64_t h = 0; h < g && p >= 0; ++h) {
+          if (dec[h] == p) {
+            slot = h;
+            break;
+          }
+        }
+        dec[g] = (slot == g) ? p : -1;
+        if (p < 0) continue;
+        A* a = acc.data() + slot * d;
+        if (slot == g) std::fill(a, a + d, A(0));
+        for (int64_t q = start; q < end; ++q) {
+          const int64_t e = order[q];
+          const A c = coef[e];
+          const A* x = X + (g * rows + e / k) * d;
+#pragma omp simd
+          for (int64_t t = 0; t < d; ++t) a[t] += c * x[t];
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        if (dec[g] < 0) continue;
+        T* o = out + (dec[g] * plan.d_src + r) * d;
+        const A* a = acc.data() + g * d;
+        for (int64_t t = 0; t < d; ++t) store(o[t], a[t]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void register_multi_decode(py::module_& m) {
+  // Pointers are tensor.data_ptr() of contiguous tensors (0 = absent); "code" is the dtype of
+  // W (and of bias / out); coef, g and the dot products are in W's accumulation type.
+  m.def(
+      "md_gather",
+      [](uintptr_t coef, uintptr_t idx, uintptr_t W, uintptr_t bias, uintptr_t out, int64_t rows,
+         int64_t k, int64_t d, uintptr_t dmap, uintptr_t lo, uintptr_t hi, int64_t S, int64_t G,
+         int64_t d_src, int code, int nthreads) {
+        py::gil_scoped_release nogil;
+        Plan plan{as<const int64_t>(dmap), as<const int64_t>(lo), as<const int64_t>(hi), S, G,
+                  d_src};
+        PYINTERP_DISPATCH_FLOAT(code, T,
+                                gather_impl<T>(as<const acc_t<T>>(coef), as<const int64_t>(idx),
+                                               as<const T>(W), as<const T>(bias), as<T>(out),
+                                               rows, k, d, plan, nthreads));
+      },
+      py::arg("coef"), py::arg("indices"), py::arg("W"), py::arg("bias"), py::arg("out"),
+      py::arg("rows"), py::arg("k"), py::arg("d"), py::arg("dmap"), py::arg("lo"), py::arg("hi"),
+      py::arg("S"), py::arg("G"), py::arg("d_src"), py::arg("dtype"), py::arg("num_threads"));
+  m.def(
+      "md_gather_dot",
+      [](uintptr_t g, uintptr_t idx, uintptr_t W, uintptr_t out, int64_t rows, int64_t k,
+         int64_t d, uintptr_t dmap, uintptr_t lo, uintptr_t hi, int64_t S, int64_t G,
+         int64_t d_src, int code, int nthreads) {
+        py::gil_scoped_release nogil;
+        Plan plan{as<const int64_t>(dmap), as<const int64_t>(lo), as<const int64_t>(hi), S, G,
+                  d_src};
+        PYINTERP_DISPATCH_FLOAT(code, T,
+                                gather_dot_impl<T>(as<const acc_t<T>>(g), as<const int64_t>(idx),
+                                                   as<const T>(W), as<acc_t<T>>(out), rows, k, d,
+                                                   plan, nthreads));
+      },
+      py::arg("g"), py::arg("indices"), py::arg("W"), py::arg("out"), py::arg("rows"),
+      py::arg("k"), py::arg("d"), py::arg("dmap"), py::arg("lo"), py::arg("hi"), py::arg("S"),
+      py::arg("G"), py::arg("d_src"), py::arg("dtype"), py::arg("num_threads"));
+  m.def(
+      "md_build_csr",
+      [](uintptr_t idx, int64_t nnz, int64_t n_lat, uintptr_t offsets, uintptr_t order) {
+        py::gil_scoped_release nogil;
+        csr_impl(as<const int64_t>(idx), nnz, n_lat, as<int64_t>(offsets), as<int64_t>(order));
+      },
+      py::arg("indices"), py::arg("nnz"), py::arg("n_latents"), py::arg("offsets"),
+      py::arg("order"));
+  m.def(
+      "md_scatter",
+      [](uintptr_t coef, uintptr_t X, uintptr_t offsets, uintptr_t order, int64_t rows, int64_t k,
+         int64_t d, uintptr_t out, uintptr_t dmap, uintptr_t lo, uintptr_t hi, int64_t S,
+         int64_t G, int64_t d_src, int code, int nthreads) {
+        py::gil_scoped_release nogil;
+        Plan plan{as<const int64_t>(dmap), as<const int64_t>(lo), as<const int64_t>(hi), S, G,
+                  d_src};
+        PYINTERP_DISPATCH_FLOAT(
+            code, T,
+            scatter_impl<T>(as<const acc_t<T>>(coef), as<const acc_t<T>>(X),
+                            as<const int64_t>(offsets), as<const int64_t>(order), rows, k, d,
+                            as<T>(out), plan, nthreads));
+      },
+      py::arg("coef"), py::arg("X"), py::arg("offsets"), py::arg("order"), py::arg("rows"),
+      py::arg("k"), py::arg("d"), py::arg("out"), py::arg("dmap"), py::arg("lo"), py::arg("hi"),
+      py::arg("S"), py::arg("G"), py::arg("d_src"), py::arg("dtype"), py::arg("num_threads"));
+}
+
+}  // namespace pyinterp

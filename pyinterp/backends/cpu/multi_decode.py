@@ -1,0 +1,50 @@
+"""Multi-output sparse decode launchers on the CPU backend (the contract is in
+:mod:`pyinterp.ops.multi_decode.function`), over the OpenMP kernels of
+``csrc/cpu/multi_decode.cpp``. Every kernel is deterministic (no atomics; each latent sums its
+entries in a fixed order), so ``deterministic`` changes nothing."""
+from __future__ import annotations
+
+import torch
+
+from pyinterp.backends.cpu import dtype_code, ext, num_threads
+from pyinterp.backends.cpu import ptr as _p
+
+
+def _plan(dmap, lo, hi):
+    return (dmap.data_ptr(), lo.data_ptr(), hi.data_ptr(), dmap.shape[0], dmap.shape[1])
+
+
+def multi_gather(coef, idx, W, bias, dmap, lo, hi):
+    n, k = idx.shape
+    P, d_src, d = W.shape
+    G = dmap.shape[1]
+    out = torch.empty(G, n, d, dtype=W.dtype)
+    if n:
+        ext().md_gather(coef.data_ptr(), idx.data_ptr(), W.data_ptr(), _p(bias), out.data_ptr(),
+                        n, k, d, *_plan(dmap, lo, hi), d_src, dtype_code(W), num_threads())
+    return out
+
+
+def multi_gather_dot(g, idx, W, dmap, lo, hi):
+    n, k = idx.shape
+    d_src, d = W.shape[1], W.shape[2]
+    out = torch.empty(n, k, dtype=g.dtype)
+    if n:
+        ext().md_gather_dot(g.data_ptr(), idx.data_ptr(), W.data_ptr(), out.data_ptr(), n, k, d,
+                            *_plan(dmap, lo, hi), d_src, dtype_code(W), num_threads())
+    return out
+
+
+def multi_scatter(coef, idx, g, dmap, lo, hi, shape, out_dtype, deterministic):
+    n, k = idx.shape
+    P, d_src, d = shape
+    n_lat = dmap.shape[0] * d_src
+    flat = idx.reshape(-1)
+    offsets = torch.empty(n_lat + 1, dtype=torch.int64)
+    order = torch.empty(flat.numel(), dtype=torch.int64)
+    C = ext()
+    C.md_build_csr(flat.data_ptr(), flat.numel(), n_lat, offsets.data_ptr(), order.data_ptr())
+    out = torch.zeros(shape, dtype=out_dtype)  # decoder rows no latent reaches stay 0
+    C.md_scatter(coef.data_ptr(), g.data_ptr(), offsets.data_ptr(), order.data_ptr(), n, k, d,
+                 out.data_ptr(), *_plan(dmap, lo, hi), d_src, dtype_code(out), num_threads())
+    return out
