@@ -212,18 +212,31 @@ def _run(call, backend):
         return type(exc).__name__, str(exc)
 
 
+def _build(op, case, device):
+    """Case ``case`` of ``op`` with its tensors on ``device`` (a GPU backend on a GPU machine
+    runs CUDA tensors; the builders draw on CPU, so the captured tensors are moved)."""
+    call = OPS[op](random.Random(f"{op}/{case}"), torch.Generator().manual_seed(case))
+    if device.type == "cpu":
+        return call
+    for cell in call.__closure__ or ():
+        v = cell.cell_contents
+        if isinstance(v, torch.Tensor):
+            cell.cell_contents = v.to(device)
+        elif isinstance(v, list) and v and all(isinstance(t, torch.Tensor) for t in v):
+            cell.cell_contents = [t.to(device) for t in v]
+    return call
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", list(OPS))
 def test_fuzz_checks_then_agreement(op, backend):
-    require(backend)
+    device = require(backend)
     n = CASES if backend != "triton" else max(12, CASES // 3)  # the interpreter is slow
     seen = {"ok": 0, "rejected": 0}
     for case in range(n):
-        r = random.Random(f"{op}/{case}")
-        g = torch.Generator().manual_seed(case)
-        call = OPS[op](r, g)
-        kind, got = _run(call, backend)  # first: under ASan a missing check aborts right here
-        ref_kind, ref = _run(call, "reference")
+        # first the backend: under ASan a missing check aborts right here
+        kind, got = _run(_build(op, case, device), backend)
+        ref_kind, ref = _run(_build(op, case, torch.device("cpu")), "reference")
         where = f"{op} case {case} on {backend}"
         # the checks sit in front of the dispatch: a rejected call is rejected everywhere
         assert kind == ref_kind, f"{where}: reference {ref_kind} ({ref}) vs {kind} ({got})"
