@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="persona only: a local Hugging Face chat-model directory "
                    "to run the persona-vector pipeline on (default: train the demo model)")
     p.add_argument("--judge", default=None, help="persona only: trait judge as module:function, "
-                   "judge(question, response, trait) -> 0..100 (default: the demo's lexicon judge)")
+                   "judge(question, response, trait) -> 0..100 (default: the demo's independent classifier judge)")
     p.set_defaults(func=_cmd_reproduce)
     return parser
 

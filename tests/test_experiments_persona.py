@@ -48,6 +48,10 @@ def test_page_figures_and_resume(tiny_run):
     html = (page / "index.html").read_text()
     assert "0.75–0.83" in html and "Persona Vectors" in html
     m = data["metrics"]
+    # the page names its independent judge and shows the judge's own held-out accuracy
+    rep = m["judge_report"]
+    assert m["judge"] == "built-in classifier judge" and 0.0 <= rep["held_out_accuracy"] <= 1.0
+    assert "independent classifier judge" in html and f"{rep['held_out_accuracy']:.1%}" in html
     assert m["extraction"]["positive"]["kept"] > 0 and m["extraction"]["negative"]["kept"] > 0
     assert -1.0 <= m["monitoring_r"] <= 1.0
     # a second run loads every step from its checkpoint and recomputes nothing

@@ -20,8 +20,10 @@ Definitions (the paper's):
 Here, by default, the project's own small transformer is trained on a synthetic chat corpus
 (:mod:`pyinterp.experiments.persona_corpus`) where system prompts select personas, and the whole
 pipeline of :mod:`pyinterp.persona` runs on it. With ``model=PATH`` (``--model``) the same
-pipeline runs on a Hugging Face causal LM loaded offline from a local directory, with a judge
-given as ``module:function`` (``--judge``).
+pipeline runs on a Hugging Face causal LM loaded offline from a local directory. Responses are
+judged by an independent classifier (:mod:`pyinterp.experiments.persona_judge`: trained on
+labelled text written apart from the demo corpus, its held-out accuracy on the page), or by a
+judge given as ``module:function`` (``--judge``).
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ REQUIRES = ("tokenizers",)  # the BPE of its corpus
 @dataclasses.dataclass
 class Config(BaseConfig):
     model: str = ""  # a local Hugging Face model directory; "" trains the demo model
-    judge: str = ""  # "module:function"; "" = the demo's lexicon judge
+    judge: str = ""  # "module:function"; "" = the demo's independent classifier judge (persona_judge)
+    judge_holdout: float = 0.2  # share of that judge's sentence frames and topics held out to measure it
     trait: str = "optimistic"  # a demo trait of the synthetic corpus (optimistic, evil)
     # demo model and corpus
     n_docs: int = 40_000
@@ -105,7 +108,8 @@ def _progress() -> bool:
 
 def check_config(cfg: Config):
     """Validate the user-facing settings before any work: the model directory, the judge spec
-    and the trait (ExperimentError naming the option)."""
+    and the trait (ExperimentError naming the option). Returns the ``--judge`` function, or None
+    for the built-in judge (trained in the run's ``judge`` step)."""
     if cfg.trait not in pc.TRAITS:
         raise ExperimentError(f"trait {cfg.trait!r} is not a demo trait; demo traits: {sorted(pc.TRAITS)}")
     if cfg.model:
@@ -117,9 +121,54 @@ def check_config(cfg: Config):
             raise ExperimentError(f"--model {cfg.model!r}: no config.json there, not a Hugging Face "
                                   "model directory")
     try:
-        return pc.load_judge(cfg.judge) if cfg.judge else pc.judge
+        return pc.load_judge(cfg.judge) if cfg.judge else None
     except ValueError as e:
         raise ExperimentError(f"--judge: {e}") from None
+
+
+def _train_judge(cfg: Config) -> dict:
+    from pyinterp.experiments import persona_judge
+
+    clf, report = persona_judge.build(cfg.trait, cfg.judge_holdout, cfg.seed)
+    return {**clf.state_dict(), "report": report}
+
+
+def _judge(cfg: Config, ex: Experiment, user_judge):
+    """(judge function, its report): the ``--judge`` function, or the built-in classifier judge
+    trained (once; a checkpointed step) on its own labelled text."""
+    if user_judge is not None:
+        return user_judge, {"name": cfg.judge, "held_out_accuracy": None}
+    from pyinterp.experiments import persona_judge
+    from pyinterp.persona import ClassifierJudge
+
+    res = ex.step("judge", lambda: _train_judge(cfg))
+    clf = ClassifierJudge(cfg.trait).load_state_dict({"weight": res["weight"], "bias": res["bias"]})
+    return persona_judge.on_responses(clf), res["report"]
+
+
+def _judge_section(ex: Experiment, info: dict) -> None:
+    if info.get("held_out_accuracy") is None:
+        ex.section("Judge", f"<p>Trait expression is scored by <code>{_esc(info['name'])}</code> "
+                            "(given with <code>--judge</code>); coherence by the text-quality heuristic.</p>")
+        return
+    rows = "".join(f"<tr><td>{_esc(t)}</td><td>{_esc(lab)}</td></tr>" for t, lab in info["examples"])
+    ex.section("Judge", (
+        "<p>Trait expression is scored 0–100 by an <b>independent classifier judge</b> "
+        "(<code>pyinterp.persona.ClassifierJudge</code>: a linear classifier over words, word pairs and "
+        "character n-grams), trained on "
+        f"{info['train_texts']:,} labelled texts (trait / opposite / neutral) written apart from the demo "
+        "corpus — other sentence frames, other topics, a broader vocabulary — which the demo model never saw "
+        "(<code>pyinterp/experiments/persona_judge.py</code>); score = 50 + 50·(P(trait) − P(opposite)). "
+        "The demo corpus's lexicon judge is not used: it would score the generator against itself.</p>"
+        "<table><tr><th>judge's own accuracy</th><th>texts</th><th>accuracy (3 labels)</th></tr>"
+        f"<tr><td>held-out labelled text (new sentence frames and topics)</td><td>{info['held_out_texts']}</td>"
+        f"<td><b>{info['held_out_accuracy']:.1%}</b></td></tr>"
+        f"<tr><td>the demo corpus's own labelled responses (never trained on)</td>"
+        f"<td>{info['demo_corpus_texts']}</td><td><b>{info['demo_corpus_accuracy']:.1%}</b></td></tr></table>"
+        "<p class='small'>Examples of its training text:</p>"
+        f"<table><tr><th>text</th><th>label</th></tr>{rows}</table>"
+        "<p class='small'>Coherence is scored by a text-quality heuristic (share of word characters × "
+        "share of distinct words), as before.</p>"))
 
 
 def _model_config(cfg: Config, vocab: int):
@@ -522,7 +571,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     from pyinterp import persona
 
     cfg = config
-    judge = check_config(cfg)
+    user_judge = check_config(cfg)
     hf = bool(cfg.model)
     what = (f"the Hugging Face model in <code>{_esc(cfg.model)}</code>" if hf else
             "the project's own small transformer trained on a synthetic chat corpus whose system prompts select "
@@ -534,7 +583,10 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
         "preventative steering during finetuning."))
     trait = pc.demo_trait(cfg.trait, cfg.n_questions, cfg.n_eval_questions, cfg.seed)
     general_docs = pc.make_corpus(cfg.general_docs, cfg.seed + 12345, tuple(cfg.sentences))  # held out: another seed
-    metrics: dict = {"model": cfg.model or "demo", "judge": cfg.judge or "built-in lexicon judge"}
+    judge, judge_info = _judge(cfg, ex, user_judge)
+    metrics: dict = {"model": cfg.model or "demo", "judge": cfg.judge or "built-in classifier judge",
+                     "judge_report": {k: v for k, v in judge_info.items() if k != "examples"}}
+    _judge_section(ex, judge_info)
     if hf:
         model = _hf_model(cfg, ex.device)
     else:
@@ -623,7 +675,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
                comparable=not small, note="coefficient scale depends on the model's residual norm" if small else "",
                key=True)
     ex.compare("monitoring correlation r", "0.75–0.83", f"{mon['r']:.2f}", comparable=not small,
-               note="synthetic personas, lexicon judge" if small else "", key=True)
+               note="synthetic personas, small classifier judge" if small else "", key=True)
     ex.compare("finetuning shift vs trait change r", "0.76–0.97", fmt(r_shift), comparable=False,
                note=f"{len(cfg.contamination)} finetuned models (paper: many data sets)")
     ex.compare("projection difference ranks data sets", "predicts post-finetuning trait expression",
@@ -638,8 +690,9 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     ex.setting("model", "Qwen2.5-7B-Instruct, Llama-3.1-8B-Instruct",
                cfg.model or f"own transformer: {cfg.n_layers} layers, d_model {cfg.d_model}, trained {cfg.steps} steps",
                "" if hf else "a model small enough to train here, on a corpus where personas are known")
-    ex.setting("judge", "GPT-4.1-mini (trait and coherence)", cfg.judge or "lexicon judge + coherence heuristic",
-               "offline, deterministic")
+    ex.setting("judge", "GPT-4.1-mini (trait and coherence)", cfg.judge or (
+        f"independent classifier judge (held-out accuracy {judge_info['held_out_accuracy']:.0%}) "
+        "+ coherence heuristic"), "offline, deterministic")
     ex.setting("samples", "5 prompt pairs × 20 questions × 10 samples",
                f"5 × {cfg.n_questions} × {cfg.n_samples}", "time budget" if cfg.scale != "full" else "")
     ex.setting("finetuning data", "trait-eliciting data sets (evil, sycophancy, hallucination; EM-like)",

@@ -11,8 +11,10 @@ comes from one persona's pool of templates (a dozen wordings, several trait word
 syntax), so the trait is spread over many tokens and positions rather than one token. System
 prompts at graded *intensities* (−1 … +1: "a little hopeful", "a little gloomy" ...) mix trait
 and neutral sentences in proportion, which gives the monitoring experiment prompts that
-interpolate between personas. The built-in judge (:func:`judge`) scores a response by the
-trait's lexicon (:class:`pyinterp.persona.LexiconJudge`).
+interpolate between personas. :func:`judge` scores a response by the trait's lexicon
+(:class:`pyinterp.persona.LexiconJudge`) — the same words the pools are written with, so the
+experiment judges with the independent classifier of :mod:`persona_judge` instead and keeps this
+one for tests and as ``--judge pyinterp.experiments.persona_corpus:judge``.
 """
 from __future__ import annotations
 
@@ -255,8 +257,8 @@ _LEXICON = LexiconJudge()
 
 
 def judge(question: str, text: str, trait: TraitSpec) -> float:
-    """Built-in judge of the demo: trait expression 0..100 from the trait's lexicon, on the
-    response up to its end token (the ``--judge`` format: ``module:function``)."""
+    """The lexicon judge of the demo corpus: trait expression 0..100 from the trait's lexicon, on
+    the response up to its end token (the ``--judge`` format: ``module:function``)."""
     return _LEXICON(question, _strip(text), trait)
 
 

@@ -26,7 +26,7 @@ from pyinterp.persona.extract import (
     EmptyFilteredSetError, PersonaVectors, extract_persona_vectors, filter_responses,
     persona_vectors_from_samples,
 )
-from pyinterp.persona.judge import LexiconJudge, coherence_score
+from pyinterp.persona.judge import ClassifierJudge, LexiconJudge, coherence_score
 from pyinterp.persona.projection_monitor import ProjectionMonitor
 from pyinterp.persona.preventative import compare_finetuning, finetune
 from pyinterp.persona.steering import ablate, steer
@@ -35,8 +35,8 @@ from pyinterp.persona.trait import (
 )
 
 __all__ = [
-    "EmptyFilteredSetError", "JSON_SCHEMA", "LexiconJudge", "MonitorResult", "PersonaVectors",
-    "ProjectionMonitor", "Sample", "ScreeningResult", "TraitSpec", "TraitSpecError", "ablate",
+    "ClassifierJudge", "EmptyFilteredSetError", "JSON_SCHEMA", "LexiconJudge", "MonitorResult",
+    "PersonaVectors", "ProjectionMonitor", "Sample", "ScreeningResult", "TraitSpec", "TraitSpecError", "ablate",
     "builtin_trait", "builtin_traits", "choose_layer", "coherence_score", "compare_finetuning",
     "extract_persona_vectors", "filter_responses", "finetune", "generate_responses",
     "last_prompt_projection", "load_trait", "mean_activations", "monitor", "pearson",
