@@ -16,6 +16,7 @@ import torch
 
 from kernel_testing import require
 from pyinterp import ops
+from pyinterp.ops.multi_decode import clt_decoder_map
 
 CASES = int(os.environ.get("PYINTERP_FUZZ_CASES", "60"))
 BACKENDS = ["cpu", "triton", "cuda"]
@@ -109,6 +110,55 @@ def _decode_case(r, g):
     return call
 
 
+def _multi_decode_case(r, g):
+    n, k, d_src, d_out = _size(r), _size(r), _size(r, 20) or 1, _size(r) or 1
+    L = r.choice([1, 2, 3])
+    dt = r.choice(DTYPES)
+    kind = r.choice(["stack", "clt", "matryoshka"])
+    if kind == "clt":
+        dmap, P, S, G = clt_decoder_map(L), L * (L + 1) // 2, L, L
+    elif kind == "matryoshka":
+        dmap, P, S, G = [[0] * L], 1, 1, L
+    else:
+        dmap, P, S, G = None, L, 1, L
+    if _maybe(r, 0.1) and dmap is not None:
+        dmap = [row[:-1] + [P] for row in dmap]  # a decoder index past the stack
+    ranges = None
+    if _maybe(r, 0.5):
+        tot = S * d_src
+        ranges = [(r.randint(0, tot), r.randint(0, tot + (1 if _maybe(r, 0.1) else 0)))
+                  for _ in range(G + (1 if _maybe(r, 0.05) else 0))]
+    v = _tensor(r, (n, k), dt, g)
+    i = _indices(r, (n, k + (1 if _maybe(r, 0.1) else 0)), S * d_src, g)
+    W = _tensor(r, (P, d_src, d_out), dt if not _maybe(r, 0.1) else torch.float64, g)
+    b = None if _maybe(r, 0.3) else _tensor(r, (G, d_out + (1 if _maybe(r, 0.1) else 0)), dt, g)
+    det = r.choice([False, True])
+    grad = _maybe(r, 0.4) and dt in (torch.float32, torch.float64)
+
+    def call(backend):
+        vv = v.clone().requires_grad_(grad) if grad else v
+        WW = W.clone().requires_grad_(grad) if grad and W.dtype == dt else W
+        out = ops.multi_decode(vv, i, WW, b, decoder_map=dmap, ranges=ranges, deterministic=det,
+                               backend=backend)
+        if grad and out.numel():
+            return (out,) + torch.autograd.grad(out.float().sum(), [vv, WW], allow_unused=True)
+        return out
+    return call
+
+
+def _band_case(r, g):
+    n, d_in, d_sae = _size(r), _size(r) or 1, _size(r, 40) or 1
+    dt = r.choice(DTYPES)
+    x = _tensor(r, (n, d_in + (1 if _maybe(r) else 0)), dt, g)
+    W = _tensor(r, (d_in, d_sae), dt, g)
+    b = _tensor(r, (d_sae,), dt, g)
+    bd = None if _maybe(r, 0.3) else _tensor(r, (d_in,), dt, g)
+    thr = _tensor(r, (d_sae + (1 if _maybe(r) else 0),), torch.float32, g).abs()
+    eps = r.choice([0.1, 0.5, 0.0, -1.0, 2.0])
+    kw = {"max_active": r.choice([None, None, 0, 1, d_sae + 5])}
+    return lambda backend: ops.jumprelu_select(x, W, b, bd, thr, eps, backend=backend, **kw)
+
+
 def _bookkeeping_case(r, g):
     d_sae = _size(r, 40) or 1
     v = _tensor(r, (_size(r), _size(r)), torch.float32, g)
@@ -189,6 +239,8 @@ OPS = {
     "batchtopk_encode": lambda r, g: _sae_encoder_case(r, g, "batchtopk"),
     "threshold_encode": lambda r, g: _sae_encoder_case(r, g, "threshold"),
     "sparse_decode": _decode_case,
+    "multi_decode": _multi_decode_case,
+    "jumprelu_select": _band_case,
     "sparse bookkeeping": _bookkeeping_case,
     "solu": _solu_case,
     "attention_stats": lambda r, g: _attention_case(r, g, False),

@@ -27,7 +27,8 @@ tests=()
 # + the fuzz of every op's index and shape checks (random shapes, strides, out-of-range
 # indices: tests/test_op_fuzz.py, more cases here) and the NaN/Inf paths of the kernels.
 for f in test_solu.py test_sae_ops.py test_attention_ops.py test_persona_ops.py \
-         test_op_fuzz.py test_nan_semantics.py test_public_index_checks.py; do
+         test_op_fuzz.py test_nan_semantics.py test_public_index_checks.py \
+         test_multi_decode.py test_jumprelu.py; do
   [ -f "$root/tests/$f" ] && tests+=("tests/$f")
 done
 cd "$root"

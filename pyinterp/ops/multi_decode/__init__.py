@@ -23,6 +23,7 @@ float atomics on GPU backends, bit-reproducible; the cpu backend always is), gra
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -165,8 +166,9 @@ def multi_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tenso
                              f"{d_src} latents), found {int(indices[bad].flatten()[0])}")
     lead = values.shape[:-1]
     k = values.shape[-1]
-    v2 = values.reshape(-1, k)
-    i2 = indices.reshape(-1, k).to(torch.int64)
+    rows = math.prod(lead)  # explicit: reshape(-1, 0) is ambiguous for k = 0
+    v2 = values.reshape(rows, k)
+    i2 = indices.reshape(rows, k).to(torch.int64)
     name, impl = pick(MULTI_DECODE, v2, i2, W_dec, b_dec, backend=backend)
     if is_oracle(name):
         out = impl.multi_decode(v2, i2, W_dec, b_dec, dmap, lo, hi, deterministic)
