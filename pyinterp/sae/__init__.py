@@ -30,6 +30,7 @@ from pyinterp.sae.config import SAEConfig
 from pyinterp.sae.feature_dashboards import dashboards
 from pyinterp.sae.hub import from_pretrained
 from pyinterp.sae.io import load, save
+from pyinterp.sae.io_peers import load_gemma_scope, load_sparsify
 from pyinterp.sae.registry import architectures, get_sae_class, register_sae_class
 from pyinterp.sae.dictionary import SparseDictionary
 from pyinterp.sae.modules import (
@@ -54,6 +55,7 @@ __all__ = [
     "JumpReLUSAE", "MatryoshkaBatchTopKSAE", "MatryoshkaTopKSAE", "NonFiniteError",
     "ReLUSAE", "SAEConfig", "SAELoss", "SAETrainer", "SparseAutoencoder", "SparseDictionary",
     "TopKSAE", "TrainConfig", "Transcoder", "accelerate", "architectures", "build", "collect",
-    "dashboards", "from_pretrained", "get_sae_class", "load", "metrics", "needed_hooks",
+    "dashboards", "from_pretrained", "get_sae_class", "load", "load_gemma_scope",
+    "load_sparsify", "metrics", "needed_hooks",
     "register_sae_class", "restore", "save", "stream", "train",
 ]

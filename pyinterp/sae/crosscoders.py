@@ -79,6 +79,15 @@ class _Layered(SparseDictionary):
             raise ValueError(f"{self.architecture} {name!r} needs hook names to read a dict batch")
         return super().batch_inputs(batch, name)
 
+    def write_files(self, path, feature_density=None):
+        """pyinterp's layout for crosscoders / CLTs (docs/dictionaries.md, "Files")."""
+        from pyinterp.sae.io_dictionaries import save_layered
+
+        if feature_density is not None:
+            raise ValueError(f"feature_density is not stored for a {self.architecture} (save "
+                             "densities yourself, e.g. with pyinterp._files.atomic_save_tensors)")
+        return save_layered(self, path)
+
     def _stack(self, xs, d: int, scale: torch.Tensor, what: str) -> torch.Tensor:
         """L tensors (..., d) (or one (L, ..., d)) -> (L, N, d) scaled, in the param dtype."""
         if isinstance(xs, torch.Tensor):

@@ -179,6 +179,21 @@ class SparseDictionary(nn.Module):
         thr = self.threshold if threshold is None and hasattr(self, "threshold") else threshold
         return A.sparsity(self.activation, code, decoder_norms, self.cfg, scale, thr)
 
+    # ------------------------------------------------------------------ files
+    def save(self, path, **kwargs):
+        """Write the dictionary to directory ``path`` (SAELens's layout where SAELens has one;
+        see :func:`pyinterp.sae.io.save` and docs/dictionaries.md)."""
+        from pyinterp.sae import io
+
+        return io.save(self, path, **kwargs)
+
+    @staticmethod
+    def load(path, **kwargs) -> "SparseDictionary":
+        """Read any dictionary directory pyinterp understands; see :func:`pyinterp.sae.io.load`."""
+        from pyinterp.sae import io
+
+        return io.load(path, **kwargs)
+
     # ------------------------------------------------------------------ training hooks
     @torch.no_grad()
     def after_step(self, res: Optional[SAELoss] = None) -> None:

@@ -62,6 +62,9 @@ def save(sae, path: Union[str, Path], *,
     sparsity.safetensors (log10 density, SAELens's ``sparsity`` tensor).
     """
     arch = architecture_of(sae)
+    writer = getattr(sae, "write_files", None)
+    if writer is not None:  # transcoders, crosscoders, CLTs: pyinterp/sae/io_dictionaries.py
+        return writer(path, feature_density=feature_density)
     path = Path(path)
     cfg = sae.cfg
     s = float(sae.input_scale)
@@ -173,7 +176,11 @@ def _check_ours(ours: dict, cfg_file: Path, cfg: dict, meta: dict) -> float:
 def load(path: Union[str, Path], *, device="cpu", dtype=None):
     """Read an SAELens SAE directory (written by SAELens or by :func:`save`).
 
-    Architectures: standard, topk, batchtopk (SAELens training saves), jumprelu. Honours
+    Architectures: standard, topk, batchtopk (SAELens training saves), jumprelu; SAELens
+    transcoders (transcoder, skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder)
+    and pyinterp's crosscoder / CLT directories (:mod:`pyinterp.sae.io_dictionaries`); a
+    sparsify checkpoint directory or a Gemma Scope parameter file's directory
+    (:mod:`pyinterp.sae.io_peers`). Honours
     ``apply_b_dec_to_input``, ``normalize_activations`` (none / expected_average_only_in,
     which SAELens's disk loader does not apply either / constant_norm_rescale / layer_norm)
     and ``rescale_acts_by_decoder_norm`` (folded into the weights, same activations).
@@ -187,7 +194,18 @@ def load(path: Union[str, Path], *, device="cpu", dtype=None):
         raise NotADirectoryError(f"{path} is not an SAE directory (cfg.json + sae_weights.safetensors)")
     cfg_file = path / CFG_FILENAME
     weights_file = path / WEIGHTS_FILENAME
+    from pyinterp.sae import io_dictionaries, io_peers
+
+    if not cfg_file.exists() and io_peers.is_gemma_scope(path):
+        return io_peers.load_gemma_scope(path, device=device, dtype=dtype)
     raw = read_json(cfg_file, "SAE config")
+    if isinstance(raw, dict) and io_peers.is_sparsify(path, raw):
+        return io_peers.load_sparsify(path, device=device, dtype=dtype)
+    if isinstance(raw, dict) and raw.get("format") == io_dictionaries.LAYERED_FORMAT:
+        return io_dictionaries.load_layered(path, raw, device=device, dtype=dtype)
+    if isinstance(raw, dict) and raw.get("architecture") in (
+            *io_dictionaries.SAELENS_TRANSCODERS.values(), io_dictionaries.TOPK_TRANSCODER):
+        return io_dictionaries.load_transcoder(path, raw, device=device, dtype=dtype)
     meta = raw.get("metadata") or {}
     if not isinstance(meta, dict):
         raise CorruptFileError(f"{cfg_file}: 'metadata' must be a JSON object")

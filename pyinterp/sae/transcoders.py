@@ -173,6 +173,12 @@ class Transcoder(SparseDictionary):
         target = rows(y, self.d_out, "y", self.W_enc.device)
         return code.values, code.indices, target.unsqueeze(0), pred.to(target.dtype).unsqueeze(0)
 
+    def write_files(self, path, feature_density=None):
+        """SAELens's transcoder layout (:func:`pyinterp.sae.io_dictionaries.save_transcoder`)."""
+        from pyinterp.sae.io_dictionaries import save_transcoder
+
+        return save_transcoder(self, path, feature_density=feature_density)
+
     # ------------------------------------------------------------------ training
     def decoder_norms(self) -> torch.Tensor:
         return self.W_dec.norm(dim=1)
