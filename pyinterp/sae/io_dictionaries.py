@@ -110,8 +110,9 @@ def save_transcoder(tc, path, *, feature_density: Optional[torch.Tensor] = None)
 def load_transcoder(path, raw: dict, *, device="cpu", dtype=None):
     """A :class:`~pyinterp.sae.Transcoder` from a SAELens transcoder directory (written by
     SAELens or by :func:`save_transcoder`); ``raw`` is its parsed cfg.json."""
-    from pyinterp.sae.transcoders import Transcoder
+    from pyinterp.sae.registry import get_sae_class
 
+    Transcoder = get_sae_class("transcoder")
     path = Path(path)
     cfg_file, weights_file = path / CFG_FILENAME, path / SAELENS_WEIGHTS
     arch = raw.get("architecture")

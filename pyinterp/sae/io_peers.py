@@ -24,6 +24,7 @@ import torch
 
 from pyinterp._files import CorruptFileError, load_tensors, read_json
 from pyinterp.sae.config import dtype_name, parse_dtype
+from pyinterp.sae.registry import get_sae_class
 
 SPARSIFY_WEIGHTS = "sae.safetensors"
 GEMMA_FILES = ("params.npz", "params.safetensors")
@@ -54,9 +55,7 @@ def load_sparsify(path, *, hook_name: Optional[str] = None, hook_name_out: Optio
     """A sparsify SAE (:class:`TopKSAE`) or transcoder (TopK :class:`Transcoder`) from its
     checkpoint directory (``<run>/<hookpoint>/``). ``hook_name``/``hook_name_out``: the
     pyinterp hook names to record (sparsify names HF modules, e.g. ``layers.3.mlp``)."""
-    from pyinterp.sae.modules import TopKSAE
-    from pyinterp.sae.transcoders import Transcoder
-
+    TopKSAE, Transcoder = get_sae_class("topk"), get_sae_class("transcoder")
     path = Path(path)
     cfg_file, weights_file = path / "cfg.json", path / SPARSIFY_WEIGHTS
     raw = read_json(cfg_file, "sparsify config")
@@ -128,9 +127,7 @@ def load_gemma_scope(path, *, hook_name: Optional[str] = None,
     ``params.safetensors`` (``path``: the file or its directory). ``transcoder``: force the
     kind (default: a transcoder when d_out != d_in, the file has an affine connection, or
     ``hook_name_out`` is given)."""
-    from pyinterp.sae.modules import JumpReLUSAE
-    from pyinterp.sae.transcoders import Transcoder
-
+    JumpReLUSAE, Transcoder = get_sae_class("jumprelu"), get_sae_class("transcoder")
     p = Path(path)
     file = p if p.is_file() else next((p / f for f in GEMMA_FILES if (p / f).is_file()), None)
     if file is None:
