@@ -67,15 +67,13 @@ class _Layered(SparseDictionary):
         return list(self.cfg.hook_names) if self.cfg.hook_names else [None] * self.n_layers
 
     def batch_inputs(self, batch, name: str) -> tuple:
-        if isinstance(batch, (tuple, list)):
-            return tuple(batch)
         if isinstance(batch, torch.Tensor):
             n = len(self.input_widths())
             if batch.dim() >= 3 and batch.shape[0] == n:
                 return tuple(batch.unbind(0))
             raise ValueError(f"a tensor batch for {name!r} must stack its {n} inputs on dim 0 "
                              f"((n, N, d)), got {tuple(batch.shape)}")
-        if any(h is None for h in self.input_hooks() + self.target_hooks()):
+        if isinstance(batch, dict) and any(h is None for h in self.input_hooks() + self.target_hooks()):
             raise ValueError(f"{self.architecture} {name!r} needs hook names to read a dict batch")
         return super().batch_inputs(batch, name)
 

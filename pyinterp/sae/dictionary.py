@@ -128,9 +128,14 @@ class SparseDictionary(nn.Module):
 
     def batch_inputs(self, batch, name: str) -> tuple:
         """The tensors :meth:`loss` takes, read from a training batch: a tensor (a one-input
-        dictionary), or a dict hook name -> (N, d) (a dictionary without hook names reads the
-        key ``name``)."""
+        dictionary), a tuple of the tensors themselves, or a dict hook name -> (N, d) (a
+        dictionary without hook names reads the key ``name``)."""
         hooks = self.input_hooks() + self.target_hooks()
+        if isinstance(batch, (tuple, list)):  # the tensors themselves, in input_widths order
+            if len(batch) != len(hooks):
+                raise ValueError(f"a tuple batch for dictionary {name!r} must hold {len(hooks)} "
+                                 f"tensors (inputs, then targets), got {len(batch)}")
+            return tuple(batch)
         if isinstance(batch, torch.Tensor):
             if len(hooks) != 1:
                 raise TypeError(f"dictionary {name!r} reads {len(hooks)} hook points; a batch for "

@@ -22,8 +22,14 @@ from typing import Optional
 
 import torch
 
-from pyinterp._files import (CorruptFileError, atomic_save_tensors, atomic_write_json,
-                             load_tensors, read_header, sha256_file)
+from pyinterp._files import (
+    CorruptFileError,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    read_header,
+    sha256_file,
+)
 from pyinterp.sae.config import SAEConfig, dtype_name, parse_dtype
 
 CFG_FILENAME = "cfg.json"

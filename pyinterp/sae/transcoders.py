@@ -88,8 +88,6 @@ class Transcoder(SparseDictionary):
         if isinstance(batch, dict) and (self.hook_name is None or self.hook_name_out is None):
             raise ValueError(f"transcoder {name!r} needs hook_name and hook_name_out to read a "
                              "dict batch")
-        if isinstance(batch, (tuple, list)) and len(batch) == 2:
-            return tuple(batch)
         return super().batch_inputs(batch, name)
 
     def extra_repr(self) -> str:
