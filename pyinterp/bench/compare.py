@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 # Op families with a ``pyinterp.bench.cases_<family>`` module.
-FAMILIES = ["solu", "sae_train", "attention", "sae", "persona", "models", "integrations"]
+FAMILIES = ["solu", "sae_train", "attention", "sae", "persona", "models", "integrations",
+            "dictionaries"]
 
 
 def _fmt(v, spec, suffix=""):
