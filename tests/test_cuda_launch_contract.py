@@ -304,6 +304,38 @@ def test_sae_decode_launches(cuda_contract, dtype, deterministic):
     _assert_clean(cuda_contract)
 
 
+# ------------------------------------------------------------------------------ multi_decode
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_multi_decode_launches(cuda_contract, dtype, deterministic):
+    from pyinterp import ops
+    from pyinterp.ops.multi_decode import clt_decoder_map
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(7, 12, generator=g, dtype=dtype, requires_grad=True)
+    i = torch.randint(0, 3 * 50, (7, 12), generator=g)
+    W = torch.randn(6, 50, 40, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.zeros(3, 40, dtype=dtype, requires_grad=True)
+    ops.multi_decode(v, i, W, b, decoder_map=clt_decoder_map(3), ranges=[(0, 150), (10, 120),
+                     (0, 0)], deterministic=deterministic).sum().backward()
+    _assert_clean(cuda_contract)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_jumprelu_select_launches(cuda_contract, dtype):
+    from pyinterp import ops
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 32, generator=g, dtype=dtype, requires_grad=True)
+    W = torch.randn(32, 300, generator=g, dtype=dtype, requires_grad=True)
+    be = torch.zeros(300, dtype=dtype, requires_grad=True)
+    thr = torch.rand(300, generator=g)
+    pre, idx = ops.jumprelu_select(x, W, be, None, thr, 0.2)
+    ops.jumprelu_gate(pre, idx, thr, 0.2).sum().backward()
+    _assert_clean(cuda_contract)
+
+
 # ------------------------------------------------------------------------------ attention
 
 @pytest.mark.parametrize("dtype", DTYPES)

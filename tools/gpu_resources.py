@@ -415,8 +415,42 @@ def _solu_cases(quick):
     return cases
 
 
+def _multi_decode_cases(quick):
+    import torch
+
+    from pyinterp import ops
+    from pyinterp.ops.multi_decode import clt_decoder_map, prefix_ranges, shared_decoder_map
+
+    def decode(dtype, kind, d=96, k=32, n=40, deterministic=False):
+        def run():
+            g = torch.Generator().manual_seed(0)
+            if kind == "clt":
+                L, d_src = 4, 200
+                W = torch.randn(L * (L + 1) // 2, d_src, d, generator=g)
+                kw = dict(decoder_map=clt_decoder_map(L))
+                total = L * d_src
+            else:
+                W = torch.randn(1, 700, d, generator=g)
+                kw = dict(decoder_map=shared_decoder_map(3), ranges=prefix_ranges([50, 300, 700]))
+                total = 700
+            W = W.to(dtype).requires_grad_()
+            v = torch.rand(n, k, generator=g).to(dtype).requires_grad_()
+            i = torch.randint(0, total, (n, k), generator=g)
+            out = ops.multi_decode(v, i, W, deterministic=deterministic, **kw)
+            out.float().sum().backward()
+        return run
+
+    cases = []
+    for dtype in (torch.float32, torch.bfloat16) if quick else (torch.float32, torch.bfloat16,
+                                                                 torch.float16):
+        cases.append((f"multi_decode {_dt(dtype)} clt", decode(dtype, "clt")))
+    cases.append(("multi_decode float32 matryoshka d=300 deterministic",
+                  decode(torch.float32, "matryoshka", d=300, deterministic=True)))
+    return cases
+
+
 FAMILIES = {"sae": _sae_cases, "attention": _attention_cases, "persona": _persona_cases,
-            "solu": _solu_cases}
+            "solu": _solu_cases, "multi_decode": _multi_decode_cases}
 
 
 def _dt(dtype) -> str:
