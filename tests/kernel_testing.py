@@ -1,4 +1,4 @@
-"""Helpers for testing every op on every backend against the reference (Liger-Kernel style)."""
+"""Helpers for testing every op on every kernel backend against the oracle (Liger-Kernel style)."""
 from __future__ import annotations
 
 import pytest
@@ -6,6 +6,7 @@ import torch
 
 import pyinterp
 from pyinterp import _backend
+from pyinterp.backends import registry
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -26,11 +27,11 @@ GRAD_TOLERANCES = {
 
 
 def device_for(backend: str) -> torch.device:
-    """CUDA when present for the GPU backends, else CPU (triton then runs interpreted)."""
-    if backend in ("triton", "cuda") and torch.cuda.is_available():
+    """CUDA for a backend that runs only there (when a GPU is present), else CPU (triton then
+    runs interpreted)."""
+    b = registry.get(backend)
+    if torch.cuda.is_available() and b.runs_on("cuda") and not b.runs_on("cpu"):
         return torch.device("cuda")
-    if backend == "reference" and torch.cuda.is_available():
-        return torch.device("cpu")
     return torch.device("cpu")
 
 
@@ -46,7 +47,10 @@ def require(backend: str) -> torch.device:
     return device
 
 
-BACKEND_PARAMS = [pytest.param(b, id=b) for b in pyinterp.BACKENDS]
+# Every kernel backend (each test compares it with the oracle). The oracle itself is checked
+# against brute force in tests/test_reference.py, never against itself.
+BACKEND_PARAMS = [pytest.param(b, id=b) for b in pyinterp.BACKENDS
+                  if not registry.get(b).oracle]
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype=None, grad: bool = False, **kw):

@@ -1,7 +1,17 @@
 """Shared helpers for the pyinterp.sae tests: tiny synthetic data, thread pinning."""
 from __future__ import annotations
 
+import pytest
 import torch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread per test (importing this fixture into a test module applies it)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def sparse_data(n: int, d_in: int = 16, n_feat: int = 48, p: float = 0.08, seed: int = 0,

@@ -4,18 +4,10 @@ import torch
 
 from dist_testing import in_process, run_ranks
 import dist_workers as W
-from sae_testing import sparse_data
+from sae_testing import one_thread, sparse_data  # noqa: F401  (one_thread: autouse)
 from pyinterp import distributed as D
 from pyinterp.sae import ActivationStore, collect
 from pyinterp._files import load_tensors
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

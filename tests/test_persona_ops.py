@@ -158,8 +158,6 @@ def test_cpu_reads_strided_views_in_place():
 def test_kernel_token_split_paths(backend):
     """Pools that split the tokens across programs (few layer x row pairs) and sum partial rows."""
     device = require(backend)
-    if backend == "reference":
-        pytest.skip("the reference has no kernel paths to split")
     from pyinterp.ops._dispatch import implementation
 
     impl = implementation("persona", backend)

@@ -8,14 +8,7 @@ import torch
 
 from pyinterp.sae import (BatchTopKSAE, CorruptFileError, JumpReLUSAE, ReLUSAE, TopKSAE,
                           accelerate, load, restore)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from sae_testing import one_thread  # noqa: F401  (autouse: one torch thread)
 
 
 @pytest.fixture(scope="module")

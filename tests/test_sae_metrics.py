@@ -3,14 +3,7 @@ import pytest
 import torch
 
 from pyinterp.sae import TopKSAE, metrics
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from sae_testing import one_thread  # noqa: F401  (autouse: one torch thread)
 
 
 def test_l0_and_fvu_known_values():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kernel_testing import require
-from sae_testing import sparse_data
+from sae_testing import one_thread, sparse_data  # noqa: F401  (one_thread: autouse)
 from pyinterp.sae import BatchTopKSAE, JumpReLUSAE, ReLUSAE, SAEConfig, TopKSAE, build
 from pyinterp.sae.init import activation_scale, geometric_median
 from pyinterp.sae.reference import DenseTopKSAE
@@ -12,14 +12,6 @@ BACKENDS = [pytest.param(b, id=b) for b in ("reference", "cpu", "triton", "cuda"
 # The Triton interpreter takes ~30 s per call shape on CI-class CPUs: the batched-shape test
 # runs the compiled backends only (triton is covered by the gradient and ReLU tests).
 NATIVE_BACKENDS = [pytest.param(b, id=b) for b in ("reference", "cpu", "cuda")]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _randomise(sae, seed=0):

@@ -6,14 +6,7 @@ import torch
 
 from pyinterp.sae import ActivationStore, CorruptFileError, collect, stream
 from pyinterp.sae.store import activation_fn, read_manifest
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from sae_testing import one_thread  # noqa: F401  (autouse: one torch thread)
 
 
 def _numbered(n_batches=6, rows=10, d=4):

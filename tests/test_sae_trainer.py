@@ -4,19 +4,11 @@ import json
 import pytest
 import torch
 
-from sae_testing import sparse_data
+from sae_testing import one_thread, sparse_data  # noqa: F401  (one_thread: autouse)
 from pyinterp._files import atomic_write_json
 from pyinterp.sae import (ActivationStore, BatchTopKSAE, CorruptFileError, NonFiniteError, ReLUSAE,
                           SAETrainer, TopKSAE, TrainConfig, collect, train)
 from pyinterp.sae.schedule import coefficient_factor, lr_factor
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _two_hook_batches(n=24, rows=32):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pyinterp._common import RULE_KINDS, acc_dtype, to_device_async
+from pyinterp.backends._shared import pattern_output, rule_tables, stats_outputs
 from pyinterp.backends.cuda import runtime as rt
 
 _FILE = "attention.cu"
@@ -29,21 +29,14 @@ def _tile(D: int, acc_bytes: int, fn) -> int:
 
 
 def attention_stats(q, k, tokens, kinds, ns, causal, kpm, scale, q_offset):
-    q = q.contiguous()
-    k = k.contiguous()
+    n_rules = len(kinds)
+    q, k, (lse, ent, mass) = stats_outputs(q, k, n_rules)
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    ad = acc_dtype(q.dtype)
-    dev = q.device
-    lse = torch.empty(B, H, Tq, dtype=ad, device=dev)
-    ent = torch.empty(B, H, Tq, dtype=ad, device=dev)
-    mass = torch.empty(len(kinds), B, H, Tq, dtype=ad, device=dev)
+    ad = lse.dtype
     if B * H * Tq == 0:
         return lse, ent, mass
-    needs_tok = any(c in (RULE_KINDS["duplicate"], RULE_KINDS["induction"]) for c in kinds)
-    n_rules = len(kinds)
-    kinds = to_device_async(list(kinds) or [0], torch.int32, dev)
-    ns = to_device_async(list(ns) or [0], torch.int64, dev)
+    kinds, ns, needs_tok = rule_tables(kinds, ns, q.device)
     tok = tokens.to(torch.int64).contiguous() if needs_tok else None
     pad = kpm.contiguous().view(torch.uint8) if kpm is not None else None
     acc_bytes = 8 if ad == torch.float64 else 4
@@ -59,15 +52,12 @@ def attention_stats(q, k, tokens, kinds, ns, causal, kpm, scale, q_offset):
 
 
 def attention_pattern(q, k, lse, causal, kpm, scale, q_offset):
-    q = q.contiguous()
-    k = k.contiguous()
+    q, k, lse, out = pattern_output(q, k, lse)
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    ad = acc_dtype(q.dtype)
-    out = torch.empty(B, H, Tq, Tk, dtype=ad, device=q.device)
+    ad = out.dtype
     if out.numel() == 0:
         return out
-    lse = lse.to(ad).contiguous()
     pad = kpm.contiguous().view(torch.uint8) if kpm is not None else None
     threads = 128
     fn = rt.kernel(_FILE, "attention_pattern", q.dtype)

@@ -13,15 +13,12 @@ import torch
 
 from pyinterp._common import acc_dtype as _acc
 from pyinterp._common import device_layer_table
+from pyinterp.backends._shared import cdiv
 from pyinterp.backends.cuda import runtime
 
 _FILE = "persona.cu"
 _POOL_THREADS = 256
 _TOKENS_WARPS = 8
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
@@ -32,7 +29,7 @@ def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
     L, (B, T, D) = len(layers), h0.shape
     acc = _acc(h0.dtype)
     table, strides = device_layer_table(layers)
-    n_d = _cdiv(D, _POOL_THREADS)
+    n_d = cdiv(D, _POOL_THREADS)
     if index is not None:
         out = torch.empty(L, B, D, dtype=acc, device=h0.device)
         fn = runtime.kernel(_FILE, "persona_gather", h0.dtype)
@@ -42,9 +39,9 @@ def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
         return out
     # Split the tokens when (L*B x column blocks) would leave SMs idle; partial rows summed after.
     sms = torch.cuda.get_device_properties(h0.device).multi_processor_count
-    splits = max(1, min(_cdiv(T, 64), (4 * sms) // (L * B * n_d)))
-    per_split = _cdiv(T, splits)
-    splits = _cdiv(T, per_split)
+    splits = max(1, min(cdiv(T, 64), (4 * sms) // (L * B * n_d)))
+    per_split = cdiv(T, splits)
+    splits = cdiv(T, per_split)
     out = torch.empty(splits, L, B, D, dtype=acc, device=h0.device)
     fn = runtime.kernel(_FILE, "persona_pool", h0.dtype)
     runtime.launch(fn, (L * B, n_d, splits), (_POOL_THREADS, 1, 1),
@@ -65,7 +62,7 @@ def persona_tokens(layers: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
     table, strides = device_layer_table(layers)
     out = torch.empty(L, B, T, P, dtype=w.dtype, device=h0.device)
     fn = runtime.kernel(_FILE, "persona_tokens", h0.dtype)
-    runtime.launch(fn, (L * B, _cdiv(T, _TOKENS_WARPS), 1), (32 * _TOKENS_WARPS, 1, 1),
+    runtime.launch(fn, (L * B, cdiv(T, _TOKENS_WARPS), 1), (32 * _TOKENS_WARPS, 1, 1),
                    (runtime.ptr(table), runtime.ptr(strides), runtime.ptr(w), runtime.i64(w.stride(0)),
                     runtime.ptr(out), runtime.i32(B), runtime.i32(T), runtime.i32(D), runtime.i32(P)))
     return out

@@ -2,7 +2,9 @@
 
 Kernels are ``extern "C" __global__`` functions (one per dtype, named ``<op>_<f32|f16|bf16|f64>``)
 so that nvcc compile-checks the same source that NVRTC compiles here. Tensors are passed as
-raw device pointers; every launch goes on ``torch.cuda.current_stream()``.
+raw device pointers. Launchers run under ``pyinterp._common.device_guard`` (the Functions put
+them there), so the current device is the tensors' device: modules are compiled and loaded per
+device (its architecture, its context) and every launch goes on that device's current stream.
 """
 from __future__ import annotations
 
@@ -49,24 +51,35 @@ def check_nvrtc() -> None:
     nvrtc.getVersion()
 
 
-def _arch() -> str:
-    major, minor = torch.cuda.get_device_capability()
+def _arch(device: int) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
     return f"-arch=sm_{major}{minor}"
 
 
 @functools.lru_cache(maxsize=None)
-def module(filename: str):
-    """The compiled ``cupy.RawModule`` for ``csrc/cuda/<filename>`` (cupy caches on disk too)."""
+def module(filename: str, device: int):
+    """The compiled ``cupy.RawModule`` for ``csrc/cuda/<filename>`` on CUDA device ``device``
+    (cupy caches the compiled code on disk too)."""
     cupy = _cupy()
     code = (source_dir() / filename).read_text()
-    options = ("-std=c++17", "--use_fast_math", _arch()) + tuple(f"-I{d}" for d in _include_dirs())
-    return cupy.RawModule(code=code, options=options, backend="nvrtc")
+    options = (("-std=c++17", "--use_fast_math", _arch(device))
+               + tuple(f"-I{d}" for d in _include_dirs()))
+    with cupy.cuda.Device(device):
+        return cupy.RawModule(code=code, options=options, backend="nvrtc")
+
+
+@functools.lru_cache(maxsize=None)
+def _function(filename: str, full_name: str, device: int):
+    cupy = _cupy()
+    with cupy.cuda.Device(device):  # the function is loaded into this device's context
+        return module(filename, device).get_function(full_name)
 
 
 def kernel(filename: str, name: str, dtype: torch.dtype | None = None):
-    """The kernel ``name`` (suffixed with the dtype's tag when ``dtype`` is given)."""
+    """The kernel ``name`` (suffixed with the dtype's tag when ``dtype`` is given) on the
+    current CUDA device."""
     full = f"{name}_{DTYPE_SUFFIX[dtype]}" if dtype is not None else name
-    return module(filename).get_function(full)
+    return _function(filename, full, torch.cuda.current_device())
 
 
 def ptr(t: torch.Tensor | None) -> np.uint64:
@@ -88,11 +101,13 @@ def max_dynamic_smem(fn) -> int:
 
 
 def launch(fn, grid, block, args, shared_mem: int = 0) -> None:
-    """Launch ``fn`` on torch's current CUDA stream (the device guard of the ops makes the
-    tensors' device current), opting in to more than 48 KiB of shared memory when asked."""
+    """Launch ``fn`` on the current CUDA device's current torch stream (the device guard of the
+    ops makes the tensors' device current), opting in to more than 48 KiB of shared memory
+    when asked."""
     cupy = _cupy()
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
-    with cupy.cuda.Device(torch.cuda.current_device()), stream:
+    device = torch.cuda.current_device()
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, device)
+    with cupy.cuda.Device(device), stream:
         if shared_mem + fn.shared_size_bytes > SMEM_DEFAULT and \
                 fn.max_dynamic_shared_size_bytes < shared_mem:
             fn.max_dynamic_shared_size_bytes = shared_mem  # cudaFuncSetAttribute, per device

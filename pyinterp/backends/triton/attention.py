@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import triton
 
-from pyinterp._common import RULE_KINDS, acc_dtype, to_device_async, triton_interpreted
+from pyinterp._common import RULE_KINDS, triton_interpreted
+from pyinterp.backends._shared import pattern_output, rule_tables, stats_outputs
 from pyinterp.backends.triton.kernels import package  # noqa: F401  (registers the kernels)
 from pyinterp.triton_kernels import attention as tk
 
@@ -44,22 +45,16 @@ def _cast_f32(dtype: torch.dtype) -> bool:
 
 
 def attention_stats(q, k, tokens, kinds, ns, causal, kpm, scale, q_offset):
-    q = q.contiguous()
-    k = k.contiguous()
+    n_rules = len(kinds)
+    q, k, (lse, ent, mass) = stats_outputs(q, k, n_rules)
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    ad = acc_dtype(q.dtype)
-    dev = q.device
-    lse = torch.empty(B, H, Tq, dtype=ad, device=dev)
-    ent = torch.empty(B, H, Tq, dtype=ad, device=dev)
-    mass = torch.empty(len(kinds), B, H, Tq, dtype=ad, device=dev)
+    ad = lse.dtype
     if B * H * Tq == 0:
         return lse, ent, mass
     has_dup = RULE_KINDS["duplicate"] in kinds
     has_ind = RULE_KINDS["induction"] in kinds
-    n_rules = len(kinds)
-    kinds = to_device_async(list(kinds) or [0], torch.int32, dev)
-    ns = to_device_async(list(ns) or [0], torch.int64, dev)
+    kinds, ns, _ = rule_tables(kinds, ns, q.device)
     tok = tokens.to(torch.int64).contiguous() if (has_dup or has_ind) else kinds
     pad = kpm.contiguous().view(torch.uint8) if kpm is not None else kinds
     precision = _precision(q.dtype)
@@ -77,15 +72,12 @@ def attention_stats(q, k, tokens, kinds, ns, causal, kpm, scale, q_offset):
 
 
 def attention_pattern(q, k, lse, causal, kpm, scale, q_offset):
-    q = q.contiguous()
-    k = k.contiguous()
+    q, k, lse, out = pattern_output(q, k, lse)
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    ad = acc_dtype(q.dtype)
-    out = torch.empty(B, H, Tq, Tk, dtype=ad, device=q.device)
+    ad = out.dtype
     if out.numel() == 0:
         return out
-    lse = lse.to(ad).contiguous()
     pad = kpm.contiguous().view(torch.uint8) if kpm is not None else lse
     precision = _precision(q.dtype)
     bm, bn, bd, warps = _blocks(D, q.dtype, precision)

@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Dict, NamedTuple, Optional, Sequence, Union
 
 import torch
 
 from pyinterp._common import to_device_async
 from pyinterp.ops import _validate as check
-from pyinterp.ops._dispatch import Op, is_oracle, pick
-from pyinterp.ops.attention import function as F
-
-ATTENTION_STATS = Op("attention_stats", "attention", F.STATS_LAUNCHERS)
-ATTENTION_PATTERN = Op("attention_pattern", "attention", F.PATTERN_LAUNCHERS)
+from pyinterp.ops._dispatch import is_oracle, pick
+from pyinterp.ops.attention.function import ATTENTION_PATTERN, ATTENTION_STATS, rule_codes
 
 DEFAULT_RULES = ("prev", "first", "duplicate", "induction")
 TOKEN_RULES = ("duplicate", "induction")
@@ -192,10 +188,13 @@ def attention_stats(
     scale = _check_scale(scale, d)
     check.same_device(q=q, k=k, tokens=tokens, key_padding_mask=key_padding_mask)
     name, impl = pick(ATTENTION_STATS, q, k, backend=backend)
-    run = impl.attention_stats if is_oracle(name) else partial(F.stats, impl)
+    args = (q.detach(), k.detach(), tokens if needs_tokens else None)
     with torch.no_grad():
-        lse, ent, mass = run(q.detach(), k.detach(), tokens if needs_tokens else None, parsed,
-                             causal, key_padding_mask, scale, 0)
+        if is_oracle(name):
+            lse, ent, mass = impl.attention_stats(*args, parsed, causal, key_padding_mask, scale, 0)
+        else:
+            lse, ent, mass = ATTENTION_STATS.apply(name, impl, *args, *rule_codes(parsed), causal,
+                                                   key_padding_mask, scale, 0)
     return AttentionStats(lse, ent, {r.name: mass[i] for i, r in enumerate(parsed)})
 
 
@@ -277,10 +276,7 @@ def attention_pattern(
         check.integer("top_m", top_m, low=1, high=T)
     check.same_device(q=q, k=k, key_padding_mask=key_padding_mask)
     name, impl = pick(ATTENTION_PATTERN, q, k, backend=backend)
-    if is_oracle(name):
-        stats_fn, pattern_fn = impl.attention_stats, impl.attention_pattern
-    else:
-        stats_fn, pattern_fn = partial(F.stats, impl), partial(F.pattern, impl)
+    oracle = is_oracle(name)
     group = H // k.shape[1]
     idx = to_device_async(hs, torch.int64, q.device)  # no host sync on a GPU
     with torch.no_grad():
@@ -289,8 +285,13 @@ def attention_pattern(
 
         def rows(a, b):
             qc = q_sel[:, :, a:b]
-            lse, _, _ = stats_fn(qc, k_sel, None, (), causal, key_padding_mask, scale, a)
-            return pattern_fn(qc, k_sel, lse, causal, key_padding_mask, scale, a)
+            if oracle:
+                lse = impl.attention_stats(qc, k_sel, None, (), causal, key_padding_mask, scale, a)[0]
+                return impl.attention_pattern(qc, k_sel, lse, causal, key_padding_mask, scale, a)
+            lse = ATTENTION_STATS.apply(name, impl, qc, k_sel, None, [], [], causal,
+                                        key_padding_mask, scale, a)[0]
+            return ATTENTION_PATTERN.apply(name, impl, qc, k_sel, lse, causal, key_padding_mask,
+                                           scale, a)
 
         if top_m is None:
             return rows(start, stop)

@@ -23,16 +23,9 @@ from typing import Optional
 import torch
 
 from pyinterp.ops import _validate as check
-from pyinterp.ops._dispatch import Op, is_oracle, pick
-from pyinterp.ops.jumprelu.function import (
-    SELECT_LAUNCHERS,
-    Gate,
-    JumpReLUSelect,
-    StepL0,
-)
+from pyinterp.ops._dispatch import is_oracle, pick
+from pyinterp.ops.jumprelu.function import JUMPRELU_SELECT, Gate, StepL0
 from pyinterp.ops.sae import _encoder_args
-
-JUMPRELU_SELECT = Op("jumprelu_select", "jumprelu", SELECT_LAUNCHERS)
 
 
 def _threshold(threshold, d_sae: int, device) -> torch.Tensor:
@@ -69,8 +62,8 @@ def jumprelu_select(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
     if is_oracle(name):
         pre, idx = impl.jumprelu_select(x2, W_enc, b_enc, b_dec, thr, eps, max_active)
     else:
-        pre, idx, _ = JumpReLUSelect.apply(impl, x2.contiguous(), W_enc, b_enc, b_dec, thr, eps,
-                                           max_active)
+        pre, idx, _ = JUMPRELU_SELECT.apply(name, impl, x2.contiguous(), W_enc, b_enc, b_dec, thr,
+                                            eps, max_active)
     return pre.reshape(*lead, pre.shape[-1]), idx.reshape(*lead, idx.shape[-1])
 
 

@@ -11,10 +11,14 @@
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from pyinterp._common import device_guard
-from pyinterp.ops.sae.function import BACKWARD_LAUNCHERS, SparseEncode
+from pyinterp._common import acc_dtype, device_guard
+from pyinterp.ops._dispatch import Op
+from pyinterp.ops._library import custom_op, launchers, register_autograd, same_grads, same_inputs
+from pyinterp.ops.sae.function import BACKWARD_LAUNCHERS, BACKWARD_OPS, SparseEncode
 
 SELECT_LAUNCHERS = ("band",) + BACKWARD_LAUNCHERS
 
@@ -24,9 +28,39 @@ class JumpReLUSelect(SparseEncode):
     W_enc, b_enc, b_dec through the selected entries; none to the threshold)."""
 
     @staticmethod
-    def forward(launchers, x, W_enc, b_enc, b_dec, threshold, bandwidth, max_active):
+    def forward(ctx, x, W_enc, b_enc, b_dec, threshold, bandwidth, max_active, launchers):
+        inputs = (x, W_enc, b_enc, b_dec, threshold, bandwidth, max_active, launchers)
+        output = JumpReLUSelect.compute(*inputs)
+        SparseEncode.setup(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def compute(x, W_enc, b_enc, b_dec, threshold, bandwidth, max_active, launchers):
         with device_guard(x):
             return launchers.band(x, W_enc, b_enc, b_dec, threshold, bandwidth, max_active)
+
+
+def _select_fake(x, W_enc, b_enc, b_dec, threshold, bandwidth, max_active, backend):
+    n = x.shape[0]
+    width = max_active or torch.library.get_ctx().new_dynamic_size(min=1)
+    return (x.new_empty(n, width, dtype=acc_dtype(x.dtype)),
+            x.new_empty(n, width, dtype=torch.int64), x.new_empty(n, width, dtype=torch.bool))
+
+
+@custom_op("jumprelu_select", _select_fake)
+def jumprelu_select_op(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
+                       b_dec: Optional[torch.Tensor], threshold: torch.Tensor, bandwidth: float,
+                       max_active: Optional[int], backend: str
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pre, indices, mask) of the band selection; x (N, d_in) contiguous."""
+    return JumpReLUSelect.compute(x, W_enc, b_enc, b_dec, threshold, bandwidth, max_active,
+                                  launchers(backend, "jumprelu"))
+
+
+register_autograd(jumprelu_select_op, JumpReLUSelect, BACKWARD_OPS, same_inputs, same_grads)
+
+JUMPRELU_SELECT = Op("jumprelu_select", "jumprelu", SELECT_LAUNCHERS, JumpReLUSelect,
+                     jumprelu_select_op)
 
 
 def _masks(pre: torch.Tensor, indices: torch.Tensor, threshold: torch.Tensor, eps: float):

@@ -29,11 +29,10 @@ from typing import Optional, Sequence
 import torch
 
 from pyinterp.ops import _validate as check
-from pyinterp.ops._dispatch import Op, is_oracle, pick
-from pyinterp.ops.multi_decode.function import MULTI_DECODE_LAUNCHERS, MultiDecode
+from pyinterp.ops._dispatch import is_oracle, pick
+from pyinterp.ops.multi_decode.function import MULTI_DECODE
 
 INDEX_DTYPES = (torch.int64, torch.int32)
-MULTI_DECODE = Op("multi_decode", "multi_decode", MULTI_DECODE_LAUNCHERS)
 
 
 def clt_decoder_map(n_layers: int) -> list[list[int]]:
@@ -173,7 +172,7 @@ def multi_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tenso
     if is_oracle(name):
         out = impl.multi_decode(v2, i2, W_dec, b_dec, dmap, lo, hi, deterministic)
     else:
-        out = MultiDecode.apply(impl, v2, i2.contiguous(), W_dec.contiguous(),
-                                None if b_dec is None else b_dec.contiguous(), dmap, lo, hi,
-                                deterministic)
+        out = MULTI_DECODE.apply(name, impl, v2, i2.contiguous(), W_dec.contiguous(),
+                                 None if b_dec is None else b_dec.contiguous(), dmap, lo, hi,
+                                 deterministic)
     return out.reshape(G, *lead, d_out)

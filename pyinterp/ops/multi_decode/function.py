@@ -20,9 +20,13 @@ Backward never builds an (N, d_sae) or (N, k, d) tensor.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from pyinterp._common import acc_dtype, device_guard
+from pyinterp.ops._dispatch import Op
+from pyinterp.ops._library import custom_op, launchers, register_autograd, same_grads, same_inputs
 
 MULTI_DECODE_LAUNCHERS = ("multi_gather", "multi_gather_dot", "multi_scatter")
 
@@ -31,14 +35,21 @@ class MultiDecode(torch.autograd.Function):
     """(G, N, d_out) = the multi-output decode of (values, indices) through W_dec."""
 
     @staticmethod
-    def forward(launchers, values, indices, W_dec, b_dec, dmap, lo, hi, deterministic):
+    def forward(ctx, values, indices, W_dec, b_dec, dmap, lo, hi, deterministic, launchers):
+        inputs = (values, indices, W_dec, b_dec, dmap, lo, hi, deterministic, launchers)
+        output = MultiDecode.compute(*inputs)
+        MultiDecode.setup(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def compute(values, indices, W_dec, b_dec, dmap, lo, hi, deterministic, launchers):
         coef = values.to(acc_dtype(W_dec.dtype)).contiguous()
         with device_guard(W_dec):
             return launchers.multi_gather(coef, indices, W_dec, b_dec, dmap, lo, hi)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        launchers, values, indices, W_dec, b_dec, dmap, lo, hi, deterministic = inputs
+    def setup(ctx, inputs, output):
+        values, indices, W_dec, b_dec, dmap, lo, hi, deterministic, launchers = inputs
         ctx.launchers = launchers
         ctx.save_for_backward(values, indices, W_dec, dmap, lo, hi)
         ctx.has_b_dec = b_dec is not None
@@ -50,7 +61,7 @@ class MultiDecode(torch.autograd.Function):
         L = ctx.launchers
         cd = acc_dtype(W.dtype)
         g = grad_out.to(cd).contiguous()
-        need_v, _, need_W, need_b = ctx.needs_input_grad[1:5]
+        need_v, _, need_W, need_b = ctx.needs_input_grad[:4]
         gv = gW = gb = None
         with device_guard(W):
             if need_v:
@@ -60,4 +71,41 @@ class MultiDecode(torch.autograd.Function):
                                      tuple(W.shape), W.dtype, ctx.deterministic)
         if need_b and ctx.has_b_dec:
             gb = g.sum(1).to(W.dtype)
-        return None, gv, None, gW, gb, None, None, None, None
+        return gv, None, gW, gb, None, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------
+# torch.library: torch.ops.pyinterp.multi_decode and its backward launchers as custom ops
+
+
+@custom_op("multi_gather_dot", lambda g, idx, W, dmap, lo, hi, backend: g.new_empty(idx.shape))
+def _multi_gather_dot(g: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, dmap: torch.Tensor,
+                      lo: torch.Tensor, hi: torch.Tensor, backend: str) -> torch.Tensor:
+    return launchers(backend, "multi_decode").multi_gather_dot(g, idx, W, dmap, lo, hi)
+
+
+@custom_op("multi_scatter", lambda coef, idx, g, dmap, lo, hi, shape, out_dtype, deterministic,
+           backend: g.new_empty(shape, dtype=out_dtype))
+def _multi_scatter(coef: torch.Tensor, idx: torch.Tensor, g: torch.Tensor, dmap: torch.Tensor,
+                   lo: torch.Tensor, hi: torch.Tensor, shape: list[int], out_dtype: torch.dtype,
+                   deterministic: bool, backend: str) -> torch.Tensor:
+    return launchers(backend, "multi_decode").multi_scatter(coef, idx, g, dmap, lo, hi,
+                                                            tuple(shape), out_dtype, deterministic)
+
+
+@custom_op("multi_decode", lambda values, indices, W_dec, b_dec, dmap, lo, hi, deterministic,
+           backend: W_dec.new_empty(dmap.shape[1], values.shape[0], W_dec.shape[2]))
+def multi_decode_op(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor,
+                    b_dec: Optional[torch.Tensor], dmap: torch.Tensor, lo: torch.Tensor,
+                    hi: torch.Tensor, deterministic: bool, backend: str) -> torch.Tensor:
+    """(G, N, d_out); values / indices (N, k), everything contiguous (see the plan)."""
+    return MultiDecode.compute(values, indices, W_dec, b_dec, dmap, lo, hi, deterministic,
+                               launchers(backend, "multi_decode"))
+
+
+register_autograd(multi_decode_op, MultiDecode,
+                  {"multi_gather_dot": _multi_gather_dot, "multi_scatter": _multi_scatter},
+                  same_inputs, same_grads)
+
+MULTI_DECODE = Op("multi_decode", "multi_decode", MULTI_DECODE_LAUNCHERS, MultiDecode,
+                  multi_decode_op)

@@ -11,11 +11,8 @@ from typing import Optional, Sequence, Union
 import torch
 
 from pyinterp.ops import _validate as check
-from pyinterp.ops._dispatch import Op, is_oracle, pick
-from pyinterp.ops.persona.function import POOL_LAUNCHERS, PROJECT_LAUNCHERS, pool, project
-
-PERSONA_PROJECT = Op("persona_project", "persona", PROJECT_LAUNCHERS)
-PERSONA_POOL = Op("persona_pool", "persona", POOL_LAUNCHERS)
+from pyinterp.ops._dispatch import is_oracle, pick
+from pyinterp.ops.persona.function import PERSONA_POOL, PERSONA_PROJECT, pool, project
 
 REDUCES = ("mean", "sum", "last", "none")
 MASK_DTYPES = check.FLOAT_DTYPES + (torch.bool, torch.uint8, torch.int8, torch.int16,
@@ -95,7 +92,7 @@ def persona_project(
     name, impl = pick(PERSONA_PROJECT, layers[0], vectors, mask, backend=backend)
     if is_oracle(name):
         return impl.persona_project(layers, vectors, mask, reduce, normalize)
-    return project(impl, layers, vectors, mask, reduce, normalize)
+    return project(name, impl, layers, vectors, mask, reduce, normalize)
 
 
 def _check_mask(mask, B: int, T: int) -> None:
@@ -126,4 +123,4 @@ def persona_pool(
     name, impl = pick(PERSONA_POOL, layers[0], mask, backend=backend)
     if is_oracle(name):
         return impl.persona_pool(layers, mask, reduce)
-    return pool(impl, layers, mask, reduce)
+    return pool(name, impl, layers, mask, reduce)

@@ -27,6 +27,9 @@ from typing import Optional
 import torch
 
 from pyinterp._common import acc_dtype, device_guard
+from pyinterp.backends import registry
+from pyinterp.ops._dispatch import Op
+from pyinterp.ops._library import NAMESPACE, custom_op, launchers
 
 POOL_LAUNCHERS = ("persona_pool",)
 PROJECT_LAUNCHERS = ("persona_pool", "persona_tokens")
@@ -55,37 +58,50 @@ def token_weights(mask: Optional[torch.Tensor], reduce: str, B: int, T: int, dty
     return w.contiguous()
 
 
+def _pool_grad(grad, weights, index, shape, dtype, device, l):
+    """d loss / d h[l] of hbar[l, b] = sum_t weights[b, t] h[l, b, t] (or h[l, b, index[b]])."""
+    g = grad[l]  # (B, D)
+    if index is None:
+        return (weights[:, :, None].to(g.dtype) * g[:, None, :]).to(dtype)
+    B, T, D = shape
+    gh = torch.zeros(B, T, D, dtype=g.dtype, device=device)
+    ok = index >= 0
+    rows = torch.arange(B, device=device)
+    gh[rows[ok], index[ok]] = g[ok]
+    return gh.to(dtype)
+
+
+def _tokens_grads(grad, w, layers, need_w: bool, need_layer):
+    """d loss / d w and d loss / d h[l] of proj[l, b, t, p] = h[l, b, t] · w[l, p]."""
+    gw = torch.zeros_like(w) if need_w else None
+    grads = []
+    for l, h in enumerate(layers):
+        g = grad[l]  # (B, T, P)
+        if gw is not None:
+            gw[l] = torch.einsum("btp,btd->pd", g, h.to(g.dtype))
+        grads.append(torch.matmul(g, w[l]).to(h.dtype) if need_layer(l) else None)
+    return gw, grads
+
+
 class Pool(torch.autograd.Function):
-    """hbar[l, b] = sum_t weights[b, t] h[l, b, t] (or h[l, b, index[b]]); (L, B, D)."""
+    """hbar[l, b] = sum_t weights[b, t] h[l, b, t] (or h[l, b, index[b]]); (L, B, D). The
+    launcher set comes first here: the layers are the variadic tail."""
 
     @staticmethod
-    def forward(launchers, weights, index, *layers):
+    def forward(ctx, launchers, weights, index, *layers):
+        ctx.weights, ctx.index = weights, index
+        ctx.meta = [(h.shape, h.dtype, h.device) for h in layers]
+        return Pool.compute(launchers, weights, index, *layers)
+
+    @staticmethod
+    def compute(launchers, weights, index, *layers):
         with device_guard(layers[0]):
             return launchers.persona_pool(list(layers), weights, index)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, weights, index, *layers = inputs
-        ctx.weights, ctx.index = weights, index
-        ctx.meta = [(h.shape, h.dtype, h.device) for h in layers]
-
-    @staticmethod
     def backward(ctx, grad):
-        grads = []
-        for l, (shape, dtype, device) in enumerate(ctx.meta):
-            if not ctx.needs_input_grad[3 + l]:
-                grads.append(None)
-                continue
-            g = grad[l]  # (B, D)
-            if ctx.index is None:
-                gh = ctx.weights[:, :, None].to(g.dtype) * g[:, None, :]
-            else:
-                B, T, D = shape
-                gh = torch.zeros(B, T, D, dtype=g.dtype, device=device)
-                ok = ctx.index >= 0
-                rows = torch.arange(B, device=device)
-                gh[rows[ok], ctx.index[ok]] = g[ok]
-            grads.append(gh.to(dtype))
+        grads = [_pool_grad(grad, ctx.weights, ctx.index, *meta, l)
+                 if ctx.needs_input_grad[3 + l] else None for l, meta in enumerate(ctx.meta)]
         return (None, None, None, *grads)
 
 
@@ -93,31 +109,88 @@ class Tokens(torch.autograd.Function):
     """proj[l, b, t, p] = h[l, b, t] · w[l, p]; (L, B, T, P)."""
 
     @staticmethod
-    def forward(launchers, w, *layers):
+    def forward(ctx, launchers, w, *layers):
+        ctx.save_for_backward(w, *layers)
+        return Tokens.compute(launchers, w, *layers)
+
+    @staticmethod
+    def compute(launchers, w, *layers):
         with device_guard(layers[0]):
             return launchers.persona_tokens(list(layers), w)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, w, *layers = inputs
-        ctx.save_for_backward(w, *layers)
-
-    @staticmethod
     def backward(ctx, grad):
         w, *layers = ctx.saved_tensors
-        gw = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
-        grads = []
-        for l, h in enumerate(layers):
-            g = grad[l]  # (B, T, P)
-            if gw is not None:
-                gw[l] = torch.einsum("btp,btd->pd", g, h.to(g.dtype))
-            grads.append(torch.matmul(g, w[l]).to(h.dtype) if ctx.needs_input_grad[2 + l] else None)
+        gw, grads = _tokens_grads(grad, w, layers, ctx.needs_input_grad[1],
+                                  lambda l: ctx.needs_input_grad[2 + l])
         return (None, gw, *grads)
 
 
-def project(launchers, layers: list[torch.Tensor], vectors: torch.Tensor,
+# ---------------------------------------------------------------------------------------
+# torch.library: the two kernels as custom ops with their autograd, and the public ops as
+# composites of them (torch.ops.pyinterp.persona_project / persona_pool)
+
+
+@custom_op("persona_hbar", lambda layers, weights, index, backend: layers[0].new_empty(
+    len(layers), layers[0].shape[0], layers[0].shape[2], dtype=acc_dtype(layers[0].dtype)))
+def persona_hbar_op(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
+                    index: Optional[torch.Tensor], backend: str) -> torch.Tensor:
+    """The pool of :class:`Pool`: hbar (L, B, D) in the accumulation dtype."""
+    return Pool.compute(launchers(backend, "persona"), weights, index, *layers)
+
+
+def _hbar_setup(ctx, inputs, output):
+    layers, weights, index, _ = inputs
+    ctx.weights, ctx.index = weights, index
+    ctx.meta = [(h.shape, h.dtype, h.device) for h in layers]
+
+
+def _hbar_backward(ctx, grad):
+    grads = [_pool_grad(grad, ctx.weights, ctx.index, *meta, l) for l, meta in enumerate(ctx.meta)]
+    return grads, None, None, None
+
+
+persona_hbar_op.register_autograd(_hbar_backward, setup_context=_hbar_setup)
+
+
+@custom_op("persona_token_proj", lambda layers, w, backend: w.new_empty(
+    len(layers), layers[0].shape[0], layers[0].shape[1], w.shape[1]))
+def persona_token_proj_op(layers: list[torch.Tensor], w: torch.Tensor, backend: str
+                          ) -> torch.Tensor:
+    """The projections of :class:`Tokens`: (L, B, T, P) in w's dtype."""
+    return Tokens.compute(launchers(backend, "persona"), w, *layers)
+
+
+def _token_proj_setup(ctx, inputs, output):
+    layers, w, _ = inputs
+    ctx.save_for_backward(w, *layers)
+
+
+def _token_proj_backward(ctx, grad):
+    w, *layers = ctx.saved_tensors
+    gw, grads = _tokens_grads(grad, w, layers, True, lambda l: True)
+    return grads, gw, None
+
+
+persona_token_proj_op.register_autograd(_token_proj_backward, setup_context=_token_proj_setup)
+
+
+def _pool(backend, launcher_set, weights, index, layers):
+    if launcher_set is None or torch.compiler.is_compiling():
+        return persona_hbar_op(list(layers), weights, index, backend)
+    return Pool.apply(launcher_set, weights, index, *layers)
+
+
+def _tokens(backend, launcher_set, w, layers):
+    if launcher_set is None or torch.compiler.is_compiling():
+        return persona_token_proj_op(list(layers), w, backend)
+    return Tokens.apply(launcher_set, w, *layers)
+
+
+def project(backend: str, launcher_set, layers: list[torch.Tensor], vectors: torch.Tensor,
             mask: Optional[torch.Tensor], reduce: str, normalize: bool) -> torch.Tensor:
-    """persona_project on a kernel backend's launchers (validated arguments)."""
+    """persona_project on kernel backend ``backend`` (validated arguments); ``launcher_set``
+    None runs through the custom ops."""
     B, T, D = layers[0].shape
     L = len(layers)
     dtype, device = layers[0].dtype, layers[0].device
@@ -128,7 +201,7 @@ def project(launchers, layers: list[torch.Tensor], vectors: torch.Tensor,
     if w.dim() == 2:
         w = w.unsqueeze(0).expand(L, *w.shape)  # shared directions: a stride-0 view
     if reduce == "none":
-        out = Tokens.apply(launchers, w, *layers)
+        out = _tokens(backend, launcher_set, w, layers)
         if mask is not None:
             out = out * (mask != 0).to(cd)[None, :, :, None]
         return out.to(dtype)
@@ -136,17 +209,42 @@ def project(launchers, layers: list[torch.Tensor], vectors: torch.Tensor,
         weights, index = None, last_index(mask, B, T, device)
     else:
         weights, index = token_weights(mask, reduce, B, T, cd, device), None
-    hbar = Pool.apply(launchers, weights, index, *layers)  # (L, B, D)
+    hbar = _pool(backend, launcher_set, weights, index, layers)  # (L, B, D)
     return torch.bmm(hbar, w.transpose(1, 2)).to(dtype)
 
 
-def pool(launchers, layers: list[torch.Tensor], mask: Optional[torch.Tensor], reduce: str
-         ) -> torch.Tensor:
-    """persona_pool on a kernel backend's launchers (validated arguments): (L, B, D)."""
+def pool(backend: str, launcher_set, layers: list[torch.Tensor], mask: Optional[torch.Tensor],
+         reduce: str) -> torch.Tensor:
+    """persona_pool on kernel backend ``backend`` (validated arguments): (L, B, D)."""
     B, T, D = layers[0].shape
     dtype, device = layers[0].dtype, layers[0].device
     if reduce == "last":
         weights, index = None, last_index(mask, B, T, device)
     else:
         weights, index = token_weights(mask, reduce, B, T, acc_dtype(dtype), device), None
-    return Pool.apply(launchers, weights, index, *layers).to(dtype)
+    return _pool(backend, launcher_set, weights, index, layers).to(dtype)
+
+
+torch.library.define(f"{NAMESPACE}::persona_project", "(Tensor[] layers, Tensor vectors, "
+                     "Tensor? mask, str reduce, bool normalize, str backend) -> Tensor")
+torch.library.define(f"{NAMESPACE}::persona_pool",
+                     "(Tensor[] layers, Tensor? mask, str reduce, str backend) -> Tensor")
+
+
+@torch.library.impl(f"{NAMESPACE}::persona_project", "CompositeImplicitAutograd")
+def _persona_project_composite(layers, vectors, mask, reduce, normalize, backend):
+    if registry.get(backend).oracle:
+        oracle = launchers(backend, "persona")
+        return oracle.persona_project(list(layers), vectors, mask, reduce, normalize)
+    return project(backend, None, list(layers), vectors, mask, reduce, normalize)
+
+
+@torch.library.impl(f"{NAMESPACE}::persona_pool", "CompositeImplicitAutograd")
+def _persona_pool_composite(layers, mask, reduce, backend):
+    if registry.get(backend).oracle:
+        return launchers(backend, "persona").persona_pool(list(layers), mask, reduce)
+    return pool(backend, None, list(layers), mask, reduce)
+
+
+PERSONA_PROJECT = Op("persona_project", "persona", PROJECT_LAUNCHERS)
+PERSONA_POOL = Op("persona_pool", "persona", POOL_LAUNCHERS)

@@ -18,14 +18,15 @@ import torch
 
 from pyinterp.ops import _validate as check
 from pyinterp.ops._dispatch import Op, is_oracle, pick
-from pyinterp.ops.sae.function import DECODE_LAUNCHERS, ENCODE_LAUNCHERS, SparseDecode, SparseEncode
+from pyinterp.ops.sae.function import (
+    BATCHTOPK_ENCODE,
+    SPARSE_DECODE,
+    THRESHOLD_ENCODE,
+    TOPK_ENCODE,
+    _check_indices,
+)
 
 INDEX_DTYPES = (torch.int64, torch.int32)
-
-TOPK_ENCODE = Op("topk_encode", "sae", ENCODE_LAUNCHERS["topk"])
-THRESHOLD_ENCODE = Op("threshold_encode", "sae", ENCODE_LAUNCHERS["threshold"])
-BATCHTOPK_ENCODE = Op("batchtopk_encode", "sae", ENCODE_LAUNCHERS["batchtopk"])
-SPARSE_DECODE = Op("sparse_decode", "sae", DECODE_LAUNCHERS)
 
 
 def _encode(op: Op, kind: str, x2, W_enc, b_enc, b_dec, arg, max_active, backend):
@@ -33,8 +34,8 @@ def _encode(op: Op, kind: str, x2, W_enc, b_enc, b_dec, arg, max_active, backend
     if is_oracle(name):
         extra = (arg, max_active) if kind == "threshold" else (arg,)
         return getattr(impl, op.name)(x2, W_enc, b_enc, b_dec, *extra)
-    values, indices, _ = SparseEncode.apply(impl, x2.contiguous(), W_enc, b_enc, b_dec, kind, arg,
-                                            max_active)
+    values, indices, _ = op.apply(name, impl, x2.contiguous(), W_enc, b_enc, b_dec, kind, arg,
+                                  max_active)
     return values, indices
 
 
@@ -126,15 +127,6 @@ def batchtopk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
                                      None, backend))
 
 
-def _check_indices(indices: torch.Tensor, d_sae: int) -> None:
-    if indices.numel() == 0:
-        return
-    bad = (indices < 0) | (indices >= d_sae)
-    if bool(bad.any()):
-        first = int(indices[bad].flatten()[0])
-        raise ValueError(f"indices must lie in [0, {d_sae}) (the rows of W_dec), found {first}")
-
-
 def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor,
                   b_dec: Optional[torch.Tensor] = None, *, deterministic: bool = False,
                   check_indices: bool = True, backend: Optional[str] = None) -> torch.Tensor:
@@ -163,7 +155,7 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tens
     check.same_dtype(values=values, W_dec=W_dec, b_dec=b_dec)
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
-    if check_indices:
+    if check_indices and not torch.compiler.is_compiling():  # compiled: the op checks instead
         _check_indices(indices, d_sae)
     lead = values.shape[:-1]
     k = values.shape[-1] if values.dim() else 1
@@ -176,7 +168,8 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tens
     if is_oracle(name):
         out = impl.sparse_decode(v2, i2, W_dec, b_dec, deterministic)
     else:
-        out = SparseDecode.apply(impl, v2, i2.contiguous(), W_dec, b_dec, deterministic)
+        out = SPARSE_DECODE.apply(name, impl, v2, i2.contiguous(), W_dec, b_dec, deterministic,
+                                  custom_extra=(check_indices,))
     return out.reshape(*lead, d_in)
 
 

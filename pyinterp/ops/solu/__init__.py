@@ -10,11 +10,8 @@ from typing import Optional
 import torch
 
 from pyinterp.ops import _validate as check
-from pyinterp.ops._dispatch import Op, is_oracle, pick
-from pyinterp.ops.solu.function import SOLU_LAUNCHERS, SOLU_LN_LAUNCHERS, SoLU, SoLULN
-
-SOLU = Op("solu", "solu", SOLU_LAUNCHERS)
-SOLU_LN = Op("solu_ln", "solu", SOLU_LN_LAUNCHERS)
+from pyinterp.ops._dispatch import is_oracle, pick
+from pyinterp.ops.solu.function import SOLU, SOLU_LN
 
 
 def solu(x: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
@@ -23,7 +20,7 @@ def solu(x: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
     name, impl = pick(SOLU, x, backend=backend)
     if is_oracle(name):
         return impl.solu(x)
-    return SoLU.apply(impl, x)[0]
+    return SOLU.apply(name, impl, x)[0]
 
 
 def solu_ln(
@@ -54,5 +51,5 @@ def solu_ln(
     name, impl = pick(SOLU_LN, x, weight, bias, backend=backend)
     if is_oracle(name):
         return impl.solu_ln(x, weight, bias, float(eps), return_pre_ln)
-    y, pre, _ = SoLULN.apply(impl, x, weight, bias, float(eps), return_pre_ln)
+    y, pre, _ = SOLU_LN.apply(name, impl, x, weight, bias, float(eps), return_pre_ln)
     return (y, pre) if return_pre_ln else y
