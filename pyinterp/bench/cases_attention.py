@@ -17,7 +17,8 @@ import time
 import torch
 
 from pyinterp.bench.backends import auto_backend, timed_backends
-from pyinterp.bench.timing import Row, interleaved_medians, median_time, peak_memory
+from pyinterp.bench.suite import Group
+from pyinterp.bench.timing import Row, peak_memory
 
 RULES = ("prev", "first", "duplicate", "induction")
 
@@ -72,90 +73,27 @@ def _inputs(B, H, T, d, device, seed=0):
     return q, k, tokens
 
 
-def _stats_rows(device, B, H, T, d, repeat, run_baseline=True):
-    from pyinterp import ops
-
-    q, k, tokens = _inputs(B, H, T, d, device)
-    scale = 1 / math.sqrt(d)
-    backend = auto_backend("attention_stats", q.device.type)
-    shape = f"B={B} H={H} T={T} d={d}"
-
-    def ours():
-        return ops.attention_stats(q, k, tokens, RULES, scale=scale)
-
-    rows = []
-    t_base = None
-    need = materialising_bytes(B, H, T)
-    if run_baseline:
-        def base():
-            return materialising_stats(q, k, tokens, scale)
-
-        t_base = median_time(base, device=device, warmup=1, repeat=repeat)
-        rows.append(Row("attention_stats", shape, "float32", "torch materialising (T,T)", t_base,
-                        peak_bytes=peak_memory(base, device)))
-    if run_baseline:
-        t_ours = median_time(ours, device=device, warmup=1, repeat=repeat)
-        peak = peak_memory(ours, device)
-    else:  # long context: one timed call that also measures the peak (minutes on 2 cores)
-        ours_small = lambda: ops.attention_stats(q[:, :, :64], k[:, :, :64], tokens[:, :64], RULES)
-        ours_small()  # warm-up of the extension and thread pool only
-        t0 = time.perf_counter()
-        peak = peak_memory(ours, device)
-        t_ours = time.perf_counter() - t0
-    extra = {"backend": backend, "materialising_bytes_needed": need, "peak_bytes_exact": peak}
-    if not run_baseline:
-        extra["materialising"] = f"infeasible: needs >= {need / 2**30:.1f} GiB"
-    rows.append(Row("attention_stats", shape, "float32", f"pyinterp attention_stats [{backend}]",
-                    t_ours, baseline="torch materialising" if run_baseline else None,
-                    baseline_seconds=t_base, peak_bytes=peak, extra=extra))
-    if not run_baseline:
-        rows.append(Row("attention_stats", shape, "float32", "torch materialising (T,T)",
-                        float("nan"), extra={"infeasible_bytes": need}))
-    return rows
-
-
-def _gpu_rows(device, B, H, T, d, dtype, repeat):
-    """GPU: every GPU backend vs torch SDPA forward (the issue's yardstick) and the materialising
-    path, on the same q, k, timed round-robin. Each pyinterp row's baseline is SDPA; its extra
-    holds the ratio to the materialising path."""
+def _stats_calls(B, H, T, d, device, backends, dtype=torch.float32):
     from pyinterp import ops
 
     q, k, tokens = _inputs(B, H, T, d, device)
     q, k = q.to(dtype), k.to(dtype)
     scale = 1 / math.sqrt(d)
-    shape = f"B={B} H={H} T={T} d={d}"
-    dname = str(dtype).replace("torch.", "")
-    fns = {
-        "sdpa": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, k, is_causal=True),
-        "materialising": lambda: materialising_stats(q, k, tokens, scale),
-    }
-    names = timed_backends("attention_stats", device.type)
-    for name in names:
-        fns[name] = (lambda name=name: ops.attention_stats(q, k, tokens, RULES, scale=scale,
-                                                           backend=name))
-    with torch.no_grad():
-        t = interleaved_medians(fns, repeat, device=device)
-    rows = [Row("attention_stats", shape, dname, "torch SDPA forward (v = k), yardstick", t["sdpa"],
-                peak_bytes=peak_memory(fns["sdpa"], device)),
-            Row("attention_stats", shape, dname, "torch materialising (T,T)", t["materialising"],
-                baseline="torch SDPA forward", baseline_seconds=t["sdpa"],
-                peak_bytes=peak_memory(fns["materialising"], device))]
-    for name in names:
-        rows.append(Row("attention_stats", shape, dname, f"pyinterp attention_stats [{name}]",
-                        t[name], baseline="torch SDPA forward", baseline_seconds=t["sdpa"],
-                        peak_bytes=peak_memory(fns[name], device),
-                        extra={"x_materialising": t["materialising"] / t[name]}))
-    return rows
+    fns = {"torch_materialising": lambda: materialising_stats(q, k, tokens, scale)}
+    fns.update({b: (lambda b=b: ops.attention_stats(q, k, tokens, RULES, scale=scale, backend=b))
+                for b in backends})
+    if device.type == "cuda":  # the issue's yardstick: SDPA forward on the same q, k
+        fns["torch_sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+            q, k, k, is_causal=True)
+    return fns
 
 
-def _tl_rows(device, T, repeat):
+def _tl_calls(T, device):
     """head_scores vs TransformerLens (one run_with_cache, then detect_head per kind)."""
-    try:
-        import transformer_lens as tl
-        from transformer_lens.head_detector import detect_head
-    except ImportError:
-        return []
     import warnings
+
+    import transformer_lens as tl
+    from transformer_lens.head_detector import detect_head
 
     from pyinterp import attention
 
@@ -176,34 +114,106 @@ def _tl_rows(device, T, repeat):
         del model.to_tokens
         return out
 
-    def ours():
-        return attention.head_scores(model, tokens)
+    return {"transformer_lens": tl_path, "pyinterp": lambda: attention.head_scores(model, tokens)}
 
-    shape = f"TL attn-only L=2 H=8 d_head=64 T={T}"
-    t_base = median_time(tl_path, device=device, warmup=1, repeat=repeat)
-    t_ours = median_time(ours, device=device, warmup=1, repeat=repeat)
-    return [
-        Row("head_scores", shape, "float32", "TransformerLens run_with_cache+detect_head", t_base,
-            peak_bytes=peak_memory(tl_path, device)),
-        Row("head_scores", shape, "float32", "pyinterp attention.head_scores", t_ours,
-            baseline="TransformerLens", baseline_seconds=t_base, peak_bytes=peak_memory(ours, device)),
-    ]
+
+def _has_transformer_lens() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformer_lens") is not None
+
+
+def groups(device, quick=False) -> list[Group]:
+    repeat = 3 if quick else 5
+    backends = timed_backends("attention_stats", device.type)
+    if device.type == "cuda":  # vs SDPA (the yardstick) and the materialising path
+        cases = [(1, 8 if quick else 32, 2048 if quick else 8192, 128, torch.bfloat16),
+                 (1, 8, 2048, 64, torch.float32)]
+        extra = ("torch_sdpa",)
+    else:
+        cases = [(1, 8, 512 if quick else 2048, 64, torch.float32)]
+        extra = ()
+    out = [Group(f"AttentionStatsT{T}", ("torch_materialising", *backends, *extra),
+                 lambda c=(B, H, T, d, dt): _stats_calls(*c[:4], device, backends, c[4]),
+                 peakmem=True, repeat=repeat,
+                 info={"B": B, "H": H, "T": T, "d": d, "dtype": str(dt).replace("torch.", "")})
+           for B, H, T, d, dt in cases]
+    if device.type == "cpu" and not quick:
+        # the long context: only ours runs (one call, minutes on 2 cores); the materialising
+        # path's need is reported, never attempted
+        auto = auto_backend("attention_stats", "cpu")
+        out.append(Group("AttentionStatsLongContext", (auto,),
+                         lambda: _stats_calls(1, 8, 32768, 64, device, [auto]), repeat=1,
+                         asv=False, info={"B": 1, "H": 8, "T": 32768, "d": 64}))
+    if _has_transformer_lens():
+        T = 256 if quick else 1024
+        # grad mode as a user calls them (TransformerLens's path disables grad itself)
+        out.append(Group("HeadScores", ("transformer_lens", "pyinterp"), lambda: _tl_calls(T, device),
+                         grad=True, repeat=repeat, info={"T": T}))
+    return out
+
+
+def _long_context_rows(group, device) -> list[Row]:
+    from pyinterp import ops
+
+    (name,) = group.impls
+    B, H, T, d = (group.info[n] for n in "BHTd")
+    q, k, tokens = _inputs(B, H, T, d, device)
+    ops.attention_stats(q[:, :, :64], k[:, :, :64], tokens[:, :64], RULES)  # warm-up only
+    t0 = time.perf_counter()
+    peak = peak_memory(lambda: ops.attention_stats(q, k, tokens, RULES, scale=1 / math.sqrt(d)),
+                       device)
+    t = time.perf_counter() - t0
+    need = materialising_bytes(B, H, T)
+    shape = f"B={B} H={H} T={T} d={d}"
+    return [Row("attention_stats", shape, "float32", f"pyinterp attention_stats [{name}]", t,
+                peak_bytes=peak, extra={"backend": name, "materialising_bytes_needed": need,
+                                        "peak_bytes_exact": peak,
+                                        "materialising": f"infeasible: needs >= {need / 2**30:.1f} GiB"}),
+            Row("attention_stats", shape, "float32", "torch materialising (T,T)", float("nan"),
+                extra={"infeasible_bytes": need})]
 
 
 def run(args) -> list[Row]:
     device = torch.device(getattr(args, "device", "cpu"))
     quick = getattr(args, "quick", False)
-    repeat = 3 if quick else 5
-    rows = []
     _visible_peaks()
-    if device.type == "cuda":
-        rows += _gpu_rows(device, 1, 8 if quick else 32, 2048 if quick else 8192, 128,
-                          torch.bfloat16, repeat)
-        rows += _gpu_rows(device, 1, 8, 2048, 64, torch.float32, repeat)
-    else:
-        rows += _stats_rows(device, 1, 8, 512 if quick else 2048, 64, repeat)
-        if not quick:
-            # the long context: only ours runs; the materialising path's need is reported
-            rows += _stats_rows(device, 1, 8, 32768, 64, 1, run_baseline=False)
-    rows += _tl_rows(device, 256 if quick else 1024, repeat)
+    rows = []
+    for group in groups(device, quick):
+        if group.name == "AttentionStatsLongContext":
+            rows += _long_context_rows(group, device)
+            continue
+        fns, t = group.time(device)
+        peak = {n: peak_memory(fn, device) for n, fn in fns.items()}
+        if group.name == "HeadScores":
+            shape = f"TL attn-only L=2 H=8 d_head=64 T={group.info['T']}"
+            rows += [
+                Row("head_scores", shape, "float32", "TransformerLens run_with_cache+detect_head",
+                    t["transformer_lens"], peak_bytes=peak["transformer_lens"]),
+                Row("head_scores", shape, "float32", "pyinterp attention.head_scores",
+                    t["pyinterp"], baseline="TransformerLens", baseline_seconds=t["transformer_lens"],
+                    peak_bytes=peak["pyinterp"])]
+            continue
+        B, H, T, d = (group.info[n] for n in "BHTd")
+        shape, dname = f"B={B} H={H} T={T} d={d}", group.info["dtype"]
+        t_mat = t["torch_materialising"]
+        # On the GPU every row is against SDPA (the issue's yardstick); on the CPU against the
+        # materialising path.
+        base_name, base_label = (("torch_sdpa", "torch SDPA forward") if "torch_sdpa" in t
+                                 else ("torch_materialising", "torch materialising"))
+        if "torch_sdpa" in t:
+            rows.append(Row("attention_stats", shape, dname, "torch SDPA forward (v = k), yardstick",
+                            t["torch_sdpa"], peak_bytes=peak["torch_sdpa"]))
+        rows.append(Row("attention_stats", shape, dname, "torch materialising (T,T)", t_mat,
+                        baseline=base_label if base_name != "torch_materialising" else None,
+                        baseline_seconds=t[base_name] if base_name != "torch_materialising" else None,
+                        peak_bytes=peak["torch_materialising"]))
+        for name in group.impls:
+            if name in ("torch_materialising", "torch_sdpa"):
+                continue
+            rows.append(Row("attention_stats", shape, dname, f"pyinterp attention_stats [{name}]",
+                            t[name], baseline=base_label, baseline_seconds=t[base_name],
+                            peak_bytes=peak[name],
+                            extra={"backend": name, "x_materialising": t_mat / t[name],
+                                   "materialising_bytes_needed": materialising_bytes(B, H, T)}))
     return rows

@@ -15,10 +15,12 @@
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 
 import torch
 
-from pyinterp.bench.timing import Row, interleaved_medians
+from pyinterp.bench.suite import Group
+from pyinterp.bench.timing import Row
 
 FULL = dict(batch=8, seq=256)
 QUICK = dict(batch=4, seq=128)
@@ -48,6 +50,53 @@ def _forward(model, tokens):
     return fwd
 
 
+@lru_cache(maxsize=1)
+def _models(act: str, batch: int, seq: int):
+    """pyinterp's Transformer and the same model (same weights) from plain torch modules."""
+    from pyinterp.bench._plain_transformer import PlainTransformer
+    from pyinterp.models import Transformer
+
+    tokens = torch.randint(0, 4096, (batch, seq), generator=torch.Generator().manual_seed(0))
+    ours = Transformer(default_config(act))
+    plain = PlainTransformer.like(ours)
+    with torch.no_grad():  # same function: checked, so the comparison is like for like
+        torch.testing.assert_close(ours(tokens[:1, :16]), plain(tokens[:1, :16]), atol=2e-4, rtol=2e-4)
+    return ours, plain, tokens
+
+
+def _calls(kind, act, size):
+    ours, plain, tokens = _models(act, size["batch"], size["seq"])
+    make = _train_step if kind == "train" else _forward
+    return {"plain_torch": make(plain, tokens), "pyinterp": make(ours, tokens)}
+
+
+def _hookpoint_calls():
+    from pyinterp.models.hooks import HookPoint
+
+    hp, x = HookPoint(), torch.zeros(1)
+
+    def calls_1000():
+        for _ in range(1000):
+            hp(x)
+    return {"pyinterp": calls_1000}
+
+
+def groups(device=None, quick=False) -> list[Group]:
+    size = QUICK if quick else FULL
+    repeat = 5 if quick else 9
+    out = []
+    for act, cls in (("solu_ln", "SoLULN"), ("gelu", "GELU")):
+        info = dict(size, act=act)
+        out.append(Group(f"TrainStep{cls}", ("plain_torch", "pyinterp"),
+                         lambda act=act: _calls("train", act, size), grad=True, repeat=repeat,
+                         warmup=2, info=info))
+        out.append(Group(f"Forward{cls}", ("plain_torch", "pyinterp"),
+                         lambda act=act: _calls("forward", act, size), repeat=repeat, warmup=2,
+                         info=info))
+    out.append(Group("HookPointCall", ("pyinterp",), _hookpoint_calls, repeat=repeat))
+    return out
+
+
 def hookpoint_call_seconds(n: int = 200_000) -> float:
     """Seconds per call of an unhooked HookPoint."""
     from pyinterp.models.hooks import HookPoint
@@ -60,46 +109,36 @@ def hookpoint_call_seconds(n: int = 200_000) -> float:
 
 
 def run(args) -> list[Row]:
-    from pyinterp.bench._plain_transformer import PlainTransformer
     from pyinterp.bench.backends import auto_backend
-    from pyinterp.models import Transformer
 
     quick = getattr(args, "quick", False)
-    size = QUICK if quick else FULL
-    repeat = 5 if quick else 9
-    B, T = size["batch"], size["seq"]
-    tokens = torch.randint(0, 4096, (B, T), generator=torch.Generator().manual_seed(0))
-    shape = f"B={B} T={T} L=2 d=256 H=4 d_mlp=1024 V=4096"
-    rows = []
-    for act in ("solu_ln", "gelu"):
-        ours = Transformer(default_config(act))
-        plain = PlainTransformer.like(ours)
-        with torch.no_grad():  # same function: checked, so the comparison is like for like
-            torch.testing.assert_close(ours(tokens[:1, :16]), plain(tokens[:1, :16]),
-                                       atol=2e-4, rtol=2e-4)
-        backend = "-"
-        if act == "solu_ln":
-            backend = auto_backend("solu_ln", "cpu")
-        t = interleaved_medians({"plain_train": _train_step(plain, tokens), "ours_train": _train_step(ours, tokens),
-                                 "plain_fwd": _forward(plain, tokens), "ours_fwd": _forward(ours, tokens)},
-                                repeat, warmup=2)
+    rows, fwd_ours = [], {}
+    for group in groups(None, quick):
+        if group.name == "HookPointCall":
+            continue
+        info = group.info
+        act, B, T = info["act"], info["batch"], info["seq"]
+        shape = f"B={B} T={T} L=2 d=256 H=4 d_mlp=1024 V=4096"
+        label = f"pyinterp Transformer [{act}" + (f", {auto_backend('solu_ln', 'cpu')}]"
+                                                  if act == "solu_ln" else "]")
+        _, t = group.time()
         tok = B * T
-        label = f"pyinterp Transformer [{act}{', ' + backend if act == 'solu_ln' else ''}]"
+        op = "train_step" if group.grad else "forward"
+        ours_label = label if group.grad else label + " no hooks"
         rows += [
-            Row("train_step", shape, "float32", f"plain torch modules [{act}]", t["plain_train"],
-                extra={"tokens_per_s": tok / t["plain_train"]}),
-            Row("train_step", shape, "float32", label, t["ours_train"], baseline="plain torch",
-                baseline_seconds=t["plain_train"], extra={"tokens_per_s": tok / t["ours_train"]}),
-            Row("forward", shape, "float32", f"plain torch modules [{act}]", t["plain_fwd"],
-                extra={"tokens_per_s": tok / t["plain_fwd"]}),
-            Row("forward", shape, "float32", label + " no hooks", t["ours_fwd"], baseline="plain torch",
-                baseline_seconds=t["plain_fwd"], extra={"tokens_per_s": tok / t["ours_fwd"]}),
+            Row(op, shape, "float32", f"plain torch modules [{act}]", t["plain_torch"],
+                extra={"tokens_per_s": tok / t["plain_torch"]}),
+            Row(op, shape, "float32", ours_label, t["pyinterp"], baseline="plain torch",
+                baseline_seconds=t["plain_torch"], extra={"tokens_per_s": tok / t["pyinterp"]}),
         ]
-        if act == "gelu":
-            n_calls = len(ours.hook_names())
-            per = hookpoint_call_seconds()
-            rows.append(Row("hook_points_unhooked", f"{n_calls} calls/forward", "-",
-                            f"{per * 1e9:.0f} ns/call = {100 * n_calls * per / t['ours_fwd']:.3f}% of forward",
-                            n_calls * per, baseline="pyinterp forward", baseline_seconds=t["ours_fwd"],
-                            extra={"ns_per_call": per * 1e9, "calls": n_calls}))
+        if not group.grad:
+            fwd_ours[act] = t["pyinterp"]
+    # hook points with nothing registered, against the GELU model's forward
+    ours = _models("gelu", *(QUICK if quick else FULL).values())[0]
+    n_calls = len(ours.hook_names())
+    per = hookpoint_call_seconds()
+    rows.append(Row("hook_points_unhooked", f"{n_calls} calls/forward", "-",
+                    f"{per * 1e9:.0f} ns/call = {100 * n_calls * per / fwd_ours['gelu']:.3f}% of forward",
+                    n_calls * per, baseline="pyinterp forward", baseline_seconds=fwd_ours["gelu"],
+                    extra={"ns_per_call": per * 1e9, "calls": n_calls}))
     return rows

@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 
 from pyinterp.bench.backends import auto_backend, timed_backends
-from pyinterp.bench.timing import Row, median_time, peak_memory
+from pyinterp.bench.suite import Group
+from pyinterp.bench.timing import Row, peak_memory
+
+# pyinterp's variants, per backend: (suffix, row label, mask, reduce)
+VARIANTS = (("mean", "mean, all tokens", "full", "mean"),
+            ("mean_padded", "mean, left-padded rows", "padded", "mean"),
+            ("last", "last token", None, "last"))
 
 
 def loop_baseline(layers, vectors, mask):
@@ -44,107 +50,125 @@ def _padding_mask(B, T, device):
     return torch.arange(T, device=device)[None, :] >= pad[:, None]
 
 
-def _project_rows(device, L, B, T, D, P, repeat, dtype=torch.float32):
-    from pyinterp import ops
-
+def _project_inputs(L, B, T, D, P, device, dtype=torch.float32):
     g = torch.Generator(device=device).manual_seed(0)
     # allocated once, on the device (805 MB at the CPU size)
     hidden = torch.randn(L, B, T, D, generator=g, device=device).to(dtype)
-    layers = list(hidden.unbind(0))  # views: the layout of per-layer residual-stream tensors
     vectors = torch.randn(L, P, D, generator=g, device=device).to(dtype)
-    full = torch.ones(B, T, dtype=torch.bool, device=device)
-    padded = _padding_mask(B, T, device)
-    shape = f"L={L} B={B} T={T} D={D} P={P}"
-    dname = str(dtype).replace("torch.", "")
-    nbytes = hidden.numel() * hidden.element_size()
-    rows = []
+    masks = {"full": torch.ones(B, T, dtype=torch.bool, device=device),
+             "padded": _padding_mask(B, T, device), None: None}
+    return hidden, vectors, masks
 
-    roof = lambda: hidden.sum()  # noqa: E731
-    t_roof = median_time(roof, device=device, repeat=repeat)
-    rows.append(Row("persona_project", shape, dname, "hidden.sum() (one read: roofline)", t_roof,
-                    bytes_moved=nbytes, peak_bytes=peak_memory(roof, device)))
-    loop = lambda: loop_baseline(layers, vectors, full)  # noqa: E731
-    t_loop = median_time(loop, device=device, warmup=1, repeat=max(3, repeat // 2))
-    rows.append(Row("persona_project", shape, dname, "torch loop: per-layer einsum + masked mean",
-                    t_loop, bytes_moved=nbytes, roofline_seconds=t_roof, peak_bytes=peak_memory(loop, device)))
-    stack = lambda: stacked_baseline(layers, vectors, full)  # noqa: E731
-    t_stack = median_time(stack, device=device, warmup=1, repeat=max(3, repeat // 2))
-    rows.append(Row("persona_project", shape, dname, "torch.stack + one einsum (copies hidden)",
-                    t_stack, bytes_moved=nbytes, roofline_seconds=t_roof,
-                    peak_bytes=peak_memory(stack, device)))
 
-    auto = auto_backend("persona_project", device.type)
-    names = [auto] + [b for b in timed_backends("persona_project", device.type) if b != auto]
+def _project_calls(size, device, names, dtype=torch.float32):
+    from pyinterp import ops
+
+    hidden, vectors, masks = _project_inputs(*size, device, dtype)
+    layers = list(hidden.unbind(0))  # views: the layout of per-layer residual-stream tensors
+    full = masks["full"]
+    fns = {"hidden_sum": lambda: hidden.sum(),
+           "torch_loop": lambda: loop_baseline(layers, vectors, full),
+           "torch_stack": lambda: stacked_baseline(layers, vectors, full)}
     for name in names:
-        for label, mask, reduce, moved in (
-            ("mean, all tokens", full, "mean", nbytes),
-            ("mean, left-padded rows", padded, "mean", int(nbytes * padded.float().mean())),
-            ("last token", None, "last", L * B * D * hidden.element_size()),
-        ):
-            fn = lambda: ops.persona_project(layers, vectors, mask, reduce, backend=name)  # noqa: E731
-            t = median_time(fn, device=device, repeat=repeat)
-            rows.append(Row("persona_project", shape, dname, f"pyinterp [{name}] {label}", t,
-                            bytes_moved=moved, baseline="torch loop", baseline_seconds=t_loop,
-                            roofline_seconds=t_roof, peak_bytes=peak_memory(fn, device),
-                            extra={"hidden_bytes": nbytes, "vs_stack": t_stack / t}))
-    return rows
+        for suffix, _, mask, reduce in VARIANTS:
+            fns[f"{name}_{suffix}"] = (lambda m=masks[mask], r=reduce, name=name:
+                                       ops.persona_project(layers, vectors, m, r, backend=name))
+    return fns
 
 
-def _monitor_rows(device, repeat, quick):
+def _monitor_calls(cfg_size, device):
     """Forward pass of a small transformer with and without a ProjectionMonitor on every layer."""
     from pyinterp.models import Transformer, TransformerConfig
     from pyinterp.persona import ProjectionMonitor
 
-    cfg = TransformerConfig(n_layers=4 if quick else 8, d_model=128 if quick else 256, n_heads=8,
-                            d_vocab=4096, n_ctx=512, act_fn="gelu")
+    n_layers, d_model, B, T, P = cfg_size
+    cfg = TransformerConfig(n_layers=n_layers, d_model=d_model, n_heads=8, d_vocab=4096, n_ctx=512,
+                            act_fn="gelu")
     model = Transformer(cfg).to(device).eval()
-    B, T, P = (4, 128, 8) if quick else (8, 256, 8)
     tokens = torch.randint(0, cfg.d_vocab, (B, T), device=device)
-    vectors = torch.randn(P, cfg.d_model, device=device)
-    mon = ProjectionMonitor(model, vectors)
-    shape = f"layers={cfg.n_layers} d={cfg.d_model} B={B} T={T} P={P}"
+    mon = ProjectionMonitor(model, torch.randn(P, cfg.d_model, device=device))
 
-    @torch.no_grad()
-    def plain():
-        return model(tokens)
-
-    @torch.no_grad()
     def monitored():
         mon.reset()
         with mon:
             return model(tokens)
 
-    # Interleaved (plain, monitored) pairs so that machine load hits both alike.
-    import statistics
-    import time
+    return {"forward": lambda: model(tokens), "forward_monitored": monitored}
 
-    plain(), monitored()
-    tp, tm = [], []
-    for _ in range(max(5, repeat)):
-        for fn, acc in ((plain, tp), (monitored, tm)):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            acc.append(time.perf_counter() - t0)
-    t_plain, t_mon = statistics.median(tp), statistics.median(tm)
-    return [
-        Row("projection_monitor", shape, "float32", "forward pass", t_plain),
-        Row("projection_monitor", shape, "float32", "forward pass + monitor (every layer)", t_mon,
-            baseline="forward pass", baseline_seconds=t_plain,
-            extra={"overhead": t_mon / t_plain - 1}),
+
+def _sizes(quick):
+    project = (8, 8, 256, 512, 8) if quick else (24, 16, 512, 1024, 8)
+    monitor = (4, 128, 4, 128, 8) if quick else (8, 256, 8, 256, 8)
+    return project, monitor
+
+
+def _names(device):
+    auto = auto_backend("persona_project", device.type)
+    return [auto] + [b for b in timed_backends("persona_project", device.type) if b != auto]
+
+
+def groups(device, quick=False) -> list[Group]:
+    repeat = 3 if quick else 7
+    project, monitor = _sizes(quick)
+    names = _names(device)
+    impls = ("hidden_sum", "torch_loop", "torch_stack",
+             *(f"{n}_{v[0]}" for n in names for v in VARIANTS))
+    out = [Group("PersonaProject", impls, lambda: _project_calls(project, device, names),
+                 peakmem=True, repeat=repeat, timeout=900,
+                 info={"LBTDP": project, "dtype": "float32"})]
+    if device.type == "cuda":  # 4.3 GB of bf16 hidden states against one read of them
+        big = (8, 8, 512, 4096, 8) if quick else (32, 16, 1024, 4096, 8)
+        out.append(Group("PersonaProjectBF16", impls,
+                         lambda: _project_calls(big, device, names, torch.bfloat16),
+                         repeat=repeat, info={"LBTDP": big, "dtype": "bfloat16"}))
+    out.append(Group("MonitorOverhead", ("forward", "forward_monitored"),
+                     lambda: _monitor_calls(monitor, device), repeat=max(5, repeat),
+                     info={"layers_d_B_T_P": monitor}))
+    return out
+
+
+def _project_rows(group, device) -> list[Row]:
+    L, B, T, D, P = group.info["LBTDP"]
+    dname = group.info["dtype"]
+    esz = torch.empty((), dtype=getattr(torch, dname)).element_size()
+    shape = f"L={L} B={B} T={T} D={D} P={P}"
+    nbytes = L * B * T * D * esz
+    padded_share = float(_padding_mask(B, T, device).float().mean())
+    fns, t = group.time(device)
+    peak = {n: peak_memory(fn, device) for n, fn in fns.items()}
+    t_roof, t_loop, t_stack = t["hidden_sum"], t["torch_loop"], t["torch_stack"]
+    rows = [
+        Row("persona_project", shape, dname, "hidden.sum() (one read: roofline)", t_roof,
+            bytes_moved=nbytes, peak_bytes=peak["hidden_sum"]),
+        Row("persona_project", shape, dname, "torch loop: per-layer einsum + masked mean",
+            t_loop, bytes_moved=nbytes, roofline_seconds=t_roof, peak_bytes=peak["torch_loop"]),
+        Row("persona_project", shape, dname, "torch.stack + one einsum (copies hidden)",
+            t_stack, bytes_moved=nbytes, roofline_seconds=t_roof, peak_bytes=peak["torch_stack"]),
     ]
+    moved = {"mean": nbytes, "mean_padded": int(nbytes * padded_share), "last": L * B * D * esz}
+    for name in _names(device):
+        for suffix, label, _, _ in VARIANTS:
+            key = f"{name}_{suffix}"
+            rows.append(Row("persona_project", shape, dname, f"pyinterp [{name}] {label}", t[key],
+                            bytes_moved=moved[suffix], baseline="torch loop", baseline_seconds=t_loop,
+                            roofline_seconds=t_roof, peak_bytes=peak[key],
+                            extra={"hidden_bytes": nbytes, "vs_stack": t_stack / t[key]}))
+    return rows
 
 
 def run(args) -> list:
     device = torch.device(args.device)
-    repeat = 3 if args.quick else 7
-    L, B, T, D, P = (8, 8, 256, 512, 8) if args.quick else (24, 16, 512, 1024, 8)
-    rows = _project_rows(device, L, B, T, D, P, repeat)
-    if device.type == "cuda":
-        L, B, T, D = (8, 8, 512, 4096) if args.quick else (32, 16, 1024, 4096)
-        rows += _project_rows(device, L, B, T, D, P, repeat, torch.bfloat16)
-    rows += _monitor_rows(device, repeat, args.quick)
+    *project_groups, monitor_g = groups(device, args.quick)
+    rows = []
+    for group in project_groups:
+        rows += _project_rows(group, device)
+    _, t = monitor_g.time(device)
+    n_layers, d_model, B, T, P = monitor_g.info["layers_d_B_T_P"]
+    shape = f"layers={n_layers} d={d_model} B={B} T={T} P={P}"
+    rows += [
+        Row("projection_monitor", shape, "float32", "forward pass", t["forward"]),
+        Row("projection_monitor", shape, "float32", "forward pass + monitor (every layer)",
+            t["forward_monitored"], baseline="forward pass", baseline_seconds=t["forward"],
+            extra={"overhead": t["forward_monitored"] / t["forward"] - 1}),
+    ]
     return rows

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import torch
 
+from functools import lru_cache
+
 from pyinterp.bench.backends import timed_backends
-from pyinterp.bench.timing import Row, interleaved_medians, peak_memory
+from pyinterp.bench.suite import Group
+from pyinterp.bench.timing import Row, peak_memory
 
 CPU_FULL = (4096, 512, 16384, 32)
 CPU_QUICK = (1024, 256, 4096, 32)
@@ -34,6 +37,7 @@ def _visible_peaks() -> None:
         pass
 
 
+@lru_cache(maxsize=1)  # the groups of one case share their inputs
 def _inputs(N, d_in, d_sae, k, dtype, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(N, d_in, generator=g)
@@ -44,103 +48,84 @@ def _inputs(N, d_in, d_sae, k, dtype, device, seed=0):
     return [t.to(device=device, dtype=dtype) for t in (x, W_enc, b_enc, b_dec, W_dec)]
 
 
-def run(args) -> list[Row]:
+def _size(device, quick):
+    gpu = device.type == "cuda"
+    N, d_in, d_sae, k = (GPU_QUICK if quick else GPU_FULL) if gpu else (CPU_QUICK if quick else CPU_FULL)
+    return N, d_in, d_sae, k, torch.bfloat16 if gpu else torch.float32
+
+
+def _encode_calls(size, device, backends):
     from pyinterp import ops
 
-    device = torch.device(getattr(args, "device", "cpu"))
-    quick = getattr(args, "quick", False)
-    gpu = device.type == "cuda"
-    if not gpu:
-        _visible_peaks()
-    N, d_in, d_sae, k = (GPU_QUICK if quick else GPU_FULL) if gpu else (CPU_QUICK if quick else CPU_FULL)
-    dtype = torch.bfloat16 if gpu else torch.float32
-    dname = str(dtype).replace("torch.", "")
-    repeat = 3 if quick else 7
-    x, W_enc, b_enc, b_dec, W_dec = _inputs(N, d_in, d_sae, k, dtype, device)
-    shape = f"N={N} d_in={d_in} d_sae={d_sae} k={k}"
-    rows: list[Row] = []
+    N, d_in, d_sae, k, dtype = size
+    x, W_enc, b_enc, b_dec, _ = _inputs(N, d_in, d_sae, k, dtype, device)
 
-    # ---- topk_encode --------------------------------------------------------------------
     def torch_encode():
         pre = torch.matmul(x - b_dec, W_enc) + b_enc
         v, i = torch.topk(pre, k, dim=-1)
         return torch.relu(v), i
 
-    def gemm():
-        return x @ W_enc
+    fns = {"torch": torch_encode, "gemm_floor": lambda: x @ W_enc}
+    fns.update({b: (lambda b=b: ops.topk_encode(x, W_enc, b_enc, b_dec, k, backend=b))
+                for b in backends})
+    return fns
 
-    backends = timed_backends("topk_encode", device.type)
-    fns = {"torch": torch_encode, "gemm": gemm}
-    for b in backends:
-        fns[b] = (lambda b=b: ops.topk_encode(x, W_enc, b_enc, b_dec, k, backend=b))
-    t = interleaved_medians(fns, repeat, device=device)
-    gemm_bytes = (x.numel() + W_enc.numel()) * x.element_size()
-    rows.append(Row("topk_encode", shape, dname, "torch sub+matmul+add+topk+relu", t["torch"],
-                    roofline_seconds=t["gemm"], peak_bytes=peak_memory(torch_encode, device)))
-    rows.append(Row("topk_encode", shape, dname, "bare GEMM x @ W_enc (floor)", t["gemm"],
-                    baseline="torch", baseline_seconds=t["torch"], roofline_seconds=t["gemm"]))
-    for b in backends:
-        rows.append(Row("topk_encode", shape, dname, f"pyinterp [{b}]", t[b], bytes_moved=gemm_bytes,
-                        baseline="torch", baseline_seconds=t["torch"], roofline_seconds=t["gemm"],
-                        peak_bytes=peak_memory(fns[b], device)))
 
-    # ---- sparse_decode ------------------------------------------------------------------
-    values, indices = ops.topk_encode(x, W_enc, b_enc, b_dec, k, backend="reference"
-                                      if device.type == "cpu" and not backends else None)
-    values, indices = values.contiguous(), indices.contiguous()
+def _code(size, device):
+    """The top-k code the decoder benchmarks decode (contiguous values / indices)."""
+    from pyinterp import ops
+
+    N, d_in, d_sae, k, dtype = size
+    x, W_enc, b_enc, b_dec, _ = _inputs(N, d_in, d_sae, k, dtype, device)
+    values, indices = ops.topk_encode(x, W_enc, b_enc, b_dec, k)
+    return values.contiguous(), indices.contiguous()
+
+
+def _decode_calls(size, device, backends):
+    from pyinterp import ops
+
+    N, d_in, d_sae, k, dtype = size
+    *_, b_dec, W_dec = _inputs(N, d_in, d_sae, k, dtype, device)
+    values, indices = _code(size, device)
 
     def dense_decode():
         code = torch.zeros(N, d_sae, dtype=dtype, device=device).scatter_(1, indices, values)
         return code @ W_dec + b_dec
 
-    dbackends = timed_backends("sparse_decode", device.type)
-    fns = {"dense": dense_decode}
-    for b in dbackends:
-        fns[b] = (lambda b=b: ops.sparse_decode(values, indices, W_dec, b_dec, check_indices=False,
-                                                backend=b))
-    t = interleaved_medians(fns, repeat, device=device)
-    # bytes a sparse decode must move: k rows of W_dec per output row (upper bound: no reuse),
-    # the code and the output
-    esz = W_dec.element_size()
-    dec_bytes = N * k * d_in * esz + values.numel() * (esz + 8) + N * d_in * esz
-    uniq = int(torch.unique(indices).numel())
-    dec_min_bytes = uniq * d_in * esz + values.numel() * (esz + 8) + N * d_in * esz
-    rows.append(Row("sparse_decode fwd", shape, dname, "torch dense code @ W_dec", t["dense"],
-                    peak_bytes=peak_memory(dense_decode, device)))
-    for b in dbackends:
-        rows.append(Row("sparse_decode fwd", shape, dname, f"pyinterp [{b}]", t[b],
-                        bytes_moved=dec_bytes, baseline="torch dense", baseline_seconds=t["dense"],
-                        peak_bytes=peak_memory(fns[b], device),
-                        extra={"min_bytes_unique_rows": dec_min_bytes}))
+    fns = {"torch_dense": dense_decode}
+    fns.update({b: (lambda b=b: ops.sparse_decode(values, indices, W_dec, b_dec, check_indices=False,
+                                                  backend=b)) for b in backends})
+    return fns
 
-    # ---- sparse_decode forward + backward (training direction) --------------------------
-    vg = values.clone().requires_grad_()
-    Wg = W_dec.clone().requires_grad_()
-    bg = b_dec.clone().requires_grad_()
+
+def _decode_backward_calls(size, device, backends):
+    from pyinterp import ops
+
+    N, d_in, d_sae, k, dtype = size
+    *_, b_dec, W_dec = _inputs(N, d_in, d_sae, k, dtype, device)
+    values, indices = _code(size, device)
+    vg, Wg, bg = (t.clone().requires_grad_() for t in (values, W_dec, b_dec))
     go = torch.randn(N, d_in, generator=torch.Generator().manual_seed(1)).to(device, dtype)
 
     def dense_fb():
         code = torch.zeros(N, d_sae, dtype=dtype, device=device).scatter(1, indices, vg)
         torch.autograd.grad(code @ Wg + bg, [vg, Wg, bg], go)
 
-    fns = {"dense": dense_fb}
-    for b in dbackends:
-        fns[b] = (lambda b=b: torch.autograd.grad(
-            ops.sparse_decode(vg, indices, Wg, bg, check_indices=False, backend=b), [vg, Wg, bg], go))
-    t = interleaved_medians(fns, max(3, repeat // 2), device=device)
-    rows.append(Row("sparse_decode fwd+bwd", shape, dname, "torch dense code @ W_dec", t["dense"]))
-    for b in dbackends:
-        rows.append(Row("sparse_decode fwd+bwd", shape, dname, f"pyinterp [{b}]", t[b],
-                        baseline="torch dense", baseline_seconds=t["dense"]))
-    rows += _train_step_rows(x, W_enc, b_enc, b_dec, W_dec, k, dbackends, 3, device, shape, dname)
-    return rows
+    fns = {"torch_dense": dense_fb}
+    fns.update({b: (lambda b=b: torch.autograd.grad(
+        ops.sparse_decode(vg, indices, Wg, bg, check_indices=False, backend=b), [vg, Wg, bg], go))
+        for b in backends})
+    return fns
 
 
-def _train_step_rows(x, W_enc, b_enc, b_dec, W_dec, k, backends, repeat, device, shape, dname):
+def _train_step_calls(size, device, backends):
     """One TopK SAE step (encode, decode, MSE, backward, Adam) written from the ops, vs the same
     maths in dense torch (dense pre-activation, topk, dense code, dense decode). The library's
     module-level version is ``pyinterp bench sae_train``."""
     from pyinterp import ops
+
+    N, d_in, d_sae, k, dtype = size
+    x, W_enc, b_enc, b_dec, W_dec = _inputs(N, d_in, d_sae, k, dtype, device)
 
     def make(body):
         params = [t.clone().requires_grad_() for t in (W_enc, b_enc, b_dec, W_dec)]
@@ -165,12 +150,81 @@ def _train_step_rows(x, W_enc, b_enc, b_dec, W_dec, k, backends, repeat, device,
             return (out - x).square().sum(-1).mean()
         return body
 
-    fns = {"dense": make(dense)}
-    for b in backends:
-        fns[b] = make(sparse(b))
-    t = interleaved_medians(fns, repeat, device=device)
-    rows = [Row("topk_sae_train_step", shape, dname, "torch dense (same maths)", t["dense"])]
-    for b in backends:
+    fns = {"torch_dense": make(dense)}
+    fns.update({b: make(sparse(b)) for b in backends})
+    return fns
+
+
+def groups(device, quick=False) -> list[Group]:
+    size = _size(device, quick)
+    N, d_in, d_sae, k, dtype = size
+    repeat = 3 if quick else 7
+    enc = timed_backends("topk_encode", device.type)
+    dec = timed_backends("sparse_decode", device.type)
+    info = {"shape": f"N={N} d_in={d_in} d_sae={d_sae} k={k}",
+            "dtype": str(dtype).replace("torch.", "")}
+    return [
+        Group("TopKEncode", ("torch", "gemm_floor", *enc),
+              lambda: _encode_calls(size, device, enc), repeat=repeat, info=info),
+        Group("SparseDecode", ("torch_dense", *dec), lambda: _decode_calls(size, device, dec),
+              repeat=repeat, info=info),
+        Group("SparseDecodeForwardBackward", ("torch_dense", *dec),
+              lambda: _decode_backward_calls(size, device, dec), grad=True,
+              repeat=max(3, repeat // 2), info=info),
+        Group("TopKSAETrainStep", ("torch_dense", *dec), lambda: _train_step_calls(size, device, dec),
+              grad=True, repeat=3, info=info),
+    ]
+
+
+def run(args) -> list[Row]:
+    device = torch.device(getattr(args, "device", "cpu"))
+    quick = getattr(args, "quick", False)
+    if device.type != "cuda":
+        _visible_peaks()
+    enc_g, dec_g, fb_g, step_g = groups(device, quick)
+    N, d_in, d_sae, k, dtype = _size(device, quick)
+    x, W_enc, *_, W_dec = _inputs(N, d_in, d_sae, k, dtype, device)
+    shape, dname = enc_g.info["shape"], enc_g.info["dtype"]
+    enc = [b for b in enc_g.impls if b not in ("torch", "gemm_floor")]
+    dec = [b for b in dec_g.impls if b != "torch_dense"]
+    rows: list[Row] = []
+
+    fns, t = enc_g.time(device)
+    gemm_bytes = (x.numel() + W_enc.numel()) * x.element_size()
+    rows.append(Row("topk_encode", shape, dname, "torch sub+matmul+add+topk+relu", t["torch"],
+                    roofline_seconds=t["gemm_floor"], peak_bytes=peak_memory(fns["torch"], device)))
+    rows.append(Row("topk_encode", shape, dname, "bare GEMM x @ W_enc (floor)", t["gemm_floor"],
+                    baseline="torch", baseline_seconds=t["torch"], roofline_seconds=t["gemm_floor"]))
+    for b in enc:
+        rows.append(Row("topk_encode", shape, dname, f"pyinterp [{b}]", t[b], bytes_moved=gemm_bytes,
+                        baseline="torch", baseline_seconds=t["torch"],
+                        roofline_seconds=t["gemm_floor"], peak_bytes=peak_memory(fns[b], device)))
+
+    fns, t = dec_g.time(device)
+    values, indices = _code(_size(device, quick), device)
+    # bytes a sparse decode must move: k rows of W_dec per output row (upper bound: no reuse),
+    # the code and the output
+    esz = W_dec.element_size()
+    dec_bytes = N * k * d_in * esz + values.numel() * (esz + 8) + N * d_in * esz
+    uniq = int(torch.unique(indices).numel())
+    dec_min_bytes = uniq * d_in * esz + values.numel() * (esz + 8) + N * d_in * esz
+    rows.append(Row("sparse_decode fwd", shape, dname, "torch dense code @ W_dec", t["torch_dense"],
+                    peak_bytes=peak_memory(fns["torch_dense"], device)))
+    for b in dec:
+        rows.append(Row("sparse_decode fwd", shape, dname, f"pyinterp [{b}]", t[b],
+                        bytes_moved=dec_bytes, baseline="torch dense",
+                        baseline_seconds=t["torch_dense"], peak_bytes=peak_memory(fns[b], device),
+                        extra={"min_bytes_unique_rows": dec_min_bytes}))
+
+    _, t = fb_g.time(device)
+    rows.append(Row("sparse_decode fwd+bwd", shape, dname, "torch dense code @ W_dec", t["torch_dense"]))
+    for b in dec:
+        rows.append(Row("sparse_decode fwd+bwd", shape, dname, f"pyinterp [{b}]", t[b],
+                        baseline="torch dense", baseline_seconds=t["torch_dense"]))
+
+    _, t = step_g.time(device)
+    rows.append(Row("topk_sae_train_step", shape, dname, "torch dense (same maths)", t["torch_dense"]))
+    for b in dec:
         rows.append(Row("topk_sae_train_step", shape, dname, f"pyinterp ops [{b}]", t[b],
-                        baseline="torch dense", baseline_seconds=t["dense"]))
+                        baseline="torch dense", baseline_seconds=t["torch_dense"]))
     return rows

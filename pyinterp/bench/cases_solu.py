@@ -16,7 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from pyinterp.bench.backends import timed_backends
-from pyinterp.bench.timing import Row, interleaved_medians, peak_memory
+from pyinterp.bench.suite import Group
+from pyinterp.bench.timing import Row
+
+EAGER_NAMES = {"solu": "x * x.softmax(-1)", "solu_ln": "F.layer_norm(x * x.softmax(-1))"}
 
 
 def _eager(op, x, w, b):
@@ -32,62 +35,68 @@ def _ours(op, x, w, b, backend):
     return ops.solu_ln(x, w, b, backend=backend)
 
 
-def _fwd_bwd(fn, x, w, b, gy):
-    leaves = [t for t in (x, w, b) if t is not None]
-    for t in leaves:
-        t.grad = None
-    fn().backward(gy)
-
-
-def _case_rows(device, shape, dtype, backends, repeat, with_memory, compiled=False):
+def _inputs(shape, dtype, device):
     g = torch.Generator().manual_seed(0)
     d = shape[-1]
     x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
     w = (1 + 0.1 * torch.randn(d, generator=g)).to(device=device, dtype=dtype)
     b = (0.1 * torch.randn(d, generator=g)).to(device=device, dtype=dtype)
     gy = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+    return x, w, b, gy
+
+
+def _forward_calls(op, shape, dtype, device, backends, compiled=False):
+    x, w, b, _ = _inputs(shape, dtype, device)
     y = torch.empty_like(x)
+    fns = {"copy": lambda: y.copy_(x), "torch_eager": lambda: _eager(op, x, w, b)}
+    if compiled:
+        eager_compiled = torch.compile(lambda x, w, b: _eager(op, x, w, b), dynamic=False)
+        fns["torch_compile"] = lambda: eager_compiled(x, w, b)
+    fns.update({be: (lambda be=be: _ours(op, x, w, b, be)) for be in backends})
+    return fns
+
+
+def _backward_calls(op, shape, dtype, device, backends):
+    x, w, b, gy = _inputs(shape, dtype, device)
     xg, wg, bg = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
-    nbytes = x.numel() * x.element_size()
-    shape_s = "x".join(map(str, shape))
-    dname = str(dtype).replace("torch.", "")
-    rows = []
-    for op in ("solu", "solu_ln"):
-        fwd = {"copy": lambda: y.copy_(x), "eager": lambda: _eager(op, x, w, b)}
-        if compiled and op == "solu_ln":
-            eager_ln = torch.compile(lambda x, w, b: _eager("solu_ln", x, w, b), dynamic=False)
-            fwd["compile"] = lambda: eager_ln(x, w, b)
-        fwd.update({be: (lambda be=be: _ours(op, x, w, b, be)) for be in backends})
-        with torch.no_grad():
-            tf = interleaved_medians(fwd, repeat, device=device, warmup=2)
-        both = {"eager": lambda: _fwd_bwd(lambda: _eager(op, xg, wg, bg), xg, wg, bg, gy)}
-        both.update({be: (lambda be=be: _fwd_bwd(lambda: _ours(op, xg, wg, bg, be), xg, wg, bg, gy))
-                     for be in backends})
-        tb = interleaved_medians(both, max(3, repeat // 2), device=device)
-        copy = tf["copy"]
-        mem = (lambda fn: peak_memory(fn, device)) if with_memory else (lambda fn: None)
-        if op == "solu":
-            rows.append(Row("copy", shape_s, dname, "y.copy_(x) (roofline)", copy,
-                            bytes_moved=2 * nbytes, roofline_seconds=copy))
-        for label, times, moved, fns in (("fwd", tf, 2 * nbytes, fwd), ("fwd+bwd", tb, 5 * nbytes, both)):
-            eager_name = ("x * x.softmax(-1)" if op == "solu"
-                          else "F.layer_norm(x * x.softmax(-1))")
-            with torch.no_grad() if label == "fwd" else torch.enable_grad():
-                rows.append(Row(f"{op} {label}", shape_s, dname, f"torch eager: {eager_name}",
-                                times["eager"], bytes_moved=moved, roofline_seconds=copy,
-                                peak_bytes=mem(fns["eager"])))
-                if "compile" in times:
-                    rows.append(Row(f"{op} {label}", shape_s, dname, f"torch.compile: {eager_name}",
-                                    times["compile"], bytes_moved=moved, baseline="torch eager",
-                                    baseline_seconds=times["eager"], roofline_seconds=copy))
-                for be in backends:
-                    extra = ({"x_compile": times["compile"] / times[be]} if "compile" in times
-                             else {})
-                    rows.append(Row(f"{op} {label}", shape_s, dname, f"pyinterp [{be}]", times[be],
-                                    bytes_moved=moved, baseline="torch eager",
-                                    baseline_seconds=times["eager"], roofline_seconds=copy,
-                                    peak_bytes=mem(fns[be]), extra=extra))
-    return rows
+
+    def step(fn):
+        def call():
+            xg.grad = wg.grad = bg.grad = None
+            fn().backward(gy)
+        return call
+    fns = {"torch_eager": step(lambda: _eager(op, xg, wg, bg))}
+    fns.update({be: step(lambda be=be: _ours(op, xg, wg, bg, be)) for be in backends})
+    return fns
+
+
+def _cases(device, quick):
+    if device.type == "cuda":
+        return [((4096, 2048) if quick else (16384, 4096), torch.float32),
+                ((4096, 2048) if quick else (16384, 4096), torch.bfloat16),
+                ((8, 65536) if quick else (64, 262144), torch.float32)]  # multi-block rows
+    return [((1024, 2048) if quick else (8192, 2048), torch.float32)]
+
+
+def groups(device, quick=False) -> list[Group]:
+    backends = timed_backends("solu_ln", device.type)
+    repeat = (10 if quick else 30) if device.type == "cuda" else (5 if quick else 11)
+    out = []
+    for shape, dtype in _cases(device, quick):
+        nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        info = {"shape": "x".join(map(str, shape)), "dtype": str(dtype).replace("torch.", ""),
+                "nbytes": nbytes}
+        for op, cls in (("solu", "SoLU"), ("solu_ln", "SoLULN")):
+            compiled = device.type == "cuda" and dtype == torch.bfloat16 and op == "solu_ln"
+            impls = ("copy", "torch_eager", *(("torch_compile",) if compiled else ()), *backends)
+            out.append(Group(f"{cls}Forward", impls,
+                             lambda op=op, s=shape, dt=dtype, c=compiled:
+                             _forward_calls(op, s, dt, device, backends, c),
+                             peakmem=True, repeat=repeat, warmup=2, info=dict(info, op=op)))
+            out.append(Group(f"{cls}ForwardBackward", ("torch_eager", *backends),
+                             lambda op=op, s=shape, dt=dtype: _backward_calls(op, s, dt, device, backends),
+                             grad=True, repeat=max(3, repeat // 2), info=dict(info, op=op)))
+    return out
 
 
 def run(args) -> list[Row]:
@@ -96,16 +105,30 @@ def run(args) -> list[Row]:
     backends = timed_backends("solu_ln", device.type)
     if not backends:
         return []
-    if device.type == "cuda":
-        cases = [((4096, 2048) if quick else (16384, 4096), torch.float32),
-                 ((4096, 2048) if quick else (16384, 4096), torch.bfloat16),
-                 ((8, 65536) if quick else (64, 262144), torch.float32)]  # multi-block rows
-        repeat = 10 if quick else 30
-    else:
-        cases = [((1024, 2048) if quick else (8192, 2048), torch.float32)]
-        repeat = 5 if quick else 11
-    rows = []
-    for shape, dtype in cases:
-        rows += _case_rows(device, shape, dtype, backends, repeat, with_memory=not quick,
-                           compiled=device.type == "cuda" and dtype == torch.bfloat16)
+    rows, copy = [], None
+    for group in groups(device, quick):
+        info, op = group.info, group.info["op"]
+        shape_s, dname, nbytes = info["shape"], info["dtype"], info["nbytes"]
+        fns, t = group.time(device)
+        mem = (lambda fn: None) if quick else (lambda fn: group.peak(fn, device))
+        if not group.grad:
+            label, moved, copy = "fwd", 2 * nbytes, t["copy"]
+            if op == "solu":
+                rows.append(Row("copy", shape_s, dname, "y.copy_(x) (roofline)", copy,
+                                bytes_moved=2 * nbytes, roofline_seconds=copy))
+        else:
+            label, moved = "fwd+bwd", 5 * nbytes
+        rows.append(Row(f"{op} {label}", shape_s, dname, f"torch eager: {EAGER_NAMES[op]}",
+                        t["torch_eager"], bytes_moved=moved, roofline_seconds=copy,
+                        peak_bytes=mem(fns["torch_eager"])))
+        if "torch_compile" in t:
+            rows.append(Row(f"{op} {label}", shape_s, dname, f"torch.compile: {EAGER_NAMES[op]}",
+                            t["torch_compile"], bytes_moved=moved, baseline="torch eager",
+                            baseline_seconds=t["torch_eager"], roofline_seconds=copy))
+        for be in backends:
+            extra = {"x_compile": t["torch_compile"] / t[be]} if "torch_compile" in t else {}
+            rows.append(Row(f"{op} {label}", shape_s, dname, f"pyinterp [{be}]", t[be],
+                            bytes_moved=moved, baseline="torch eager",
+                            baseline_seconds=t["torch_eager"], roofline_seconds=copy,
+                            peak_bytes=mem(fns[be]), extra=extra))
     return rows
