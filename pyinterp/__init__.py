@@ -5,6 +5,7 @@
     with pyinterp.backend("cpu"):
         y = pyinterp.ops.solu_ln(x, w, b)
 """
+from pyinterp import ops
 from pyinterp._backend import (
     BACKENDS,
     BackendUnavailableError,
@@ -15,7 +16,6 @@ from pyinterp._backend import (
 )
 from pyinterp._files import CorruptFileError
 from pyinterp._info import info
-from pyinterp import ops
 
 __version__ = "0.1.0"
 

@@ -27,8 +27,14 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from pyinterp._files import (CorruptFileError, DiskFullError, fsync_dir, read_json,
-                             remove_stale_temps, temp_path)
+from pyinterp._files import (
+    CorruptFileError,
+    DiskFullError,
+    fsync_dir,
+    read_json,
+    remove_stale_temps,
+    temp_path,
+)
 
 LOCK_FILE = ".lock"
 SUPERSEDED = "superseded"

@@ -79,9 +79,9 @@ class Logged:
 
 
 def sae(store, ckpt, out, log, delay):
+    from pyinterp._files import atomic_save_tensors
     from pyinterp.sae import ActivationStore, SAETrainer, TopKSAE, TrainConfig
     from pyinterp.sae import checkpoint as ck
-    from pyinterp._files import atomic_save_tensors
 
     src = Logged(ActivationStore(store, 32, seed=1), log, delay)
     if ck.latest(Path(ckpt)) is not None:
@@ -103,9 +103,9 @@ def sae(store, ckpt, out, log, delay):
 
 
 def model(ckpt, out, log, delay):
+    from pyinterp._files import atomic_save_tensors
     from pyinterp.models import Transformer, TransformerConfig
     from pyinterp.models.training import TrainConfig, latest_checkpoint, train
-    from pyinterp._files import atomic_save_tensors
 
     cfg_m = TransformerConfig(n_layers=1, d_model=16, n_heads=2, d_vocab=32, n_ctx=8,
                               act_fn="gelu", seed=0)

@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from pyinterp import distributed as D
-from pyinterp.sae import TopKSAE, ReLUSAE, TrainConfig
 from pyinterp._files import atomic_save_tensors
+from pyinterp.sae import ReLUSAE, TopKSAE, TrainConfig
 
 D_IN, D_SAE, K = 16, 48, 3
 

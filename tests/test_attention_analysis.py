@@ -11,8 +11,10 @@ from pyinterp.attention.heads import earlier_count
 
 tl = pytest.importorskip("transformer_lens", reason="transformer-lens is in the test extra")
 from transformer_lens.head_detector import (  # noqa: E402
-    compute_head_attention_similarity_score, detect_head,
-    get_duplicate_token_head_detection_pattern, get_induction_head_detection_pattern,
+    compute_head_attention_similarity_score,
+    detect_head,
+    get_duplicate_token_head_detection_pattern,
+    get_induction_head_detection_pattern,
     get_previous_token_head_detection_pattern,
 )
 

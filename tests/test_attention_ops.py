@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from kernel_testing import BACKEND_PARAMS, require
 from pyinterp import ops
 from pyinterp.ops.attention import parse_rules
-from kernel_testing import BACKEND_PARAMS, require
 
 ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 RULES = ("prev", "first", "duplicate", "induction", "offset:0", "offset:3")

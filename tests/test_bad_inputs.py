@@ -151,7 +151,7 @@ def test_backend_selection_rejects_bad_names(monkeypatch):
 def _lib_cases(tmp_path):
     from pyinterp import distributed as D
     from pyinterp.distributed.latent import LatentParallelTopKSAE
-    from pyinterp.sae import ActivationStore, SAEConfig, TopKSAE, ReLUSAE, TrainConfig, collect
+    from pyinterp.sae import ActivationStore, ReLUSAE, SAEConfig, TopKSAE, TrainConfig, collect
 
     sae = TopKSAE(6, 10, k=2)
     return [

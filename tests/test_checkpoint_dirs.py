@@ -7,14 +7,13 @@ import warnings
 import pytest
 import torch
 
-from sae_testing import sparse_data
 from pyinterp._files import CorruptFileError, atomic_write_json
 from pyinterp._rundir import DirectoryLockedError, RunMismatchError, WriterLock
 from pyinterp.models import Transformer, TransformerConfig
 from pyinterp.models import training as mt
 from pyinterp.sae import SAETrainer, TopKSAE, TrainConfig
 from pyinterp.sae import checkpoint as ck
-
+from sae_testing import sparse_data
 
 DATA = [sparse_data(16, 16, seed=i) for i in range(40)]
 

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 import torch
-from circuits_testing import NullDictionary, RandomDictionary, tiny_model, tokens
 
+from circuits_testing import NullDictionary, RandomDictionary, tiny_model, tokens
 from pyinterp.circuits import LocalReplacement, NeuronDictionary, attribute
 from pyinterp.circuits.interventions import (
     ablate,
@@ -243,7 +243,6 @@ def test_edges_sum_to_the_logit_pyinterp():
 def test_hugging_face_models(family):
     pytest.importorskip("transformers", reason="the from_hf adapter needs transformers (pip install 'pyinterp[hf]')")
     from hf_testing import build, toks
-
     from pyinterp.models import from_hf
 
     m = from_hf(build(family))

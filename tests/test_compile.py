@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import assert_close, require
 
 import pyinterp
+from kernel_testing import assert_close, require
 from pyinterp import ops
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae_testing import sparse_data
 from pyinterp.sae import ActivationStore, CorruptFileError, SAETrainer, collect
+from sae_testing import sparse_data
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,13 @@ def test_damaged_sae_checkpoint_is_reported_never_loaded(store, tmp_path, damage
 @pytest.mark.parametrize("damage", [_truncate, _flip], ids=["truncated", "bitflip"])
 def test_damaged_model_checkpoint_is_reported_never_loaded(tmp_path, damage):
     from pyinterp.models import Transformer, TransformerConfig
-    from pyinterp.models.training import (TrainConfig, latest_checkpoint,
-                                          load_checkpoint, make_optimizer, train)
+    from pyinterp.models.training import (
+        TrainConfig,
+        latest_checkpoint,
+        load_checkpoint,
+        make_optimizer,
+        train,
+    )
 
     m = Transformer(TransformerConfig(n_layers=1, d_model=16, n_heads=2, d_vocab=32, n_ctx=8,
                                       act_fn="gelu"))

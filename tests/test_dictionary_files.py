@@ -14,8 +14,17 @@ import torch
 from safetensors.torch import save_file
 
 from pyinterp._files import CorruptFileError
-from pyinterp.sae import (Crosscoder, CrossLayerTranscoder, JumpReLUSAE, MatryoshkaBatchTopKSAE,
-                          MatryoshkaTopKSAE, Transcoder, load, load_gemma_scope, load_sparsify)
+from pyinterp.sae import (
+    Crosscoder,
+    CrossLayerTranscoder,
+    JumpReLUSAE,
+    MatryoshkaBatchTopKSAE,
+    MatryoshkaTopKSAE,
+    Transcoder,
+    load,
+    load_gemma_scope,
+    load_sparsify,
+)
 
 sae_lens = pytest.importorskip("sae_lens", reason="SAELens is the peer these layouts are for")
 

@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from dist_testing import in_process, run_ranks
 import dist_workers as W
-from sae_testing import one_thread, sparse_data  # noqa: F401  (one_thread: autouse)
+from dist_testing import in_process, run_ranks
 from pyinterp import distributed as D
-from pyinterp.sae import ActivationStore, collect
 from pyinterp._files import load_tensors
+from pyinterp.sae import ActivationStore, collect
+from sae_testing import one_thread, sparse_data  # noqa: F401  (one_thread: autouse)
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import torch
 
 import dist_workers as W
 from dist_testing import run_ranks
-from pyinterp.distributed.latent import LatentParallelTopKSAE, shard_range
 from pyinterp._files import load_tensors
+from pyinterp.distributed.latent import LatentParallelTopKSAE, shard_range
 
 STEPS = 3
 

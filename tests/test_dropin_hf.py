@@ -63,8 +63,8 @@ def test_attention_hooks_that_cannot_fire_raise():
 
 
 def test_unwrapped_attention_implementation_is_named():
-    from transformers.modeling_utils import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import AttentionInterface
 
     AttentionInterface.register("my_attention", sdpa_attention_forward)  # a user's own kernel
     try:

@@ -1,5 +1,4 @@
 """pyinterp.experiments framework: registry, scales, bad input, checkpointed steps, pages."""
-import json
 
 import pytest
 import torch

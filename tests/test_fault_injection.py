@@ -28,10 +28,10 @@ import pytest
 import torch
 
 import fault_testing as F
-from sae_testing import sparse_data
 from pyinterp._files import load_tensors
 from pyinterp._rundir import DirectoryLockedError
 from pyinterp.sae import collect
+from sae_testing import sparse_data
 
 HERE = Path(__file__).parent
 SCRIPT = str(HERE / "crash_train.py")

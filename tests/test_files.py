@@ -9,9 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyinterp._files import (DIGEST_KEY, CorruptFileError, DiskFullError, atomic_save_tensors,
-                             atomic_write, atomic_write_json, inside, load_tensors, read_header,
-                             read_json, remove_stale_temps)
+from pyinterp._files import (
+    DIGEST_KEY,
+    CorruptFileError,
+    DiskFullError,
+    atomic_save_tensors,
+    atomic_write,
+    atomic_write_json,
+    inside,
+    load_tensors,
+    read_header,
+    read_json,
+    remove_stale_temps,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

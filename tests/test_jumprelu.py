@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import BACKEND_PARAMS, assert_close, require
 
+from kernel_testing import BACKEND_PARAMS, assert_close, require
 from pyinterp import ops
 from pyinterp.sae import JumpReLUSAE, SAETrainer, TrainConfig
 

@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-
-from pyinterp._files import CorruptFileError
 import torch.nn.functional as F
 
 import pyinterp
+from pyinterp._files import CorruptFileError
 from pyinterp.models import (
     TrainConfig,
     Transformer,

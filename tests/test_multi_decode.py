@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_testing import BACKEND_PARAMS, assert_close, require
 
+from kernel_testing import BACKEND_PARAMS, assert_close, require
 from pyinterp import ops
 from pyinterp.ops.multi_decode import clt_decoder_map, prefix_ranges, shared_decoder_map
 

@@ -6,9 +6,9 @@ checks: tests/test_gpu_resources.py, tests/test_cuda_launch_contract.py.)
 import pytest
 import torch
 
+from kernel_testing import BACKEND_PARAMS, assert_close, require
 from pyinterp import ops
 from pyinterp.bench.timing import peak_memory
-from kernel_testing import BACKEND_PARAMS, assert_close, require
 
 ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 REDUCES = ("mean", "sum", "last", "none")

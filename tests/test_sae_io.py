@@ -6,8 +6,16 @@ import warnings
 import pytest
 import torch
 
-from pyinterp.sae import (BatchTopKSAE, CorruptFileError, JumpReLUSAE, ReLUSAE, TopKSAE,
-                          accelerate, load, restore)
+from pyinterp.sae import (
+    BatchTopKSAE,
+    CorruptFileError,
+    JumpReLUSAE,
+    ReLUSAE,
+    TopKSAE,
+    accelerate,
+    load,
+    restore,
+)
 from sae_testing import one_thread  # noqa: F401  (autouse: one torch thread)
 
 

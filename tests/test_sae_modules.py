@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from kernel_testing import require
-from sae_testing import one_thread, sparse_data  # noqa: F401  (one_thread: autouse)
 from pyinterp.sae import BatchTopKSAE, JumpReLUSAE, ReLUSAE, SAEConfig, TopKSAE, build
 from pyinterp.sae.init import activation_scale, geometric_median
 from pyinterp.sae.reference import DenseTopKSAE
+from sae_testing import one_thread, sparse_data  # noqa: F401  (one_thread: autouse)
 
 BACKENDS = [pytest.param(b, id=b) for b in ("reference", "cpu", "triton", "cuda")]
 # The Triton interpreter takes ~30 s per call shape on CI-class CPUs: the batched-shape test

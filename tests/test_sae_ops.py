@@ -8,13 +8,12 @@ including among the many exact ties such data produce (the tie rule).
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 
+from kernel_testing import BACKEND_PARAMS, assert_close, require
 from pyinterp import ops
 from pyinterp.ops import sae as sae_ops
-from kernel_testing import BACKEND_PARAMS, assert_close, require
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

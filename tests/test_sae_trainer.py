@@ -4,11 +4,21 @@ import json
 import pytest
 import torch
 
-from sae_testing import one_thread, sparse_data  # noqa: F401  (one_thread: autouse)
 from pyinterp._files import atomic_write_json
-from pyinterp.sae import (ActivationStore, BatchTopKSAE, CorruptFileError, NonFiniteError, ReLUSAE,
-                          SAETrainer, TopKSAE, TrainConfig, collect, train)
+from pyinterp.sae import (
+    ActivationStore,
+    BatchTopKSAE,
+    CorruptFileError,
+    NonFiniteError,
+    ReLUSAE,
+    SAETrainer,
+    TopKSAE,
+    TrainConfig,
+    collect,
+    train,
+)
 from pyinterp.sae.schedule import coefficient_factor, lr_factor
+from sae_testing import one_thread, sparse_data  # noqa: F401  (one_thread: autouse)
 
 
 def _two_hook_batches(n=24, rows=32):

@@ -11,7 +11,11 @@ scores and pattern views, for pyinterp's models, Hugging Face models (through
 """
 from pyinterp.attention.heads import head_scores
 from pyinterp.attention.scores import (
-    InductionResult, copying_scores, icl_scores, induction_scores, per_token_loss,
+    InductionResult,
+    copying_scores,
+    icl_scores,
+    induction_scores,
+    per_token_loss,
 )
 from pyinterp.attention.view import pattern_view, save_circuitsvis_json, save_html
 

@@ -12,9 +12,9 @@ shared machine hit each alike and the ratios stay meaningful.
 """
 from __future__ import annotations
 
-import torch
-
 from functools import lru_cache
+
+import torch
 
 from pyinterp.bench.backends import timed_backends
 from pyinterp.bench.suite import Group

@@ -12,15 +12,20 @@
 ``model``: pyinterp's Transformer, or a model from ``pyinterp.models.from_hf`` /
 ``from_transformer_lens``. ``clt``: anything implementing :class:`CircuitDictionary`.
 """
-from pyinterp.circuits.dictionary import (
-    CircuitDictionary, CLTDictionary, NeuronDictionary, TranscoderSet, as_dictionary, check_dictionary,
-)
-from pyinterp.circuits.replacement import LocalReplacement, spliced_logits
-from pyinterp.circuits.graph import Graph
 from pyinterp.circuits.attribution import attribute, salient_logits
-from pyinterp.circuits.interventions import ablate, compare_ablations, demeaned_logit, intervene
+from pyinterp.circuits.dictionary import (
+    CircuitDictionary,
+    CLTDictionary,
+    NeuronDictionary,
+    TranscoderSet,
+    as_dictionary,
+    check_dictionary,
+)
 from pyinterp.circuits.features import feature_cards, graph_cards
+from pyinterp.circuits.graph import Graph
 from pyinterp.circuits.html import write_html
+from pyinterp.circuits.interventions import ablate, compare_ablations, demeaned_logit, intervene
+from pyinterp.circuits.replacement import LocalReplacement, spliced_logits
 
 __all__ = ["CLTDictionary", "CircuitDictionary", "Graph", "TranscoderSet", "as_dictionary", "LocalReplacement", "NeuronDictionary", "ablate", "attribute",
            "check_dictionary", "compare_ablations", "demeaned_logit", "feature_cards", "graph_cards",

@@ -18,7 +18,7 @@ dictionaries of :mod:`pyinterp.sae` (through their own adapters) implement it.
 """
 from __future__ import annotations
 
-from typing import Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 

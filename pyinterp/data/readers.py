@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Union
+from typing import Iterable, Iterator, List, Union
 
 PathLike = Union[str, Path]
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")

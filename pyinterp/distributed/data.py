@@ -22,10 +22,10 @@ from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
-from pyinterp.distributed import _group as G
 from pyinterp._files import CorruptFileError, atomic_write_json, read_json
-from pyinterp.sae.store import MANIFEST, ActivationStore, read_manifest
+from pyinterp.distributed import _group as G
 from pyinterp.sae import store as _store
+from pyinterp.sae.store import MANIFEST, ActivationStore, read_manifest
 
 DIST_FORMAT = "pyinterp-distributed-collection-1"
 DIST_INFO = "distributed.json"

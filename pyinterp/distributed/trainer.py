@@ -35,9 +35,9 @@ from typing import Optional, Union
 import torch
 import torch.distributed as dist
 
+from pyinterp._files import read_json
 from pyinterp.distributed import _group as G
 from pyinterp.sae import checkpoint as ckpt
-from pyinterp._files import read_json
 from pyinterp.sae.modules import BatchTopKSAE
 from pyinterp.sae.trainer import SAETrainer, TrainConfig
 

@@ -16,7 +16,7 @@ import importlib.util
 import time
 import traceback
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional
 
 from pyinterp.experiments._experiment import SCALES, BaseConfig, Experiment, check_scale, resolve_device
 from pyinterp.experiments._io import ExperimentError, prepare_out_dir

@@ -15,6 +15,7 @@ from typing import Any
 
 from pyinterp._files import atomic_write, atomic_write_text
 
+
 class ExperimentError(ValueError):
     """A bad request to ``pyinterp reproduce`` (unknown paper/scale, unusable output dir...)."""
 

@@ -20,8 +20,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from pyinterp._files import (DIGEST_KEY, CorruptFileError, atomic_save_tensors, load_tensors,
-                             parse_json)
+from pyinterp._files import DIGEST_KEY, CorruptFileError, atomic_save_tensors, load_tensors, parse_json
 from pyinterp.experiments._io import _jsonable
 
 BEFORE_STEP: list = []

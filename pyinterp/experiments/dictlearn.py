@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import torch
 
 from pyinterp.experiments._experiment import Experiment
+
 # The logit-effect helpers live in the library (feature dashboards use them too).
 from pyinterp.sae.feature_dashboards import fold_ln_final, logit_effects  # noqa: F401
 

@@ -21,7 +21,7 @@ import torch
 
 from pyinterp._progress import progress
 from pyinterp.experiments import toy
-from pyinterp.experiments._experiment import BaseConfig, Experiment, fmt
+from pyinterp.experiments._experiment import BaseConfig, Experiment
 
 NAME = "double-descent"
 TITLE = "Superposition, Memorization and Double Descent"

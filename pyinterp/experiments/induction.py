@@ -30,7 +30,7 @@ from typing import ClassVar, Dict, Optional
 import torch
 
 from pyinterp.experiments import _lm
-from pyinterp.experiments._experiment import BaseConfig, Experiment, fmt
+from pyinterp.experiments._experiment import BaseConfig, Experiment
 
 NAME = "induction"
 TITLE = "In-context Learning and Induction Heads"
@@ -294,7 +294,6 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
 
     late = min(cfg.n_ctx - 1, round(cfg.n_ctx * 500 / 512))
     early = max(1, round(cfg.n_ctx * 50 / 512))
-    full = cfg.scale == "full"
     ex.compare("ICL score, small attention-only models", "about −0.4 nats after the phase change (2-layer); 1-layer much less",
                f"2-layer {icl_end[2]:+.3f}, 1-layer {icl_end[1]:+.3f}", comparable=False,
                note=f"tokens {late} − {early} of {cfg.n_ctx}, not 500 − 50", key=True)

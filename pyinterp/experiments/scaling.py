@@ -22,7 +22,8 @@ from typing import ClassVar, Dict, Optional, Tuple
 
 import torch
 
-from pyinterp.experiments import _lm, dictlearn as DL
+from pyinterp.experiments import _lm
+from pyinterp.experiments import dictlearn as DL
 from pyinterp.experiments._experiment import BaseConfig, Experiment
 
 NAME = "scaling"

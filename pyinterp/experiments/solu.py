@@ -21,7 +21,7 @@ from typing import ClassVar, Dict
 import torch
 
 from pyinterp.experiments import _lm, neuron_proxy
-from pyinterp.experiments._experiment import BaseConfig, Experiment, fmt
+from pyinterp.experiments._experiment import BaseConfig, Experiment
 
 NAME = "solu"
 TITLE = "Softmax Linear Units"

@@ -13,7 +13,6 @@ training model k exactly as if it were trained alone.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 

@@ -8,11 +8,11 @@ and adapters for Hugging Face and TransformerLens models.
         out = model.generate(tokens, max_new_tokens=20)
 """
 from pyinterp.models.config import TransformerConfig
-from pyinterp.models.hooks import HookedModel, HookPoint
-from pyinterp.models.transformer import Transformer, lm_cross_entropy
 from pyinterp.models.generate import generate
+from pyinterp.models.hooks import HookedModel, HookPoint
 from pyinterp.models.io import load_model, save_model
 from pyinterp.models.training import TrainConfig, TrainResult, train
+from pyinterp.models.transformer import Transformer, lm_cross_entropy
 
 __all__ = [
     "HookPoint",

@@ -13,9 +13,17 @@ from typing import Union
 
 import torch
 
-from pyinterp._files import (CorruptFileError, atomic_save_tensors, atomic_write_json,
-                             inside, load_tensors, parse_header, read_json, read_verified,
-                             sha256_file)
+from pyinterp._files import (
+    CorruptFileError,
+    atomic_save_tensors,
+    atomic_write_json,
+    inside,
+    load_tensors,
+    parse_header,
+    read_json,
+    read_verified,
+    sha256_file,
+)
 from pyinterp.models.config import TransformerConfig
 
 WEIGHTS = "model.safetensors"

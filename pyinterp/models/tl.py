@@ -10,7 +10,6 @@ registered here.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Dict, Optional
 
 import torch

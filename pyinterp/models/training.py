@@ -23,9 +23,18 @@ from typing import Callable, Dict, Iterator, List, Optional, Union
 import torch
 
 from pyinterp import _rundir
-from pyinterp._files import (CorruptFileError, atomic_save_tensors, atomic_write_json,
-                             atomic_write_text, inside, load_tensors, read_bytes, read_json,
-                             read_verified, sha256_file)
+from pyinterp._files import (
+    CorruptFileError,
+    atomic_save_tensors,
+    atomic_write_json,
+    atomic_write_text,
+    inside,
+    load_tensors,
+    read_bytes,
+    read_json,
+    read_verified,
+    sha256_file,
+)
 from pyinterp._rundir import RunMismatchError, WriterLock, claim, new_run_id, pick_latest
 
 LATEST = "latest"

@@ -19,19 +19,35 @@ model for all its hidden states.
 from pyinterp.persona.activations import mean_activations, projections
 from pyinterp.persona.data import Sample, generate_responses
 from pyinterp.persona.evaluate import (
-    MonitorResult, ScreeningResult, choose_layer, last_prompt_projection, monitor, pearson,
-    projection_difference, steering_effect, trait_score,
+    MonitorResult,
+    ScreeningResult,
+    choose_layer,
+    last_prompt_projection,
+    monitor,
+    pearson,
+    projection_difference,
+    steering_effect,
+    trait_score,
 )
 from pyinterp.persona.extract import (
-    EmptyFilteredSetError, PersonaVectors, extract_persona_vectors, filter_responses,
+    EmptyFilteredSetError,
+    PersonaVectors,
+    extract_persona_vectors,
+    filter_responses,
     persona_vectors_from_samples,
 )
 from pyinterp.persona.judge import ClassifierJudge, LexiconJudge, coherence_score
-from pyinterp.persona.projection_monitor import ProjectionMonitor
 from pyinterp.persona.preventative import compare_finetuning, finetune
+from pyinterp.persona.projection_monitor import ProjectionMonitor
 from pyinterp.persona.steering import ablate, steer
 from pyinterp.persona.trait import (
-    JSON_SCHEMA, TraitSpec, TraitSpecError, builtin_trait, builtin_traits, load_trait, validate_trait,
+    JSON_SCHEMA,
+    TraitSpec,
+    TraitSpecError,
+    builtin_trait,
+    builtin_traits,
+    load_trait,
+    validate_trait,
 )
 
 __all__ = [

@@ -18,7 +18,7 @@ docs/decisions/persona-monitor.md.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 import torch
 

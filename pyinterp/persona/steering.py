@@ -19,7 +19,11 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from pyinterp.persona._model import (
-    DEFAULT_HOOK, check_layer, check_layers, check_vector, hook_name,
+    DEFAULT_HOOK,
+    check_layer,
+    check_layers,
+    check_vector,
+    hook_name,
 )
 
 POSITIONS = ("all", "prompt", "response")

@@ -25,14 +25,15 @@ affine skip), :class:`Crosscoder` (L layers in and out, one latent space) and
 hook points one model pass must give the trainer.
 """
 from pyinterp._files import CorruptFileError
+from pyinterp.sae import metrics
 from pyinterp.sae.acceleration import accelerate, restore
 from pyinterp.sae.config import SAEConfig
+from pyinterp.sae.crosscoders import Crosscoder, CrossLayerTranscoder
+from pyinterp.sae.dictionary import SparseDictionary
 from pyinterp.sae.feature_dashboards import dashboards
 from pyinterp.sae.hub import from_pretrained
 from pyinterp.sae.io import load, save
 from pyinterp.sae.io_peers import load_gemma_scope, load_sparsify
-from pyinterp.sae.registry import architectures, get_sae_class, register_sae_class
-from pyinterp.sae.dictionary import SparseDictionary
 from pyinterp.sae.modules import (
     BatchTopKSAE,
     JumpReLUSAE,
@@ -44,11 +45,10 @@ from pyinterp.sae.modules import (
     TopKSAE,
     build,
 )
-from pyinterp.sae.transcoders import Transcoder
-from pyinterp.sae.crosscoders import Crosscoder, CrossLayerTranscoder
+from pyinterp.sae.registry import architectures, get_sae_class, register_sae_class
 from pyinterp.sae.store import ActivationStore, collect, stream
 from pyinterp.sae.trainer import NonFiniteError, SAETrainer, TrainConfig, needed_hooks, train
-from pyinterp.sae import metrics
+from pyinterp.sae.transcoders import Transcoder
 
 __all__ = [
     "ActivationStore", "BatchTopKSAE", "CorruptFileError", "CrossLayerTranscoder", "Crosscoder",

@@ -23,10 +23,19 @@ from typing import Any, Optional
 
 import torch
 
-from pyinterp._files import (JSON_DIGEST_KEY, CorruptFileError, atomic_save_tensors,
-                             atomic_write_json, check_json_digest, inside, load_tensors,
-                             read_json, read_verified, sha256_file)
 from pyinterp import _rundir
+from pyinterp._files import (
+    JSON_DIGEST_KEY,
+    CorruptFileError,
+    atomic_save_tensors,
+    atomic_write_json,
+    check_json_digest,
+    inside,
+    load_tensors,
+    read_json,
+    read_verified,
+    sha256_file,
+)
 
 LATEST = "latest.json"
 TRAINER = "trainer.json"

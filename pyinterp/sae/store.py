@@ -20,8 +20,16 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
-from pyinterp._files import (CorruptFileError, atomic_save_tensors, atomic_write_json, inside,
-                             load_tensors, read_json, read_verified, sha256_file)
+from pyinterp._files import (
+    CorruptFileError,
+    atomic_save_tensors,
+    atomic_write_json,
+    inside,
+    load_tensors,
+    read_json,
+    read_verified,
+    sha256_file,
+)
 from pyinterp.sae.config import dtype_name, parse_dtype
 
 MANIFEST = "manifest.json"

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from pyinterp.backends import sae_layout, sae_select as S
+from pyinterp.backends import sae_layout
+from pyinterp.backends import sae_select as S
 from pyinterp.backends.cuda import runtime
 from pyinterp.backends.sae_select import batchtopk, threshold  # noqa: F401  (launchers)
 

@@ -9,7 +9,8 @@ import torch
 import triton
 
 from pyinterp._common import triton_interpreted as _interpreted
-from pyinterp.backends import sae_layout, sae_select as S
+from pyinterp.backends import sae_layout
+from pyinterp.backends import sae_select as S
 from pyinterp.backends.sae_select import batchtopk, threshold  # noqa: F401  (launchers)
 from pyinterp.backends.triton.kernels import package  # noqa: F401  (registers the kernels)
 from pyinterp.triton_kernels import sae as tk
