@@ -28,13 +28,16 @@ def rows_view(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous().view(-1, x.shape[-1])
 
 
+_NO_GUARD = contextlib.nullcontext()  # reusable: entering it does nothing
+
+
 def device_guard(t: Optional[torch.Tensor]):
     """Context manager making ``t``'s CUDA device the current one (a no-op for CPU tensors).
 
     Every launcher runs under it, so tensors on cuda:1 launch on cuda:1 (and on its current
     stream) even when cuda:0 is the current device."""
     if t is None or t.device.type != "cuda":
-        return contextlib.nullcontext()
+        return _NO_GUARD
     return torch.cuda.device(t.device.index if t.device.index is not None else
                              torch.cuda.current_device())
 

@@ -13,7 +13,7 @@ import torch
 from pyinterp.bench.backends import timed_backends
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ["solu", "sae", "sae_train", "attention", "persona", "models"]
+FAMILIES = ["solu", "sae", "sae_train", "attention", "persona", "models", "dispatch"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pyinterp._common import RULE_KINDS, acc_dtype, to_device_async
+from pyinterp._common import RULE_KINDS, acc_dtype, device_layer_table, to_device_async
 
 TOKEN_RULES = (RULE_KINDS["duplicate"], RULE_KINDS["induction"])
 
@@ -33,9 +33,21 @@ def rule_tables(kinds, ns, device):
     return kinds_t, ns_t, needs_tokens
 
 
-def pattern_output(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor):
-    """Contiguous q, k, lse (in the accumulation dtype) and the empty (B, H, Tq, Tk) pattern."""
+def pattern_output(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, kpm):
+    """Contiguous q, k, lse (in the accumulation dtype), the padding mask as uint8 (or None) and
+    the empty (B, H, Tq, Tk) pattern."""
     q, k = q.contiguous(), k.contiguous()
     ad = acc_dtype(q.dtype)
     out = torch.empty(*q.shape[:3], k.shape[2], dtype=ad, device=q.device)
-    return q, k, lse.to(ad).contiguous(), out
+    pad = kpm.contiguous().view(torch.uint8) if kpm is not None else None
+    return q, k, lse.to(ad).contiguous(), pad, out
+
+
+def tokens_output(layers: list[torch.Tensor], w: torch.Tensor):
+    """persona_tokens' operands: w with each layer's rows contiguous, the layer tables, and the
+    empty (L, B, T, P) output in w's dtype."""
+    if not w[0].is_contiguous():
+        w = w.contiguous()
+    B, T, _ = layers[0].shape
+    out = torch.empty(len(layers), B, T, w.shape[1], dtype=w.dtype, device=layers[0].device)
+    return (w, *device_layer_table(layers), out)

@@ -52,13 +52,10 @@ def attention_stats(q, k, tokens, kinds, ns, causal, kpm, scale, q_offset):
 
 
 def attention_pattern(q, k, lse, causal, kpm, scale, q_offset):
-    q, k, lse, out = pattern_output(q, k, lse)
-    B, H, Tq, D = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
-    ad = out.dtype
+    q, k, lse, pad, out = pattern_output(q, k, lse, kpm)
     if out.numel() == 0:
         return out
-    pad = kpm.contiguous().view(torch.uint8) if kpm is not None else None
+    (B, H, Tq, D), Hkv, Tk, ad = q.shape, k.shape[1], k.shape[2], out.dtype
     threads = 128
     fn = rt.kernel(_FILE, "attention_pattern", q.dtype)
     grid = (B * H * Tq * ((Tk + threads - 1) // threads), 1, 1)

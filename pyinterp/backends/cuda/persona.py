@@ -13,7 +13,7 @@ import torch
 
 from pyinterp._common import acc_dtype as _acc
 from pyinterp._common import device_layer_table
-from pyinterp.backends._shared import cdiv
+from pyinterp.backends._shared import cdiv, tokens_output
 from pyinterp.backends.cuda import runtime
 
 _FILE = "persona.cu"
@@ -54,13 +54,9 @@ def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
 def persona_tokens(layers: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
     """layers: L x (B, T, D); w: (L, P, D) compute dtype (rows of each layer contiguous; a
     stride-0 layer dim for shared directions). Returns (L, B, T, P) in the compute dtype."""
+    w, table, strides, out = tokens_output(layers, w)
     h0 = layers[0]
-    L, (B, T, D) = len(layers), h0.shape
-    P = w.shape[1]
-    if not w[0].is_contiguous():
-        w = w.contiguous()
-    table, strides = device_layer_table(layers)
-    out = torch.empty(L, B, T, P, dtype=w.dtype, device=h0.device)
+    L, (B, T, D), P = len(layers), h0.shape, w.shape[1]
     fn = runtime.kernel(_FILE, "persona_tokens", h0.dtype)
     runtime.launch(fn, (L * B, cdiv(T, _TOKENS_WARPS), 1), (32 * _TOKENS_WARPS, 1, 1),
                    (runtime.ptr(table), runtime.ptr(strides), runtime.ptr(w), runtime.i64(w.stride(0)),

@@ -72,13 +72,11 @@ def attention_stats(q, k, tokens, kinds, ns, causal, kpm, scale, q_offset):
 
 
 def attention_pattern(q, k, lse, causal, kpm, scale, q_offset):
-    q, k, lse, out = pattern_output(q, k, lse)
-    B, H, Tq, D = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
-    ad = out.dtype
+    q, k, lse, pad, out = pattern_output(q, k, lse, kpm)
     if out.numel() == 0:
         return out
-    pad = kpm.contiguous().view(torch.uint8) if kpm is not None else lse
+    (B, H, Tq, D), Hkv, Tk, ad = q.shape, k.shape[1], k.shape[2], out.dtype
+    pad = lse if pad is None else pad  # a valid pointer for the unused argument
     precision = _precision(q.dtype)
     bm, bn, bd, warps = _blocks(D, q.dtype, precision)
     grid = (triton.cdiv(Tq, bm) * B * H, triton.cdiv(Tk, bn))

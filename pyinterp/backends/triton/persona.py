@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from pyinterp._common import acc_dtype, device_layer_table, triton_interpreted
+from pyinterp.backends._shared import tokens_output
 from pyinterp.backends.triton.kernels import package  # noqa: F401  (registers the kernels)
 from pyinterp.triton_kernels import persona as tk
 
@@ -59,13 +60,9 @@ def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
 def persona_tokens(layers: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
     """layers: L x (B, T, D); w: (L, P, D) compute dtype (rows of each layer contiguous; a
     stride-0 layer dim for shared directions). Returns (L, B, T, P) in the compute dtype."""
+    w, table, strides, out = tokens_output(layers, w)
     h0 = layers[0]
-    L, (B, T, D) = len(layers), h0.shape
-    P = w.shape[1]
-    if not w[0].is_contiguous():
-        w = w.contiguous()
-    table, strides = device_layer_table(layers)
-    out = torch.empty(L, B, T, P, dtype=w.dtype, device=h0.device)
+    L, (B, T, D), P = len(layers), h0.shape, w.shape[1]
     block_p = min(16, triton.next_power_of_2(P))
     block_t = 16
     block_d = 32 if w.dtype == torch.float64 else 64
