@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import torch
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from pyinterp.reference import compute_dtype
 
 
 def _expand_kv(k: torch.Tensor, H: int) -> torch.Tensor:
@@ -38,7 +36,7 @@ def valid_keys(B, Tq, Tk, causal, kpm, q_offset, device) -> torch.Tensor:
 
 def scores(q, k, causal, kpm, scale, q_offset):
     """Masked scaled scores (B, H, Tq, Tk) in the accumulation dtype (-inf where not attended)."""
-    cd = acc_dtype(q.dtype)
+    cd = compute_dtype(q.dtype)
     B, H, Tq, _ = q.shape
     Tk = k.shape[2]
     s = torch.matmul(q.to(cd), _expand_kv(k, H).to(cd).transpose(-1, -2)) * scale

@@ -12,11 +12,10 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from pyinterp.reference import compute_dtype
+
 Hidden = Union[torch.Tensor, Sequence[torch.Tensor]]
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def last_index(mask: Optional[torch.Tensor], B: int, T: int, device) -> torch.Tensor:

@@ -16,9 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from pyinterp.reference import compute_dtype
 
 
 def preacts(x, W_enc, b_enc, b_dec):

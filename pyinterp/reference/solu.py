@@ -7,20 +7,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from pyinterp.reference import compute_dtype
 
 
 def solu(x: torch.Tensor) -> torch.Tensor:
     """x: (..., d) -> (..., d)."""
-    xf = x.to(_compute_dtype(x.dtype))
+    xf = x.to(compute_dtype(x.dtype))
     return (xf * torch.softmax(xf, dim=-1)).to(x.dtype)
 
 
 def solu_ln(x, weight, bias, eps: float = 1e-5, return_pre_ln: bool = False):
     """x: (..., d), weight/bias: (d,) or None -> LN(SoLU(x)) [, SoLU(x)]."""
-    cd = _compute_dtype(x.dtype)
+    cd = compute_dtype(x.dtype)
     xf = x.to(cd)
     pre = xf * torch.softmax(xf, dim=-1)
     w = weight.to(cd) if weight is not None else None
