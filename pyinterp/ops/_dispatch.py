@@ -3,8 +3,8 @@
 Each op declares once what it needs from a backend (:class:`Op`): the launchers its Function
 calls from the family's launcher module ``<backend package>.<family>``. A backend supports the
 op when that module defines them all; the oracle (``reference``) supports it when
-``pyinterp.reference.<family>`` defines the op itself. This is the only production module that
-touches ``pyinterp.reference``.
+``pyinterp.reference.<family>`` defines the op itself (the registry loads that module by name
+when the oracle is picked: no production module imports it).
 """
 from __future__ import annotations
 

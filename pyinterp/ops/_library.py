@@ -55,9 +55,10 @@ class CompiledLaunchers:
 def register_autograd(op, function, backward_ops: dict, to_inputs: Callable,
                       to_grads: Callable) -> None:
     """Give custom op ``op`` the autograd of ``function`` (an autograd.Function with static
-    ``setup(ctx, inputs, output)`` and ``backward``, launcher set last). ``to_inputs(op_inputs, launchers)`` maps the op's
-    inputs (backend name last) to the Function's; ``to_grads(grads)`` maps the Function's
-    input gradients back to one per op input. The backward's launchers are ``backward_ops``."""
+    ``setup(ctx, inputs, output)`` and ``backward``, launcher set last).
+    ``to_inputs(op_inputs, launchers)`` maps the op's inputs (backend name last) to the
+    Function's; ``to_grads(grads)`` maps the Function's input gradients back to one per op
+    input. The backward's launchers are the custom ops ``backward_ops``."""
     def setup_context(ctx, inputs, output):
         launcher_set = CompiledLaunchers(inputs[-1], backward_ops)
         function.setup(ctx, to_inputs(inputs[:-1], launcher_set), output)
