@@ -131,6 +131,34 @@ def test_persona_project_and_pool():
     _check(fn, base, vectors)
 
 
+def test_multi_decode():
+    g = torch.Generator().manual_seed(3)
+    values, W = torch.rand(5, 4, generator=g), torch.randn(3, 6, 7, generator=g) / 3
+    indices = torch.randint(0, 18, (5, 4), generator=g)
+    b = torch.randn(3, 7, generator=g)
+
+    def fn(values, W, b):
+        from pyinterp.ops.multi_decode import clt_decoder_map
+
+        out = ops.multi_decode(values, indices % 6, W[:1], b[:1], check_indices=False)
+        clt = ops.multi_decode(values, indices % 12, W, b[:2], decoder_map=clt_decoder_map(2),
+                               check_indices=False)
+        return out.sum(0) + clt.sum(0)
+    _check(fn, values, W, b)
+
+
+@pytest.mark.parametrize("max_active", [None, 6])
+def test_jumprelu_select_gate_l0(max_active):
+    x, W, be, bd = _sae()
+    theta = torch.full((W.shape[1],), 0.05)
+
+    def fn(x, W, be, bd, theta):
+        pre, idx = ops.jumprelu_select(x, W, be, bd, theta, 0.1, max_active=max_active)
+        f = ops.jumprelu_gate(pre, idx, theta, 0.1, out_dtype=x.dtype)
+        return f.sum(-1) + ops.jumprelu_l0(pre, idx, theta, 0.1)
+    _check(fn, x, W, be, bd, theta)
+
+
 def test_reference_backend_is_traced_as_plain_torch():
     """The oracle is torch code that dynamo traces directly (where it branches on the data,
     e.g. its top-k NaN fallback, a compiled graph would break: it is a correctness tool)."""
@@ -142,7 +170,7 @@ def test_custom_ops_are_registered_and_match_the_ops():
     require("cpu")
     names = ["solu", "solu_ln", "topk_encode", "threshold_encode", "batchtopk_encode",
              "sparse_decode", "attention_stats", "attention_pattern", "persona_project",
-             "persona_pool"]
+             "persona_pool", "multi_decode", "jumprelu_select"]
     assert all(hasattr(torch.ops.pyinterp, n) for n in names)
     x, W, be, bd = _sae()
     v, i, mask = torch.ops.pyinterp.topk_encode(x, W, be, bd, 4, "cpu")

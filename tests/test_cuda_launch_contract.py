@@ -195,7 +195,8 @@ def cuda_contract(monkeypatch):
     monkeypatch.setattr(FakeKernel, "__call__", call, raising=False)
     fake_cupy = SimpleNamespace(cuda=SimpleNamespace(ExternalStream=_Context, Device=_Context))
     monkeypatch.setattr(runtime, "_cupy", lambda: fake_cupy)
-    monkeypatch.setattr(runtime, "module", lambda filename: modules.setdefault(filename, FakeModule(filename)))
+    monkeypatch.setattr(runtime, "module", lambda filename, device=None:
+                        modules.setdefault(filename, FakeModule(filename)))
     monkeypatch.setattr(runtime, "ptr", lambda t: Ptr(t))
     monkeypatch.setattr(_backend, "resolve", lambda op, supported, *t, name=None: "cuda")
     props = SimpleNamespace(multi_processor_count=132, major=9, minor=0,

@@ -104,7 +104,14 @@ def test_cuda_runtime_launches_on_the_current_device_and_its_stream(monkeypatch)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     monkeypatch.setattr(torch.cuda, "current_stream",
                         lambda device=None: types.SimpleNamespace(cuda_stream=1000 + device))
-    runtime.launch(lambda grid, block, args, shared_mem: seen.update(grid=grid), (2,), (32,), ())
+    class FakeFunction:
+        shared_size_bytes = 0
+        max_dynamic_shared_size_bytes = 48 * 1024
+
+        def __call__(self, grid, block, args, shared_mem):
+            seen.update(grid=grid)
+
+    runtime.launch(FakeFunction(), (2,), (32,), ())
     assert seen == {"device": [1], "stream": (1001, 1), "grid": (2,)}
 
 

@@ -51,35 +51,29 @@ def check_nvrtc() -> None:
     nvrtc.getVersion()
 
 
-def _arch(device: int) -> str:
+def _arch(device: int | None) -> str:
     major, minor = torch.cuda.get_device_capability(device)
     return f"-arch=sm_{major}{minor}"
 
 
 @functools.lru_cache(maxsize=None)
-def module(filename: str, device: int):
-    """The compiled ``cupy.RawModule`` for ``csrc/cuda/<filename>`` on CUDA device ``device``
-    (cupy caches the compiled code on disk too)."""
+def module(filename: str, device: int | None = None):
+    """The compiled ``cupy.RawModule`` for ``csrc/cuda/<filename>``, for CUDA device ``device``
+    (default: the current one): compiled for its architecture, and one module per device because
+    a module is loaded into the context of the device current at its first use (cupy caches the
+    compiled code on disk too)."""
     cupy = _cupy()
     code = (source_dir() / filename).read_text()
     options = (("-std=c++17", "--use_fast_math", _arch(device))
                + tuple(f"-I{d}" for d in _include_dirs()))
-    with cupy.cuda.Device(device):
-        return cupy.RawModule(code=code, options=options, backend="nvrtc")
-
-
-@functools.lru_cache(maxsize=None)
-def _function(filename: str, full_name: str, device: int):
-    cupy = _cupy()
-    with cupy.cuda.Device(device):  # the function is loaded into this device's context
-        return module(filename, device).get_function(full_name)
+    return cupy.RawModule(code=code, options=options, backend="nvrtc")
 
 
 def kernel(filename: str, name: str, dtype: torch.dtype | None = None):
     """The kernel ``name`` (suffixed with the dtype's tag when ``dtype`` is given) on the
-    current CUDA device."""
+    current CUDA device (the device guard makes it the tensors')."""
     full = f"{name}_{DTYPE_SUFFIX[dtype]}" if dtype is not None else name
-    return _function(filename, full, torch.cuda.current_device())
+    return module(filename, torch.cuda.current_device()).get_function(full)
 
 
 def ptr(t: torch.Tensor | None) -> np.uint64:
