@@ -17,16 +17,9 @@ from pyinterp.sae import (
     Transcoder,
     needed_hooks,
 )
+from sae_testing import one_thread  # noqa: F401  (autouse: one torch thread)
 
 ACTS = ["relu", "topk", "batchtopk", "jumprelu"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _randomise(mod, seed=0, skip=("input_scale", "output_scale")):

@@ -25,16 +25,9 @@ from pyinterp.sae import (
     load_gemma_scope,
     load_sparsify,
 )
+from sae_testing import one_thread  # noqa: F401  (autouse: one torch thread)
 
 sae_lens = pytest.importorskip("sae_lens", reason="SAELens is the peer these layouts are for")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _randomise(mod, seed=0):

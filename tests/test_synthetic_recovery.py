@@ -6,14 +6,7 @@ import pytest
 import torch
 
 from pyinterp.sae import synthetic as S
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from sae_testing import one_thread  # noqa: F401  (autouse: one torch thread)
 
 
 @pytest.mark.parametrize("kind", S.KINDS)
