@@ -149,3 +149,24 @@ def test_trainer_trains_the_threshold_towards_target_l0():
     l0 = [h["sae"]["l0"] for h in tr.history]
     # the encoder first grows L0 (~40), then the trained thresholds pull it towards 4
     assert max(l0) > 30 and l0[-1] < 12, l0
+
+
+def test_pre_act_loss_matches_saelens():
+    """Anthropic's pre-activation loss for dead latents, as SAELens computes it (its formula on
+    the dense pre-activation, restricted to the dead mask)."""
+    from sae_lens.saes.jumprelu_sae import calculate_pre_act_loss
+
+    ours, theirs = _saelens_pair("step", False)
+    ours.cfg.pre_act_loss_coefficient = 0.3
+    x = torch.randn(16, 10, generator=torch.Generator().manual_seed(2))
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[[1, 5, 7, 30]] = True
+    res = ours.train().loss(x, dead_mask=dead)
+    pre = (x - theirs.b_dec) @ theirs.W_enc + theirs.b_enc
+    ref = calculate_pre_act_loss(0.3, theirs.threshold, pre, dead, theirs.W_dec.norm(dim=1))
+    torch.testing.assert_close(res.aux, ref)
+    assert ours.uses_dead_mask
+    g = torch.autograd.grad(res.aux, [ours.threshold, ours.W_enc])
+    rg = torch.autograd.grad(ref, [theirs.threshold, theirs.W_enc])
+    for a, b in zip(g, rg):
+        torch.testing.assert_close(a, b)

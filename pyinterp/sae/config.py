@@ -66,7 +66,9 @@ class SAEConfig:
     JumpReLU training (Rajamanoharan et al. 2024; SAELens names in brackets): bandwidth
         (jumprelu_bandwidth), init_threshold (jumprelu_init_threshold), l0_coefficient,
         sparsity_loss "step" | "quadratic" (target_l0) | "tanh" (tanh_scale)
-        (jumprelu_sparsity_loss_mode), ste_to_input (jumprelu_ste_to_input); init_l0: when
+        (jumprelu_sparsity_loss_mode), ste_to_input (jumprelu_ste_to_input),
+        pre_act_loss_coefficient (Anthropic's loss pulling dead latents' pre-activations up to
+        their thresholds; JumpReLU SAEs); init_l0: when
         set, the trainer's initialisation puts each threshold at the quantile of its
         pre-activations on the first batches that makes it fire on init_l0 / d_sae of the
         rows (docs/decisions/sae-jumprelu-threshold-init.md).
@@ -108,6 +110,7 @@ class SAEConfig:
     target_l0: Optional[float] = None
     tanh_scale: float = 4.0
     ste_to_input: bool = False
+    pre_act_loss_coefficient: Optional[float] = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

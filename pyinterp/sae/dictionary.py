@@ -110,6 +110,12 @@ class SparseDictionary(nn.Module):
     def uses_auxk(self) -> bool:
         return self.activation in ("topk", "batchtopk")
 
+    @property
+    def uses_dead_mask(self) -> bool:
+        """Whether :meth:`loss` does something with ``dead_mask`` (AuxK; JumpReLU SAEs'
+        pre-activation loss): the trainer passes it only then."""
+        return self.uses_auxk
+
     def input_hooks(self) -> list:
         """Hook points read by the encoder(s), in order."""
         return [self.cfg.hook_name]

@@ -230,6 +230,11 @@ class SparseAutoencoder(SparseDictionary):
             return xn.new_zeros(())
         return _auxk_loss(self, xn, x_hat, dead_mask)
 
+    @property
+    def uses_dead_mask(self) -> bool:
+        return self.uses_auxk or (self.activation == "jumprelu"
+                                  and bool(self.cfg.pre_act_loss_coefficient))
+
     def _reconstruct(self, xn, code: A.Code):
         """(x_hat, {extra loss terms}) of a training code."""
         return self._decode(code.values, code.indices), {}
@@ -387,6 +392,23 @@ class JumpReLUSAE(SparseAutoencoder):
     """
 
     architecture = "jumprelu"
+
+    def _aux(self, xn, x_hat, dead_mask) -> torch.Tensor:
+        """SAELens's ``pre_act_loss`` (Anthropic): coef * mean over rows of
+        sum_{dead i} ReLU(theta_i - pre_i) ||W_dec,i||, on the dead latents' columns only (one
+        host sync to list them, on the steps the trainer finds dead latents)."""
+        coef = self.cfg.pre_act_loss_coefficient
+        if not coef or dead_mask is None:
+            return xn.new_zeros(())
+        if dead_mask.shape != (self.d_sae,) or dead_mask.dtype != torch.bool:
+            raise ValueError(f"dead_mask must be a bool tensor of shape ({self.d_sae},)")
+        dead = torch.nonzero(dead_mask).squeeze(1)
+        if dead.numel() == 0:
+            return xn.new_zeros(())
+        xc = xn - self.b_dec if self.cfg.apply_b_dec_to_input else xn
+        pre = xc.float() @ self.W_enc[:, dead].float() + self.b_enc[dead].float()
+        gap = (self.threshold[dead] - pre).relu() * self.W_dec[dead].norm(dim=1).float()
+        return coef * gap.sum(-1).mean()
 
     @classmethod
     def saelens_tensors(cls, cfg_json):

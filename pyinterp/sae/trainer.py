@@ -282,7 +282,7 @@ class SAETrainer:
             sae.train()
             opt = self.optimizers[name]
             dead = None
-            if self.aux_on[name] and sae.uses_auxk:
+            if self.aux_on[name] and sae.uses_dead_mask:
                 dead = self.since_fired[name] >= cfg.dead_window_tokens
             res = sae.loss(*x, dead_mask=dead, l1_scale=l1_scale)
             self._bad[name] |= ~torch.isfinite(res.total.detach())
