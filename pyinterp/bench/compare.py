@@ -14,7 +14,7 @@ import torch
 
 # Op families with a ``pyinterp.bench.cases_<family>`` module.
 FAMILIES = ["solu", "sae_train", "attention", "sae", "persona", "models", "integrations",
-            "dictionaries", "dispatch"]
+            "dictionaries", "dispatch", "circuits"]
 
 
 def _fmt(v, spec, suffix=""):

@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Optional
 
 import torch
 
@@ -196,7 +195,7 @@ def _feature_inputs(rm: LocalReplacement, nodes: _Nodes, ids: torch.Tensor) -> t
 
 
 def _batches(ids: torch.Tensor, pos: torch.Tensor, width: int, d: int, budget: int, elem: int,
-             fixed: Optional[int]):
+             fixed: int | None):
     """Split ``ids`` (sorted by position) into batches whose buffers fit ``budget`` bytes: per
     target, its gradient (T' x d) and ~7 temporaries of that size in the attention adjoint, and
     its row (``width``) with its absolute value and a product. At least 16 targets a batch."""
@@ -217,7 +216,7 @@ def attribute(model, dictionary, tokens, *, logits: Sequence[int] | None = None,
               edge_threshold: float = 0.98, max_feature_nodes: int | None = None,
               batch_size: int | None = None, memory_budget: int = 24 << 20,
               dtype: torch.dtype = torch.float32, decode: Callable[[int], str] | None = None,
-              prompt: str = "", scan: str = "pyinterp", readout: str = "gather",
+              prompt: str = "", scan: str = "pyinterp", readout: str = "sparse",
               patterns: str = "auto") -> Graph:
     """The pruned attribution graph of ``tokens`` (T,) for ``model`` with ``dictionary``.
 
@@ -226,9 +225,9 @@ def attribute(model, dictionary, tokens, *, logits: Sequence[int] | None = None,
     by probability; or the given ``logits`` token ids (equal weights) and/or active ``features``
     given as (layer, position, feature index) (equal weights; then logits only if also given).
     ``batch_size`` targets per transposed pass (default: as many as fit ``memory_budget``
-    bytes of buffers). ``decode(token_id) -> str`` labels tokens. ``readout``: "gather" (decoder
-    rows gathered once per position, one batched product) or "sparse" (the backward of
-    ``ops.sparse_decode``; docs/decisions/circuits-streaming-attribution.md). ``patterns``: see
+    bytes of buffers). ``decode(token_id) -> str`` labels tokens. ``readout``: "sparse" (feature
+    edges through the backward of ``ops.sparse_decode``, the sparse kernels) or "gather" (decoder
+    rows gathered once per position, one batched product; docs/decisions/circuits-streaming-attribution.md). ``patterns``: see
     :class:`LocalReplacement`. See the module docstring.
     """
     if not 0.0 <= node_threshold <= 1.0:

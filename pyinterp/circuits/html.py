@@ -6,9 +6,6 @@ drawn wider and more opaque the larger their weight. Hovering a node shows what 
 activation and influence, the feature's top activating contexts and logit effects when given,
 and its strongest inputs and outputs; clicking pins it (its edges stay highlighted; click
 again to unpin). The page embeds the graph JSON (circuit-tracer's format) it draws.
-
-``#selftest`` at the end of the URL makes the page hover and click its first feature node and
-write what happened into ``<pre id="selftest">`` (how the headless-browser test checks it).
 """
 from __future__ import annotations
 
@@ -38,8 +35,8 @@ const nL = meta.pyinterp.n_layers, toks = meta.prompt_tokens, T = toks.length;
 const byId = {}; nodes.forEach((n,i)=>{n.i=i; n.ins=[]; n.outs=[]; byId[n.node_id]=n;});
 links.forEach(l=>{const s=byId[l.source], t=byId[l.target]; if(!s||!t) return; l.s=s; l.t=t; s.outs.push(l); t.ins.push(l);});
 function row(n){ if(n.feature_type==='embedding') return 0; if(n.feature_type==='logit') return nL+1; return +n.layer+1; }
-const avail = Math.max(600, (window.innerWidth||1200) - 420);
-const colW = Math.max(28, Math.min(90, avail/Math.max(T,1))), rowH = 80, padL = 60, padB = 60;
+const avail = Math.max(600, (window.innerWidth||1200) - 360 - 100);  // side panel, margins, labels
+const colW = Math.max(28, Math.min(90, avail/(Math.max(T,1) + 2))), rowH = 80, padL = 60, padB = 60;
 const W = padL + colW*T + 2*colW, H = rowH*(nL+2) + padB;
 const cells = {}; nodes.forEach(n=>{const k=row(n)+'_'+n.ctx_idx; (cells[k]=cells[k]||[]).push(n);});
 Object.values(cells).forEach(list=>{ list.sort((a,b)=>(a.influence??1)-(b.influence??1));
@@ -96,16 +93,6 @@ function refresh(){ const focus = new Set(pinned); if(hovered) focus.add(hovered
 function hover(n){ hovered=n; refresh(); }
 function togglePin(n){ if(pinned.has(n)) pinned.delete(n); else pinned.add(n); refresh(); }
 refresh();
-if(location.hash==='#selftest'){
-  const f = nodes.find(n=>n.feature_type==='cross layer transcoder') || nodes[0];
-  f.el.dispatchEvent(new MouseEvent('mouseenter')); const hoverText = document.getElementById('detail').textContent;
-  const hlHover = links.filter(l=>l.el && l.el.classList.contains('hl')).length;
-  f.el.dispatchEvent(new MouseEvent('mouseleave')); f.el.dispatchEvent(new MouseEvent('click'));
-  const res = {nodes: document.querySelectorAll('#graph .node').length, edges: document.querySelectorAll('#graph .edge').length,
-    hovered: f.node_id, hover_text: hoverText.slice(0,400), highlighted_on_hover: hlHover,
-    pinned: pinned.size, pinned_class: f.el.classList.contains('pinned'), has_contexts: hoverText.includes('top activating contexts')};
-  document.getElementById('selftest').textContent = JSON.stringify(res);
-}
 })();
 """
 
@@ -130,7 +117,7 @@ def graph_html(graph_dict: dict, features: dict[str, dict] | None = None,
             "<div class='meta'>prompt: <code>" + _html.escape(meta.get("prompt", "")) + "</code><br>"
             + _html.escape(f"{len(graph_dict['nodes'])} nodes, {len(graph_dict['links'])} edges; {summary}")
             + "</div><div id='canvas'></div></div><div id='side'><h2>details</h2><div id='detail'></div>"
-            "<h2>pinned (click to unpin)</h2><div id='pins'></div><pre id='selftest'></pre></div>"
+            "<h2>pinned (click to unpin)</h2><div id='pins'></div></div>"
             "<script type='application/json' id='graph-data'>" + _script_json(graph_dict) + "</script>"
             "<script type='application/json' id='feature-data'>" + _script_json(features or {}) + "</script>"
             "<script>" + _JS + "</script></body></html>")

@@ -135,13 +135,33 @@ def compare_ablations(graph, model, dictionary, groups: Sequence[Sequence[int]],
                       freeze_attention: bool = False) -> list[dict]:
     """For each group of feature nodes of ``graph``: the graph's prediction (minus the sum of
     their direct effects on logit target ``root``) beside the change of that demeaned logit in
-    the real model when they are ablated together."""
+    the real model when they are ablated together ("actual"), and the same change read with the
+    final norm's scale held at its clean value ("actual_fixed_norm"): the graph linearises at
+    that scale, while the real final norm rescales every logit when a large component leaves
+    the residual stream."""
+    from pyinterp.circuits._weights import model_weights
+
     node = int(graph.roots[root])
     if graph.kind(node) != "logit":
         raise ValueError("compare_ablations compares logit targets; root must be a logit node")
     token = int(graph.logit_tokens[node - graph.logit_start])
-    clean = intervene(model, dictionary, graph.tokens, [], freeze_attention=freeze_attention)
-    base = demeaned_logit(clean, token)
+    W = model_weights(model, model.W_U.dtype)
+    final = f"blocks.{W.n_layers - 1}.hook_resid_post"
+    seen = {}
+
+    def grab(x, hook):
+        seen["r"] = x[0, -1].detach().to(W.W_U.dtype)
+
+    with model.hooks([(final, grab)]):
+        clean = intervene(model, dictionary, graph.tokens, [], freeze_attention=freeze_attention)
+    r0 = seen["r"]
+    s0 = W.ln_final.scale(r0[None])
+
+    def fixed(r):
+        row = W.ln_final.forward(r[None], s0)[0] @ W.W_U
+        return float(row[token] - row.mean())
+
+    base, base_fixed = demeaned_logit(clean, token), fixed(r0)
     out = []
     for group in groups:
         feats = []
@@ -150,8 +170,9 @@ def compare_ablations(graph, model, dictionary, groups: Sequence[Sequence[int]],
                 raise ValueError(f"node {j} is a {graph.kind(int(j))} node; only features can be ablated")
             feats.append((int(graph.feat_layer[j]), int(graph.feat_pos[j]), int(graph.feat_index[j])))
         pred = -float(graph.root_rows[root, list(map(int, group))].sum())
-        new = ablate(model, dictionary, graph.tokens, feats, freeze_attention=freeze_attention)
+        with model.hooks([(final, grab)]):
+            new = ablate(model, dictionary, graph.tokens, feats, freeze_attention=freeze_attention)
         out.append({"nodes": [int(j) for j in group], "labels": [graph.label(int(j)) for j in group],
                     "predicted": pred, "actual": demeaned_logit(new, token) - base,
-                    "token": token})
+                    "actual_fixed_norm": fixed(seen["r"]) - base_fixed, "token": token})
     return out

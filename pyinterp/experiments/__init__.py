@@ -32,6 +32,7 @@ PAPERS = {
     "monosemanticity": ("pyinterp.experiments.monosemanticity", "Towards Monosemanticity (Bricken et al. 2023)"),
     "scaling": ("pyinterp.experiments.scaling", "Scaling Monosemanticity (Templeton et al. 2024)"),
     "persona": ("pyinterp.experiments.persona", "Persona Vectors (Chen et al. 2025)"),
+    "circuits": ("pyinterp.experiments.circuits", "Circuit Tracing (Ameisen et al. 2025)"),
 }
 
 DEFAULT_OUT = "runs"
