@@ -245,10 +245,9 @@ def test_cuda_kernels_compile_and_match_their_launchers(monkeypatch):
     from pyinterp.ops.multi_decode import _plan
     dmap, lo, hi = _plan(tuple(map(tuple, clt_decoder_map(2))), None, 3, 4, "cpu")
     launch_md.multi_gather(coef, idx, W, torch.zeros(2, 5), dmap, lo, hi)
-    launch_md.multi_gather_dot(torch.randn(2, 3, 5), idx, W, dmap, lo, hi)
     for det in (False, True):
-        launch_md.multi_scatter(coef, idx, torch.randn(2, 3, 5), dmap, lo, hi, (3, 4, 5),
-                                torch.float32, det)
+        launch_md.multi_backward(coef, idx, torch.randn(2, 3, 5), W, dmap, lo, hi, True, True,
+                                 det)
     assert {c[0] for c in calls} == {"md_gather_f32", "md_gather_dot_f32", "md_scatter_atomic_f32",
                                      "md_scatter_segment_f32"}
     for name, n_args in calls:

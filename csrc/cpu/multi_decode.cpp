@@ -8,12 +8,13 @@
 // - md_gather: one row n per iteration, G accumulators; each active entry's decoder row is
 //   read once per output it reaches (outputs sharing a decoder, as Matryoshka prefixes, hit
 //   it in cache). No dense (N, d_sae) code, no (N, k, d) tensor.
-// - md_gather_dot: grad values, one dot per (entry, output reached).
-// - md_scatter: grad W by latent: a CSR of the entries by global latent (counting sort, entry
-//   order kept), then each latent sums, per output, its entries' coef * g[out, row] in that
-//   order and adds the outputs sharing a decoder: no atomics, bit-identical for any thread
-//   count. A decoder row belongs to exactly one latent (the op checks that every decoder of
-//   the stack serves one source block), so latents write disjoint rows.
+// - md_backward: grad values and grad W in one pass over a CSR of the entries by global latent
+//   (counting sort, entry order kept): each latent reads each decoder row it uses once, and
+//   each of its entries reads its output-gradient row once for both products. Each latent
+//   sums its entries in that order and adds the outputs sharing a decoder: no atomics,
+//   bit-identical for any thread count. A decoder row belongs to exactly one latent (the op
+//   checks that every decoder of the stack serves one source block), so latents write
+//   disjoint rows.
 // IEEE semantics: an entry that reaches an output always adds coef * W (0 * inf = nan); one
 // that does not adds nothing.
 #include <pybind11/pybind11.h>
@@ -74,6 +75,15 @@ void gather_impl(const acc_t<T>* coef, const int64_t* idx, const T* W, const T* 
         const int64_t i = idx[n * k + j];
         const A c = coef[n * k + j];
         const int64_t r = i % plan.d_src;
+        if (j + 1 < k) {  // the next entry's rows are random reads: start them now
+          const int64_t i2 = idx[n * k + j + 1];
+          for (int64_t g = 0; g < G; ++g) {
+            const int64_t p2 = plan.decoder(i2, g);
+            if (p2 < 0) continue;
+            const char* w2 = reinterpret_cast<const char*>(W + (p2 * plan.d_src + i2 % plan.d_src) * d);
+            for (int64_t b = 0; b < d * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(w2 + b);
+          }
+        }
         for (int64_t g = 0; g < G; ++g) {
           const int64_t p = plan.decoder(i, g);
           if (p < 0) continue;
@@ -92,31 +102,6 @@ void gather_impl(const acc_t<T>* coef, const int64_t* idx, const T* W, const T* 
   }
 }
 
-template <typename T>
-void gather_dot_impl(const acc_t<T>* gout, const int64_t* idx, const T* W, acc_t<T>* out,
-                     int64_t rows, int64_t k, int64_t d, const Plan& plan, int nthreads) {
-  using A = acc_t<T>;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-  for (int64_t n = 0; n < rows; ++n) {
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t i = idx[n * k + j];
-      const int64_t r = i % plan.d_src;
-      A s = 0;
-      for (int64_t g = 0; g < plan.G; ++g) {
-        const int64_t p = plan.decoder(i, g);
-        if (p < 0) continue;
-        const T* w = W + (p * plan.d_src + r) * d;
-        const A* gr = gout + (g * rows + n) * d;
-        A part = 0;
-#pragma omp simd reduction(+ : part)
-        for (int64_t t = 0; t < d; ++t) part += gr[t] * static_cast<A>(to_float(w[t]));
-        s += part;
-      }
-      out[n * k + j] = s;
-    }
-  }
-}
-
 // Counting sort of the nnz entries by global latent: offsets (n_lat + 1), order (nnz).
 void csr_impl(const int64_t* idx, int64_t nnz, int64_t n_lat, int64_t* offsets, int64_t* order) {
   std::fill(offsets, offsets + n_lat + 1, int64_t(0));
@@ -126,26 +111,33 @@ void csr_impl(const int64_t* idx, int64_t nnz, int64_t n_lat, int64_t* offsets, 
   for (int64_t e = 0; e < nnz; ++e) order[cursor[idx[e]]++] = e;
 }
 
-// out (P, d_src, d) zero-filled by the caller; X = grad of the outputs (G, N, d).
+// The whole backward in one pass over the entries grouped by latent: for latent i and each
+// output g it reaches, the decoder row W[p, r] is read once and every entry e of i reads
+// g[out, row(e)] once for both products: grad values gv[e] += dot(g[out, row(e)], W[p, r])
+// (gv may be null) and grad W[p, r] += coef[e] g[out, row(e)] (out may be null; zero-filled
+// by the caller). Entries belong to one latent and decoder rows to one latent: no races.
 template <typename T>
-void scatter_impl(const acc_t<T>* coef, const acc_t<T>* X, const int64_t* offsets,
-                  const int64_t* order, int64_t rows, int64_t k, int64_t d, T* out,
-                  const Plan& plan, int nthreads) {
+void backward_impl(const acc_t<T>* coef, const acc_t<T>* X, const T* W, const int64_t* offsets,
+                   const int64_t* order, int64_t rows, int64_t k, int64_t d, acc_t<T>* gv,
+                   T* out, const Plan& plan, int nthreads) {
   using A = acc_t<T>;
   const int64_t G = plan.G;
   const int64_t n_lat = plan.S * plan.d_src;
 #pragma omp parallel num_threads(nthreads)
   {
     std::vector<A> acc(G * d);
+    std::vector<A> wrow(d);
     std::vector<int64_t> dec(G);
 #pragma omp for schedule(dynamic, 64)
     for (int64_t i = 0; i < n_lat; ++i) {
       const int64_t start = offsets[i], end = offsets[i + 1];
       if (start == end) continue;
       const int64_t r = i % plan.d_src;
-      // slot g holds the sum for decoder dec[g]; outputs sharing a decoder add into the first
+      if (gv) {
+        for (int64_t q = start; q < end; ++q) gv[order[q]] = A(0);
+      }
       for (int64_t g = 0; g < G; ++g) {
-        int64_t p = plan.decoder(i, g);
+        const int64_t p = plan.decoder(i, g);
         int64_t slot = g;
         for (int64_t h = 0; h < g && p >= 0; ++h) {
           if (dec[h] == p) {
@@ -155,16 +147,32 @@ void scatter_impl(const acc_t<T>* coef, const acc_t<T>* X, const int64_t* offset
         }
         dec[g] = (slot == g) ? p : -1;
         if (p < 0) continue;
+        const T* w = W + (p * plan.d_src + r) * d;
+        for (int64_t t = 0; t < d; ++t) wrow[t] = static_cast<A>(to_float(w[t]));
         A* a = acc.data() + slot * d;
-        if (slot == g) std::fill(a, a + d, A(0));
+        if (out && slot == g) std::fill(a, a + d, A(0));
+        const A* wr = wrow.data();
         for (int64_t q = start; q < end; ++q) {
           const int64_t e = order[q];
-          const A c = coef[e];
           const A* x = X + (g * rows + e / k) * d;
+          if (q + 1 < end) {  // the next entry's gradient row is a random read: start it now
+            const char* x2 = reinterpret_cast<const char*>(X + (g * rows + order[q + 1] / k) * d);
+            for (int64_t b = 0; b < d * static_cast<int64_t>(sizeof(A)); b += 64) __builtin_prefetch(x2 + b);
+          }
+          if (gv) {
+            A part = 0;
+#pragma omp simd reduction(+ : part)
+            for (int64_t t = 0; t < d; ++t) part += x[t] * wr[t];
+            gv[e] += part;
+          }
+          if (out) {
+            const A c = coef[e];
 #pragma omp simd
-          for (int64_t t = 0; t < d; ++t) a[t] += c * x[t];
+            for (int64_t t = 0; t < d; ++t) a[t] += c * x[t];
+          }
         }
       }
+      if (!out) continue;
       for (int64_t g = 0; g < G; ++g) {
         if (dec[g] < 0) continue;
         T* o = out + (dec[g] * plan.d_src + r) * d;
@@ -197,22 +205,6 @@ void register_multi_decode(py::module_& m) {
       py::arg("rows"), py::arg("k"), py::arg("d"), py::arg("dmap"), py::arg("lo"), py::arg("hi"),
       py::arg("S"), py::arg("G"), py::arg("d_src"), py::arg("dtype"), py::arg("num_threads"));
   m.def(
-      "md_gather_dot",
-      [](uintptr_t g, uintptr_t idx, uintptr_t W, uintptr_t out, int64_t rows, int64_t k,
-         int64_t d, uintptr_t dmap, uintptr_t lo, uintptr_t hi, int64_t S, int64_t G,
-         int64_t d_src, int code, int nthreads) {
-        py::gil_scoped_release nogil;
-        Plan plan{as<const int64_t>(dmap), as<const int64_t>(lo), as<const int64_t>(hi), S, G,
-                  d_src};
-        PYINTERP_DISPATCH_FLOAT(code, T,
-                                gather_dot_impl<T>(as<const acc_t<T>>(g), as<const int64_t>(idx),
-                                                   as<const T>(W), as<acc_t<T>>(out), rows, k, d,
-                                                   plan, nthreads));
-      },
-      py::arg("g"), py::arg("indices"), py::arg("W"), py::arg("out"), py::arg("rows"),
-      py::arg("k"), py::arg("d"), py::arg("dmap"), py::arg("lo"), py::arg("hi"), py::arg("S"),
-      py::arg("G"), py::arg("d_src"), py::arg("dtype"), py::arg("num_threads"));
-  m.def(
       "md_build_csr",
       [](uintptr_t idx, int64_t nnz, int64_t n_lat, uintptr_t offsets, uintptr_t order) {
         py::gil_scoped_release nogil;
@@ -221,22 +213,24 @@ void register_multi_decode(py::module_& m) {
       py::arg("indices"), py::arg("nnz"), py::arg("n_latents"), py::arg("offsets"),
       py::arg("order"));
   m.def(
-      "md_scatter",
-      [](uintptr_t coef, uintptr_t X, uintptr_t offsets, uintptr_t order, int64_t rows, int64_t k,
-         int64_t d, uintptr_t out, uintptr_t dmap, uintptr_t lo, uintptr_t hi, int64_t S,
-         int64_t G, int64_t d_src, int code, int nthreads) {
+      "md_backward",
+      [](uintptr_t coef, uintptr_t X, uintptr_t W, uintptr_t offsets, uintptr_t order,
+         int64_t rows, int64_t k, int64_t d, uintptr_t gv, uintptr_t out, uintptr_t dmap,
+         uintptr_t lo, uintptr_t hi, int64_t S, int64_t G, int64_t d_src, int code,
+         int nthreads) {
         py::gil_scoped_release nogil;
         Plan plan{as<const int64_t>(dmap), as<const int64_t>(lo), as<const int64_t>(hi), S, G,
                   d_src};
         PYINTERP_DISPATCH_FLOAT(
             code, T,
-            scatter_impl<T>(as<const acc_t<T>>(coef), as<const acc_t<T>>(X),
-                            as<const int64_t>(offsets), as<const int64_t>(order), rows, k, d,
-                            as<T>(out), plan, nthreads));
+            backward_impl<T>(as<const acc_t<T>>(coef), as<const acc_t<T>>(X), as<const T>(W),
+                             as<const int64_t>(offsets), as<const int64_t>(order), rows, k, d,
+                             as<acc_t<T>>(gv), as<T>(out), plan, nthreads));
       },
-      py::arg("coef"), py::arg("X"), py::arg("offsets"), py::arg("order"), py::arg("rows"),
-      py::arg("k"), py::arg("d"), py::arg("out"), py::arg("dmap"), py::arg("lo"), py::arg("hi"),
-      py::arg("S"), py::arg("G"), py::arg("d_src"), py::arg("dtype"), py::arg("num_threads"));
+      py::arg("coef"), py::arg("X"), py::arg("W"), py::arg("offsets"), py::arg("order"),
+      py::arg("rows"), py::arg("k"), py::arg("d"), py::arg("grad_values"), py::arg("out"),
+      py::arg("dmap"), py::arg("lo"), py::arg("hi"), py::arg("S"), py::arg("G"),
+      py::arg("d_src"), py::arg("dtype"), py::arg("num_threads"));
 }
 
 }  // namespace pyinterp

@@ -202,11 +202,13 @@ def torch_loss(kind: str, mod, sparse: bool):
     return loss
 
 
-def train_step(params, loss, inputs):
+def train_step(params, loss, inputs, set_to_none: bool = True):
+    """One Adam step. ``set_to_none=False`` keeps the gradient buffers between steps (then a
+    step's peak memory is its activations and temporaries alone)."""
     opt = torch.optim.Adam(params, lr=1e-5)
 
     def step():
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=set_to_none)
         loss(*inputs).backward()
         opt.step()
     return step
@@ -265,10 +267,19 @@ def run(args) -> list[Row]:
         compiled()  # compile outside the timed rounds
         t = interleaved_medians(fns, repeat, device=device)
         mem = {name: peak_memory(fn, device) for name, fn in fns.items()}
+        # activation memory: the same steps with gradient buffers kept between steps
+        act = {}
+        for name, (m_, loss_fn) in {"dense": (dense_mod, torch_loss(kind, dense_mod, False)),
+                                    "ours": (mod, lambda *t_: mod.loss(*t_).total)}.items():
+            keep = train_step(m_.parameters(), loss_fn, x, set_to_none=False)
+            keep()
+            act[name] = peak_memory(keep, device)
         shape = shape_of(kind, s)
         op = f"{kind}_train_step"
         extra = {"vs_compiled": t["compiled"] / t["ours"],
-                 "memory_vs_dense": mem["ours"] / max(mem["dense"], 1)}
+                 "memory_vs_dense": mem["ours"] / max(mem["dense"], 1),
+                 "activation_MiB": act["ours"] / 2**20, "dense_activation_MiB": act["dense"] / 2**20,
+                 "activation_memory_vs_dense": act["ours"] / max(act["dense"], 1)}
         if kind == "jumprelu":
             with torch.no_grad():
                 v, _ = mod.eval().encode(x[0])

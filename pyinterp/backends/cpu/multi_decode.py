@@ -1,7 +1,8 @@
 """Multi-output sparse decode launchers on the CPU backend (the contract is in
 :mod:`pyinterp.ops.multi_decode.function`), over the OpenMP kernels of
-``csrc/cpu/multi_decode.cpp``. Every kernel is deterministic (no atomics; each latent sums its
-entries in a fixed order), so ``deterministic`` changes nothing."""
+``csrc/cpu/multi_decode.cpp``: a row-major gather forward, a fused latent-major backward.
+Every kernel is deterministic (no atomics; each latent sums its entries in a fixed order), so
+``deterministic`` changes nothing."""
 from __future__ import annotations
 
 import torch
@@ -25,26 +26,18 @@ def multi_gather(coef, idx, W, bias, dmap, lo, hi):
     return out
 
 
-def multi_gather_dot(g, idx, W, dmap, lo, hi):
+def multi_backward(coef, idx, g, W, dmap, lo, hi, need_values, need_W, deterministic):
     n, k = idx.shape
-    d_src, d = W.shape[1], W.shape[2]
-    out = torch.empty(n, k, dtype=g.dtype)
-    if n:
-        ext().md_gather_dot(g.data_ptr(), idx.data_ptr(), W.data_ptr(), out.data_ptr(), n, k, d,
-                            *_plan(dmap, lo, hi), d_src, dtype_code(W), num_threads())
-    return out
-
-
-def multi_scatter(coef, idx, g, dmap, lo, hi, shape, out_dtype, deterministic):
-    n, k = idx.shape
-    P, d_src, d = shape
+    P, d_src, d = W.shape
     n_lat = dmap.shape[0] * d_src
     flat = idx.reshape(-1)
     offsets = torch.empty(n_lat + 1, dtype=torch.int64)
     order = torch.empty(flat.numel(), dtype=torch.int64)
     C = ext()
     C.md_build_csr(flat.data_ptr(), flat.numel(), n_lat, offsets.data_ptr(), order.data_ptr())
-    out = torch.zeros(shape, dtype=out_dtype)  # decoder rows no latent reaches stay 0
-    C.md_scatter(coef.data_ptr(), g.data_ptr(), offsets.data_ptr(), order.data_ptr(), n, k, d,
-                 out.data_ptr(), *_plan(dmap, lo, hi), d_src, dtype_code(out), num_threads())
-    return out
+    gv = torch.empty(n, k, dtype=coef.dtype) if need_values else None
+    gW = torch.zeros(W.shape, dtype=W.dtype) if need_W else None  # rows no latent reaches: 0
+    C.md_backward(coef.data_ptr(), g.data_ptr(), W.data_ptr(), offsets.data_ptr(),
+                  order.data_ptr(), n, k, d, _p(gv), _p(gW), *_plan(dmap, lo, hi), d_src,
+                  dtype_code(W), num_threads())
+    return gv, gW

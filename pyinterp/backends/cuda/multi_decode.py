@@ -34,7 +34,7 @@ def multi_gather(coef, idx, W, bias, dmap, lo, hi):
     return out
 
 
-def multi_gather_dot(g, idx, W, dmap, lo, hi):
+def _gather_dot(g, idx, W, dmap, lo, hi):
     n, k = idx.shape
     _, d_src, d = W.shape
     out = torch.empty(n, k, dtype=g.dtype, device=g.device)
@@ -46,7 +46,7 @@ def multi_gather_dot(g, idx, W, dmap, lo, hi):
     return out
 
 
-def multi_scatter(coef, idx, g, dmap, lo, hi, shape, out_dtype, deterministic):
+def _scatter(coef, idx, g, dmap, lo, hi, shape, out_dtype, deterministic):
     n, k = idx.shape
     P, d_src, d = shape
     cd = coef.dtype
@@ -68,3 +68,11 @@ def multi_scatter(coef, idx, g, dmap, lo, hi, shape, out_dtype, deterministic):
                        (_THREADS,), (runtime.ptr(coef), runtime.ptr(idx), runtime.ptr(g),
                                      runtime.ptr(acc), *plan))
     return acc.to(out_dtype)
+
+
+def multi_backward(coef, idx, g, W, dmap, lo, hi, need_values, need_W, deterministic):
+    """grad values by the gathered dots, grad W by the scatter (two kernels)."""
+    gv = _gather_dot(g, idx, W, dmap, lo, hi) if need_values else None
+    gW = _scatter(coef, idx, g, dmap, lo, hi, tuple(W.shape), W.dtype, deterministic) \
+        if need_W else None
+    return gv, gW

@@ -9,12 +9,14 @@ float64), ``dmap`` (S, G), ``lo`` / ``hi`` (G,) int64 on the tensors' device (th
   out[g, n] = bias[g] + sum over in-range entries j of coef[n, j] * W[p, i % d_src] with
   i = idx[n, j], p = dmap[i // d_src, g] >= 0, lo[g] <= i < hi[g]. W (P, d_src, d_out),
   bias (G, d_out) or None.
-- ``multi_gather_dot(g, idx, W, dmap, lo, hi) -> (N, k)`` in the accumulation dtype:
-  sum over the outputs an entry reaches of dot(g[out, n], W[p, i % d_src]) (grad values).
-- ``multi_scatter(coef, idx, g, dmap, lo, hi, shape, out_dtype, deterministic)`` -> W's
-  ``shape`` (P, d_src, d_out): grad W: W[p, r] += coef[e] * g[out, row(e)] over entries e of latent
-  i = s * d_src + r and outputs with dmap[s, out] = p in range; rows never reached are zero.
-  ``deterministic``: no float atomics (each latent sums its entries in a fixed order).
+- ``multi_backward(coef, idx, g, W, dmap, lo, hi, need_values, need_W, deterministic)`` ->
+  ``(grad_values or None, grad_W or None)``, g (G, N, d_out) the outputs' gradient:
+  grad_values (N, k) in the accumulation dtype, sum over the outputs an entry reaches of
+  dot(g[out, n], W[p, i % d_src]); grad_W in W's shape and dtype, W[p, r] collecting
+  coef[e] * g[out, row(e)] over the entries e of latent i = s * d_src + r and the outputs
+  with dmap[s, out] = p in range (rows never reached are zero). ``deterministic``: no float
+  atomics (each latent sums its entries in a fixed order). One launcher for both, so a
+  backend can read each output-gradient row once for both products (the cpu backend does).
 
 Backward never builds an (N, d_sae) or (N, k, d) tensor.
 """
@@ -28,7 +30,7 @@ from pyinterp._common import acc_dtype, device_guard
 from pyinterp.ops._dispatch import Op
 from pyinterp.ops._library import custom_op, launchers, register_autograd, same_grads, same_inputs
 
-MULTI_DECODE_LAUNCHERS = ("multi_gather", "multi_gather_dot", "multi_scatter")
+MULTI_DECODE_LAUNCHERS = ("multi_gather", "multi_backward")
 
 
 class MultiDecode(torch.autograd.Function):
@@ -63,12 +65,12 @@ class MultiDecode(torch.autograd.Function):
         g = grad_out.to(cd).contiguous()
         need_v, _, need_W, need_b = ctx.needs_input_grad[:4]
         gv = gW = gb = None
-        with device_guard(W):
-            if need_v:
-                gv = L.multi_gather_dot(g, indices, W, dmap, lo, hi).to(values.dtype)
-            if need_W:
-                gW = L.multi_scatter(values.to(cd).contiguous(), indices, g, dmap, lo, hi,
-                                     tuple(W.shape), W.dtype, ctx.deterministic)
+        if need_v or need_W:
+            with device_guard(W):
+                gv, gW = L.multi_backward(values.to(cd).contiguous(), indices, g, W, dmap, lo, hi,
+                                          need_v, need_W, ctx.deterministic)
+            gv = gv.to(values.dtype) if need_v else None
+            gW = gW if need_W else None
         if need_b and ctx.has_b_dec:
             gb = g.sum(1).to(W.dtype)
         return gv, None, gW, gb, None, None, None, None, None
@@ -78,19 +80,21 @@ class MultiDecode(torch.autograd.Function):
 # torch.library: torch.ops.pyinterp.multi_decode and its backward launchers as custom ops
 
 
-@custom_op("multi_gather_dot", lambda g, idx, W, dmap, lo, hi, backend: g.new_empty(idx.shape))
-def _multi_gather_dot(g: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, dmap: torch.Tensor,
-                      lo: torch.Tensor, hi: torch.Tensor, backend: str) -> torch.Tensor:
-    return launchers(backend, "multi_decode").multi_gather_dot(g, idx, W, dmap, lo, hi)
+def _backward_fake(coef, idx, g, W, dmap, lo, hi, need_values, need_W, deterministic, backend):
+    return (coef.new_empty(idx.shape if need_values else (0,)),
+            W.new_empty(W.shape if need_W else (0,)))
 
 
-@custom_op("multi_scatter", lambda coef, idx, g, dmap, lo, hi, shape, out_dtype, deterministic,
-           backend: g.new_empty(shape, dtype=out_dtype))
-def _multi_scatter(coef: torch.Tensor, idx: torch.Tensor, g: torch.Tensor, dmap: torch.Tensor,
-                   lo: torch.Tensor, hi: torch.Tensor, shape: list[int], out_dtype: torch.dtype,
-                   deterministic: bool, backend: str) -> torch.Tensor:
-    return launchers(backend, "multi_decode").multi_scatter(coef, idx, g, dmap, lo, hi,
-                                                            tuple(shape), out_dtype, deterministic)
+@custom_op("multi_backward", _backward_fake)
+def _multi_backward(coef: torch.Tensor, idx: torch.Tensor, g: torch.Tensor, W: torch.Tensor,
+                    dmap: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, need_values: bool,
+                    need_W: bool, deterministic: bool, backend: str
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    gv, gW = launchers(backend, "multi_decode").multi_backward(
+        coef, idx, g, W, dmap, lo, hi, need_values, need_W, deterministic)
+    # a custom op returns tensors: empty ones stand for the gradients not asked for
+    return (gv if gv is not None else coef.new_empty(0),
+            gW if gW is not None else W.new_empty(0))
 
 
 @custom_op("multi_decode", lambda values, indices, W_dec, b_dec, dmap, lo, hi, deterministic,
@@ -104,7 +108,7 @@ def multi_decode_op(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Te
 
 
 register_autograd(multi_decode_op, MultiDecode,
-                  {"multi_gather_dot": _multi_gather_dot, "multi_scatter": _multi_scatter},
+                  {"multi_backward": _multi_backward},
                   same_inputs, same_grads)
 
 MULTI_DECODE = Op("multi_decode", "multi_decode", MULTI_DECODE_LAUNCHERS, MultiDecode,
