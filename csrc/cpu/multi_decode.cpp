@@ -111,11 +111,25 @@ void csr_impl(const int64_t* idx, int64_t nnz, int64_t n_lat, int64_t* offsets, 
   for (int64_t e = 0; e < nnz; ++e) order[cursor[idx[e]]++] = e;
 }
 
+// Zero the gradient rows of latent i (row r of every decoder its source block maps through).
+template <typename T>
+void zero_rows(T* out, const Plan& plan, int64_t i, int64_t r, int64_t d) {
+  const int64_t s = i / plan.d_src;
+  for (int64_t g = 0; g < plan.G; ++g) {
+    const int64_t p = plan.dmap[s * plan.G + g];
+    if (p < 0) continue;
+    T* o = out + (p * plan.d_src + r) * d;
+    for (int64_t t = 0; t < d; ++t) store(o[t], acc_t<T>(0));
+  }
+}
+
 // The whole backward in one pass over the entries grouped by latent: for latent i and each
 // output g it reaches, the decoder row W[p, r] is read once and every entry e of i reads
 // g[out, row(e)] once for both products: grad values gv[e] += dot(g[out, row(e)], W[p, r])
-// (gv may be null) and grad W[p, r] += coef[e] g[out, row(e)] (out may be null; zero-filled
-// by the caller). Entries belong to one latent and decoder rows to one latent: no races.
+// (gv may be null) and grad W[p, r] += coef[e] g[out, row(e)] (out may be null). Every row of
+// every decoder a source block maps through is written (zeros where no entry reaches it); the
+// caller zeroes decoders no block maps through. Entries belong to one latent and decoder rows
+// to one latent: no races.
 template <typename T>
 void backward_impl(const acc_t<T>* coef, const acc_t<T>* X, const T* W, const int64_t* offsets,
                    const int64_t* order, int64_t rows, int64_t k, int64_t d, acc_t<T>* gv,
@@ -131,8 +145,11 @@ void backward_impl(const acc_t<T>* coef, const acc_t<T>* X, const T* W, const in
 #pragma omp for schedule(dynamic, 64)
     for (int64_t i = 0; i < n_lat; ++i) {
       const int64_t start = offsets[i], end = offsets[i + 1];
-      if (start == end) continue;
       const int64_t r = i % plan.d_src;
+      if (start == end) {  // no entry: the latent's decoder rows get zero gradient
+        if (out) zero_rows(out, plan, i, r, d);
+        continue;
+      }
       if (gv) {
         for (int64_t q = start; q < end; ++q) gv[order[q]] = A(0);
       }
@@ -178,6 +195,18 @@ void backward_impl(const acc_t<T>* coef, const acc_t<T>* X, const T* W, const in
         T* o = out + (dec[g] * plan.d_src + r) * d;
         const A* a = acc.data() + g * d;
         for (int64_t t = 0; t < d; ++t) store(o[t], a[t]);
+      }
+      // decoders of this latent's source that no reached output used (out of range): zero
+      const int64_t s = i / plan.d_src;
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t p = plan.dmap[s * G + g];
+        if (p < 0) continue;
+        bool written = false;
+        for (int64_t h = 0; h < G && !written; ++h) written = dec[h] == p;
+        if (written) continue;
+        T* o = out + (p * plan.d_src + r) * d;
+        for (int64_t t = 0; t < d; ++t) store(o[t], A(0));
+        dec[g] = p;  // once per decoder
       }
     }
   }

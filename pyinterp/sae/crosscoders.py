@@ -100,7 +100,7 @@ class _Layered(SparseDictionary):
         n = {t.shape[0] for t in out}
         if len(n) != 1:
             raise ValueError(f"every layer of {what} must have the same rows, got {sorted(n)}")
-        return torch.stack(out) * scale.to(dt)[:, None, None]
+        return torch.stack(out).mul_(scale.to(dt)[:, None, None])  # in place: one (L, N, d) copy
 
 
 @register_sae_class

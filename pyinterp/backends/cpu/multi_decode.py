@@ -36,7 +36,12 @@ def multi_backward(coef, idx, g, W, dmap, lo, hi, need_values, need_W, determini
     C = ext()
     C.md_build_csr(flat.data_ptr(), flat.numel(), n_lat, offsets.data_ptr(), order.data_ptr())
     gv = torch.empty(n, k, dtype=coef.dtype) if need_values else None
-    gW = torch.zeros(W.shape, dtype=W.dtype) if need_W else None  # rows no latent reaches: 0
+    gW = None
+    if need_W:  # the kernel writes every row of every mapped decoder; unmapped ones are zero
+        gW = torch.empty(W.shape, dtype=W.dtype)
+        unmapped = sorted(set(range(P)) - set(dmap.reshape(-1).tolist()))
+        if unmapped:
+            gW[unmapped] = 0
     C.md_backward(coef.data_ptr(), g.data_ptr(), W.data_ptr(), offsets.data_ptr(),
                   order.data_ptr(), n, k, d, _p(gv), _p(gW), *_plan(dmap, lo, hi), d_src,
                   dtype_code(W), num_threads())
