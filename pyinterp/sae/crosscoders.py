@@ -338,13 +338,20 @@ class CrossLayerTranscoder(_Layered):
     def _threshold_of(self, layer: int):
         return self.threshold[layer] if self.activation in ("jumprelu", "batchtopk") else None
 
-    def _code_layer(self, layer: int, xn: torch.Tensor) -> A.Code:
-        return self._encode_one(xn, self.W_enc[layer], self.b_enc[layer], None,
-                                threshold=self._threshold_of(layer))
+    def _code_layer(self, layer: int, xn: torch.Tensor, weights=None) -> A.Code:
+        W, b, thr = weights if weights is not None else (
+            self.W_enc[layer], self.b_enc[layer], self._threshold_of(layer))
+        return self._encode_one(xn, W, b, None, threshold=thr)
 
     def _code(self, xn: torch.Tensor) -> A.Code:
         """xn: (L, N, d_in) scaled -> the global code (N, sum of layer widths)."""
-        codes = [self._code_layer(l, xn[l]) for l in range(self.n_layers)]
+        # unbind, not indexing per layer: autograd then stacks the L weight gradients once
+        # instead of zero-filling a full (L, d_in, d_sae) gradient for every layer
+        L = self.n_layers
+        Ws, bs = self.W_enc.unbind(0), self.b_enc.unbind(0)
+        thrs = self.threshold.unbind(0) if self.activation in ("jumprelu", "batchtopk") \
+            else [None] * L
+        codes = [self._code_layer(l, xn[l], (Ws[l], bs[l], thrs[l])) for l in range(L)]
         values = torch.cat([c.values for c in codes], 1)
         indices = torch.cat([c.indices + l * self.d_sae for l, c in enumerate(codes)], 1)
         pre = torch.cat([c.pre for c in codes], 1) if codes[0].pre is not None else None
