@@ -9,7 +9,7 @@
 //   read once per output it reaches (outputs sharing a decoder, as Matryoshka prefixes, hit
 //   it in cache). No dense (N, d_sae) code, no (N, k, d) tensor.
 // - md_backward: grad values and grad W in one pass over a CSR of the entries by global latent
-//   (counting sort, entry order kept): each latent reads each decoder row it uses once, and
+//   (sae_build_csr's counting sort, entry order kept): each latent reads each decoder row it uses once, and
 //   each of its entries reads its output-gradient row once for both products. Each latent
 //   sums its entries in that order and adds the outputs sharing a decoder: no atomics,
 //   bit-identical for any thread count. A decoder row belongs to exactly one latent (the op
@@ -100,15 +100,6 @@ void gather_impl(const acc_t<T>* coef, const int64_t* idx, const T* W, const T* 
       }
     }
   }
-}
-
-// Counting sort of the nnz entries by global latent: offsets (n_lat + 1), order (nnz).
-void csr_impl(const int64_t* idx, int64_t nnz, int64_t n_lat, int64_t* offsets, int64_t* order) {
-  std::fill(offsets, offsets + n_lat + 1, int64_t(0));
-  for (int64_t e = 0; e < nnz; ++e) ++offsets[idx[e] + 1];
-  for (int64_t l = 0; l < n_lat; ++l) offsets[l + 1] += offsets[l];
-  std::vector<int64_t> cursor(offsets, offsets + n_lat);
-  for (int64_t e = 0; e < nnz; ++e) order[cursor[idx[e]]++] = e;
 }
 
 // Zero the gradient rows of latent i (row r of every decoder its source block maps through).
@@ -233,14 +224,6 @@ void register_multi_decode(py::module_& m) {
       py::arg("coef"), py::arg("indices"), py::arg("W"), py::arg("bias"), py::arg("out"),
       py::arg("rows"), py::arg("k"), py::arg("d"), py::arg("dmap"), py::arg("lo"), py::arg("hi"),
       py::arg("S"), py::arg("G"), py::arg("d_src"), py::arg("dtype"), py::arg("num_threads"));
-  m.def(
-      "md_build_csr",
-      [](uintptr_t idx, int64_t nnz, int64_t n_lat, uintptr_t offsets, uintptr_t order) {
-        py::gil_scoped_release nogil;
-        csr_impl(as<const int64_t>(idx), nnz, n_lat, as<int64_t>(offsets), as<int64_t>(order));
-      },
-      py::arg("indices"), py::arg("nnz"), py::arg("n_latents"), py::arg("offsets"),
-      py::arg("order"));
   m.def(
       "md_backward",
       [](uintptr_t coef, uintptr_t X, uintptr_t W, uintptr_t offsets, uintptr_t order,

@@ -59,6 +59,16 @@ class _Layered(SparseDictionary):
                              f"(fixed per-layer scales are learned), got {cfg.normalize_activations!r}")
         super().__init__(cfg, backend)
 
+    @classmethod
+    def _config(cls, cfg, n_layers, d_in, d_sae, config) -> SAEConfig:
+        """``cfg``, or one built from the constructor's fields (never both)."""
+        if cfg is None:
+            return SAEConfig(architecture=cls.architecture, d_in=d_in, d_sae=d_sae,
+                             n_layers=n_layers, **_defaults(config, centre=False))
+        if n_layers is not None or d_in is not None or d_sae is not None or config:
+            raise TypeError("pass either cfg or the config fields, not both")
+        return cfg
+
     @property
     def n_layers(self) -> int:
         return self.cfg.n_layers
@@ -112,11 +122,7 @@ class Crosscoder(_Layered):
     def __init__(self, n_layers: Optional[int] = None, d_in: Optional[int] = None,
                  d_sae: Optional[int] = None, *, cfg: Optional[SAEConfig] = None, device=None,
                  seed: Optional[int] = None, backend: Optional[str] = None, **config):
-        if cfg is None:
-            cfg = SAEConfig(architecture=self.architecture, d_in=d_in, d_sae=d_sae,
-                            n_layers=n_layers, **_defaults(config, centre=False))
-        elif n_layers is not None or d_in is not None or d_sae is not None or config:
-            raise TypeError("pass either cfg or the config fields, not both")
+        cfg = self._config(cfg, n_layers, d_in, d_sae, config)
         super().__init__(cfg, backend)
         L, d, m = cfg.n_layers, cfg.d_in, cfg.d_sae
         kw = dict(dtype=cfg.torch_dtype, device=device)
@@ -265,11 +271,7 @@ class CrossLayerTranscoder(_Layered):
     def __init__(self, n_layers: Optional[int] = None, d_in: Optional[int] = None,
                  d_sae: Optional[int] = None, *, cfg: Optional[SAEConfig] = None, device=None,
                  seed: Optional[int] = None, backend: Optional[str] = None, **config):
-        if cfg is None:
-            cfg = SAEConfig(architecture=self.architecture, d_in=d_in, d_sae=d_sae,
-                            n_layers=n_layers, **_defaults(config, centre=False))
-        elif n_layers is not None or d_in is not None or d_sae is not None or config:
-            raise TypeError("pass either cfg or the config fields, not both")
+        cfg = self._config(cfg, n_layers, d_in, d_sae, config)
         if cfg.apply_b_dec_to_input:
             raise ValueError("a CLT does not centre its inputs (b_dec is in the output space): "
                              "set apply_b_dec_to_input=False")

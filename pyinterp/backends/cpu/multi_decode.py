@@ -34,7 +34,7 @@ def multi_backward(coef, idx, g, W, dmap, lo, hi, need_values, need_W, determini
     offsets = torch.empty(n_lat + 1, dtype=torch.int64)
     order = torch.empty(flat.numel(), dtype=torch.int64)
     C = ext()
-    C.md_build_csr(flat.data_ptr(), flat.numel(), n_lat, offsets.data_ptr(), order.data_ptr())
+    C.sae_build_csr(flat.data_ptr(), flat.numel(), n_lat, offsets.data_ptr(), order.data_ptr())
     gv = torch.empty(n, k, dtype=coef.dtype) if need_values else None
     gW = None
     if need_W:  # the kernel writes every row of every mapped decoder; unmapped ones are zero

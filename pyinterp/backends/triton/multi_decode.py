@@ -8,6 +8,7 @@ import torch
 import triton
 
 from pyinterp._common import triton_interpreted as _interpreted
+from pyinterp.backends.multi_decode_common import two_kernel_backward
 from pyinterp.backends.triton.kernels import package  # noqa: F401  (registers the kernels)
 from pyinterp.triton_kernels import multi_decode as tk
 
@@ -64,9 +65,4 @@ def _scatter(coef, idx, g, dmap, lo, hi, shape, out_dtype, deterministic):
     return acc.to(out_dtype)
 
 
-def multi_backward(coef, idx, g, W, dmap, lo, hi, need_values, need_W, deterministic):
-    """grad values by the gathered dots, grad W by the scatter (two kernels)."""
-    gv = _gather_dot(g, idx, W, dmap, lo, hi) if need_values else None
-    gW = _scatter(coef, idx, g, dmap, lo, hi, tuple(W.shape), W.dtype, deterministic) \
-        if need_W else None
-    return gv, gW
+multi_backward = two_kernel_backward(_gather_dot, _scatter)
