@@ -23,6 +23,46 @@ import triton.language as tl
 
 
 @triton.jit
+def _query_block(Q, bh, pid_m, Tq, D, q_offset, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                 CAST_F32: tl.constexpr):
+    """Query block pid_m of head bh: row offsets, positions (with q_offset) and mask, feature
+    offsets and mask, and the queries (BLOCK_M, BLOCK_D)."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < Tq
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    q = tl.load(Q + (bh * Tq + offs_m[:, None]) * D + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if CAST_F32:
+        q = q.to(tl.float32)
+    return offs_m, q_offset + offs_m, row_ok, offs_d, d_ok, q
+
+
+@triton.jit
+def _scores(q, k_head, offs_n, n_ok, offs_d, d_ok, D, scale, CAST_F32: tl.constexpr,
+            ACC_F64: tl.constexpr, PRECISION: tl.constexpr):
+    """Scaled scores (BLOCK_M, BLOCK_N) of the query block q against keys offs_n of k_head."""
+    kt = tl.load(k_head + offs_n[None, :] * D + offs_d[:, None],
+                 mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+    if CAST_F32:
+        kt = kt.to(tl.float32)
+    acc_t = tl.float64 if ACC_F64 else tl.float32
+    return tl.dot(q, kt, out_dtype=acc_t, input_precision=PRECISION) * scale
+
+
+@triton.jit
+def _attended(valid, offs_n, n_ok, pos_m, PAD, b, Tk, CAUSAL: tl.constexpr,
+              HAS_PAD: tl.constexpr):
+    """valid narrowed to the keys each query may attend: not after it (causal), not padding."""
+    if CAUSAL:
+        valid = valid & (offs_n[None, :] <= pos_m[:, None])
+    if HAS_PAD:
+        pad = tl.load(PAD + b * Tk + offs_n, mask=n_ok, other=1)
+        valid = valid & (pad == 0)[None, :]
+    return valid
+
+
+@triton.jit
 def _stats_kernel(
     Q, K, TOK, PAD, KINDS, NS, LSE, ENT, MASS,
     H, GROUP, Tq, Tk, D, q_offset, scale, PLANE,
@@ -40,15 +80,8 @@ def _stats_kernel(
     h = bh % H
     hkv = h // GROUP
     HKV = H // GROUP
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pos_m = q_offset + offs_m
-    row_ok = offs_m < Tq
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
-    q = tl.load(Q + (bh * Tq + offs_m[:, None]) * D + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    if CAST_F32:
-        q = q.to(tl.float32)
+    offs_m, pos_m, row_ok, offs_d, d_ok, q = _query_block(Q, bh, pid_m, Tq, D, q_offset, BLOCK_M,
+                                                          BLOCK_D, CAST_F32)
     k_base = K + (b * HKV + hkv) * Tk * D
     neg_inf = float("-inf")
     m_i = tl.full([BLOCK_M], neg_inf, dtype=acc_t)
@@ -68,17 +101,9 @@ def _stats_kernel(
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < Tk
-        kt = tl.load(k_base + offs_n[None, :] * D + offs_d[:, None],
-                     mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        if CAST_F32:
-            kt = kt.to(tl.float32)
-        s = tl.dot(q, kt, out_dtype=acc_t, input_precision=PRECISION) * scale
-        valid = n_ok[None, :] & row_ok[:, None]
-        if CAUSAL:
-            valid = valid & (offs_n[None, :] <= pos_m[:, None])
-        if HAS_PAD:
-            pad = tl.load(PAD + b * Tk + offs_n, mask=n_ok, other=1)
-            valid = valid & (pad == 0)[None, :]
+        s = _scores(q, k_base, offs_n, n_ok, offs_d, d_ok, D, scale, CAST_F32, ACC_F64, PRECISION)
+        valid = _attended(n_ok[None, :] & row_ok[:, None], offs_n, n_ok, pos_m, PAD, b, Tk,
+                          CAUSAL, HAS_PAD)
         bad_i = tl.maximum(bad_i, tl.max(tl.where(valid & (s != s), 2,
                                                   tl.where(valid & (s == -neg_inf), 1, 0)), 1))
         valid = valid & (s == s) & (s != -neg_inf) & (s != neg_inf)
@@ -147,7 +172,6 @@ def _pattern_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr = "ieee",
 ):
-    acc_t = tl.float64 if ACC_F64 else tl.float32
     n_m = tl.cdiv(Tq, BLOCK_M)
     pid = tl.program_id(0)
     bh = (pid // n_m).to(tl.int64)
@@ -156,29 +180,16 @@ def _pattern_kernel(
     b = bh // H
     h = bh % H
     HKV = H // GROUP
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    pos_m = q_offset + offs_m
-    row_ok = offs_m < Tq
+    offs_m, pos_m, row_ok, offs_d, d_ok, q = _query_block(Q, bh, pid_m, Tq, D, q_offset, BLOCK_M,
+                                                          BLOCK_D, CAST_F32)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < Tk
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
-    q = tl.load(Q + (bh * Tq + offs_m[:, None]) * D + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    kt = tl.load(K + (b * HKV + h // GROUP) * Tk * D + offs_n[None, :] * D + offs_d[:, None],
-                 mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-    if CAST_F32:
-        q = q.to(tl.float32)
-        kt = kt.to(tl.float32)
-    s = tl.dot(q, kt, out_dtype=acc_t, input_precision=PRECISION) * scale
+    s = _scores(q, K + (b * HKV + h // GROUP) * Tk * D, offs_n, n_ok, offs_d, d_ok, D, scale,
+                CAST_F32, ACC_F64, PRECISION)
     lse = tl.load(LSE + bh * Tq + offs_m, mask=row_ok, other=float("-inf"))
     # keys with score -inf (masked or from non-finite inputs) get 0; NaN propagates
     valid = n_ok[None, :] & row_ok[:, None] & (lse != float("-inf"))[:, None] & (s != float("-inf"))
-    if CAUSAL:
-        valid = valid & (offs_n[None, :] <= pos_m[:, None])
-    if HAS_PAD:
-        pad = tl.load(PAD + b * Tk + offs_n, mask=n_ok, other=1)
-        valid = valid & (pad == 0)[None, :]
+    valid = _attended(valid, offs_n, n_ok, pos_m, PAD, b, Tk, CAUSAL, HAS_PAD)
     p = tl.where(valid, tl.exp(tl.where(valid, s - lse[:, None], 0.0)), 0.0)
     tl.store(OUT + (bh * Tq + offs_m[:, None]) * Tk + offs_n[None, :], p,
              mask=row_ok[:, None] & n_ok[None, :])

@@ -20,6 +20,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .sae import _row_entries
+
 
 @triton.jit
 def _reach(lat, g, DMAP, LO, HI, G, d_src, n_src, valid):
@@ -43,12 +45,9 @@ def _md_gather_kernel(COEF, IDX, W, BIAS, OUT, DMAP, LO, HI, N, K, D, G, d_src, 
     acc_t = tl.float64 if ACC_F64 else tl.float32
     acc = tl.zeros((BLOCK_D,), dtype=acc_t)
     for j0 in range(0, K, BLOCK_J):
-        js = j0 + tl.arange(0, BLOCK_J)
-        jm = js < K
-        lat = tl.load(IDX + n * K + js, mask=jm, other=0)
+        c, lat, jm = _row_entries(COEF, IDX, n, K, j0, BLOCK_J, ACC_F64)
         p = _reach(lat, g, DMAP, LO, HI, G, d_src, n_src, jm)
         hit = p >= 0
-        c = tl.load(COEF + n * K + js, mask=jm, other=0.0).to(acc_t)
         c = tl.where(hit, c, 0.0)
         row = (p * d_src + lat % d_src).to(tl.int64)
         w = tl.load(W + row[:, None] * D + ds[None, :].to(tl.int64),

@@ -18,6 +18,19 @@ import triton.language as tl
 
 
 @triton.jit
+def _layer_row(TABLE, STRIDES, lb, B, DT: tl.constexpr):
+    """Program lb = l * B + b: layer l, row b, a typed pointer to h[l, b, 0, 0] and the layer's
+    token and feature element strides."""
+    l = lb // B
+    b = lb % B
+    base = tl.load(TABLE + l).to(tl.pointer_type(DT))
+    sb = tl.load(STRIDES + 3 * l)
+    st = tl.load(STRIDES + 3 * l + 1)
+    sd = tl.load(STRIDES + 3 * l + 2)
+    return l, b, base + b * sb, st, sd
+
+
+@triton.jit
 def _pool_kernel(TABLE, STRIDES, W, OUT, L, B, T, D, per_split,
                  DT: tl.constexpr, ACC_F64: tl.constexpr,
                  BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -25,15 +38,10 @@ def _pool_kernel(TABLE, STRIDES, W, OUT, L, B, T, D, per_split,
     lb = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     split = tl.program_id(2)
-    l = lb // B
-    b = lb % B
-    base = tl.load(TABLE + l).to(tl.pointer_type(DT))
-    sb = tl.load(STRIDES + 3 * l)
-    st = tl.load(STRIDES + 3 * l + 1)
-    sd = tl.load(STRIDES + 3 * l + 2)
+    l, b, hrow, st, sd = _layer_row(TABLE, STRIDES, lb, B, DT)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
-    row = base + b * sb + offs_d.to(tl.int64)[None, :] * sd
+    row = hrow + offs_d.to(tl.int64)[None, :] * sd
     t_lo = split * per_split
     t_hi = tl.minimum(T, t_lo + per_split)
     acc = tl.zeros([BLOCK_D], dtype=acc_t)
@@ -54,17 +62,12 @@ def _gather_kernel(TABLE, STRIDES, INDEX, OUT, B, D,
     acc_t = tl.float64 if ACC_F64 else tl.float32
     lb = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    l = lb // B
-    b = lb % B
-    base = tl.load(TABLE + l).to(tl.pointer_type(DT))
-    sb = tl.load(STRIDES + 3 * l)
-    st = tl.load(STRIDES + 3 * l + 1)
-    sd = tl.load(STRIDES + 3 * l + 2)
+    _, b, hrow, st, sd = _layer_row(TABLE, STRIDES, lb, B, DT)
     t = tl.load(INDEX + b)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     # index < 0 (the row selects nothing): read token 0 (in bounds) and overwrite with NaN
-    x = tl.load(base + b * sb + tl.maximum(t, 0) * st + offs_d.to(tl.int64) * sd, mask=d_ok,
+    x = tl.load(hrow + tl.maximum(t, 0) * st + offs_d.to(tl.int64) * sd, mask=d_ok,
                 other=0.0).to(acc_t)
     x = tl.where(t >= 0, x, float("nan"))
     tl.store(OUT + lb * D + offs_d, x, mask=d_ok)
@@ -78,17 +81,12 @@ def _tokens_kernel(TABLE, STRIDES, WV, OUT, w_lstride, B, T, D, P,
     lb = tl.program_id(0).to(tl.int64)
     pid_t = tl.program_id(1)
     pid_p = tl.program_id(2)
-    l = lb // B
-    b = lb % B
-    base = tl.load(TABLE + l).to(tl.pointer_type(DT))
-    sb = tl.load(STRIDES + 3 * l)
-    st = tl.load(STRIDES + 3 * l + 1)
-    sd = tl.load(STRIDES + 3 * l + 2)
+    l, _, hrow, st, sd = _layer_row(TABLE, STRIDES, lb, B, DT)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = offs_t < T
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = offs_p < P
-    rows = base + b * sb + offs_t.to(tl.int64)[:, None] * st
+    rows = hrow + offs_t.to(tl.int64)[:, None] * st
     wl = WV + l * w_lstride
     acc = tl.zeros([BLOCK_T, BLOCK_P], dtype=acc_t)
     for d0 in range(0, D, BLOCK_D):

@@ -118,6 +118,16 @@ def _topk_finalize_kernel(CAND, VALS, IDX, N, k, KP: tl.constexpr, BLOCK_M: tl.c
 
 
 @triton.jit
+def _row_entries(COEF, IDX, n, K, j0, BLOCK_J: tl.constexpr, ACC_F64: tl.constexpr):
+    """Entries j0 .. j0 + BLOCK_J of row n: coefficients (accumulation dtype), latents, mask."""
+    js = j0 + tl.arange(0, BLOCK_J)
+    jm = js < K
+    c = tl.load(COEF + n * K + js, mask=jm, other=0.0).to(tl.float64 if ACC_F64 else tl.float32)
+    lat = tl.load(IDX + n * K + js, mask=jm, other=0)
+    return c, lat, jm
+
+
+@triton.jit
 def _gather_kernel(COEF, IDX, W, BIAS, OUT, K, D, stride_wl, stride_wd, HAS_BIAS: tl.constexpr,
                    ACC_F64: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
@@ -126,10 +136,7 @@ def _gather_kernel(COEF, IDX, W, BIAS, OUT, K, D, stride_wl, stride_wd, HAS_BIAS
     acc_t = tl.float64 if ACC_F64 else tl.float32
     acc = tl.zeros((BLOCK_D,), dtype=acc_t)
     for j0 in range(0, K, BLOCK_J):
-        js = j0 + tl.arange(0, BLOCK_J)
-        jm = js < K
-        c = tl.load(COEF + n * K + js, mask=jm, other=0.0).to(acc_t)
-        lat = tl.load(IDX + n * K + js, mask=jm, other=0)
+        c, lat, jm = _row_entries(COEF, IDX, n, K, j0, BLOCK_J, ACC_F64)
         w = tl.load(W + lat[:, None] * stride_wl + ds[None, :].to(tl.int64) * stride_wd,
                     mask=jm[:, None] & dmask[None, :], other=0.0).to(acc_t)
         acc += tl.sum(c[:, None] * w, axis=0)

@@ -37,6 +37,18 @@ def _online_lse(x_ptr, n_cols, BLOCK: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
+def _block_exp(x_ptr, n_cols, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """A row that fits in one block: x (-inf past the row), its max m, e = exp(x - m) (0 past
+    the row) and s = sum(e)."""
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + cols, mask=mask, other=float("-inf")).to(ACC)
+    m = tl.max(x, 0)
+    e = tl.where(mask, tl.exp(x - m), 0.0).to(ACC)
+    return x, m, e, tl.sum(e, 0)
+
+
+@triton.jit
 def _solu_fwd_kernel(X, Y, LSE, n_cols, BLOCK: tl.constexpr, SINGLE: tl.constexpr,
                      ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -45,10 +57,7 @@ def _solu_fwd_kernel(X, Y, LSE, n_cols, BLOCK: tl.constexpr, SINGLE: tl.constexp
     cols = tl.arange(0, BLOCK)
     if SINGLE:
         mask = cols < n_cols
-        x = tl.load(x_ptr + cols, mask=mask, other=float("-inf")).to(ACC)
-        m = tl.max(x, 0)
-        e = tl.where(mask, tl.exp(x - m), 0.0).to(ACC)
-        s = tl.sum(e, 0)
+        x, m, e, s = _block_exp(x_ptr, n_cols, BLOCK, ACC)
         y = x * (e / s)
         tl.store(y_ptr + cols, y.to(Y.dtype.element_ty), mask=mask)
         tl.store(LSE + row, m + tl.log(s))
@@ -64,6 +73,15 @@ def _solu_fwd_kernel(X, Y, LSE, n_cols, BLOCK: tl.constexpr, SINGLE: tl.constexp
 
 
 @triton.jit
+def _load_xgp(x_ptr, g_ptr, c, mask, lse, ACC: tl.constexpr):
+    """x, the incoming gradient g and p = exp(x - lse) at columns c (all 0 past the row)."""
+    x = tl.load(x_ptr + c, mask=mask, other=0.0).to(ACC)
+    g = tl.load(g_ptr + c, mask=mask, other=0.0).to(ACC)
+    p = tl.where(mask, tl.exp(x - lse), 0.0).to(ACC)
+    return x, g, p
+
+
+@triton.jit
 def _solu_bwd_kernel(X, LSE, GY, GX, n_cols, BLOCK: tl.constexpr, SINGLE: tl.constexpr,
                      ACC: tl.constexpr):
     # gx = p * (g * (1 + x) - S),  S = sum(g * x * p),  p = exp(x - lse)
@@ -75,9 +93,7 @@ def _solu_bwd_kernel(X, LSE, GY, GX, n_cols, BLOCK: tl.constexpr, SINGLE: tl.con
     cols = tl.arange(0, BLOCK)
     if SINGLE:
         mask = cols < n_cols
-        x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(ACC)
-        g = tl.load(g_ptr + cols, mask=mask, other=0.0).to(ACC)
-        p = tl.where(mask, tl.exp(x - lse), 0.0).to(ACC)
+        x, g, p = _load_xgp(x_ptr, g_ptr, cols, mask, lse, ACC)
         S = tl.sum(g * x * p, 0)
         gx = p * (g * (1.0 + x) - S)
         tl.store(o_ptr + cols, gx.to(GX.dtype.element_ty), mask=mask)
@@ -86,18 +102,28 @@ def _solu_bwd_kernel(X, LSE, GY, GX, n_cols, BLOCK: tl.constexpr, SINGLE: tl.con
         for start in range(0, n_cols, BLOCK):
             c = start + cols
             mask = c < n_cols
-            x = tl.load(x_ptr + c, mask=mask, other=0.0).to(ACC)
-            g = tl.load(g_ptr + c, mask=mask, other=0.0).to(ACC)
-            p = tl.where(mask, tl.exp(x - lse), 0.0).to(ACC)
+            x, g, p = _load_xgp(x_ptr, g_ptr, c, mask, lse, ACC)
             S += tl.sum(g * x * p, 0)
         for start in range(0, n_cols, BLOCK):
             c = start + cols
             mask = c < n_cols
-            x = tl.load(x_ptr + c, mask=mask, other=0.0).to(ACC)
-            g = tl.load(g_ptr + c, mask=mask, other=0.0).to(ACC)
-            p = tl.exp(x - lse)
+            x, g, p = _load_xgp(x_ptr, g_ptr, c, mask, lse, ACC)
             gx = p * (g * (1.0 + x) - S)
             tl.store(o_ptr + c, gx.to(GX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _ln_out(y_ptr, pre_ptr, W, B, c, mask, h, hc, rstd, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+            STORE_PRE: tl.constexpr, ACC: tl.constexpr):
+    """Store y = hc * rstd * w + b at columns c (hc = h - mean), and h when STORE_PRE."""
+    y = hc * rstd
+    if HAS_W:
+        y = y * tl.load(W + c, mask=mask, other=0.0).to(ACC)
+    if HAS_B:
+        y = y + tl.load(B + c, mask=mask, other=0.0).to(ACC)
+    tl.store(y_ptr + c, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if STORE_PRE:
+        tl.store(pre_ptr + c, h.to(pre_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -111,23 +137,13 @@ def _solu_ln_fwd_kernel(X, W, B, Y, PRE, STATS, n_cols, eps, BLOCK: tl.constexpr
     cols = tl.arange(0, BLOCK)
     if SINGLE:
         mask = cols < n_cols
-        x = tl.load(x_ptr + cols, mask=mask, other=float("-inf")).to(ACC)
-        m = tl.max(x, 0)
-        e = tl.where(mask, tl.exp(x - m), 0.0).to(ACC)
-        s = tl.sum(e, 0)
+        x, m, e, s = _block_exp(x_ptr, n_cols, BLOCK, ACC)
         h = tl.where(mask, x * (e / s), 0.0).to(ACC)
         mean = tl.sum(h, 0) / n_cols
         dev = tl.where(mask, h - mean, 0.0).to(ACC)
         var = tl.sum(dev * dev, 0) / n_cols
         rstd = 1.0 / tl.sqrt(var + eps)
-        y = dev * rstd
-        if HAS_W:
-            y = y * tl.load(W + cols, mask=mask, other=0.0).to(ACC)
-        if HAS_B:
-            y = y + tl.load(B + cols, mask=mask, other=0.0).to(ACC)
-        tl.store(y_ptr + cols, y.to(Y.dtype.element_ty), mask=mask)
-        if STORE_PRE:
-            tl.store(pre_ptr + cols, h.to(PRE.dtype.element_ty), mask=mask)
+        _ln_out(y_ptr, pre_ptr, W, B, cols, mask, h, dev, rstd, HAS_W, HAS_B, STORE_PRE, ACC)
         lse = m + tl.log(s)
     else:
         lse = _online_lse(x_ptr, n_cols, BLOCK, ACC)
@@ -155,17 +171,19 @@ def _solu_ln_fwd_kernel(X, W, B, Y, PRE, STATS, n_cols, eps, BLOCK: tl.constexpr
             mask = c < n_cols
             x = tl.load(x_ptr + c, mask=mask, other=0.0).to(ACC)
             h = x * tl.exp(x - lse)
-            y = (h - mean) * rstd
-            if HAS_W:
-                y = y * tl.load(W + c, mask=mask, other=0.0).to(ACC)
-            if HAS_B:
-                y = y + tl.load(B + c, mask=mask, other=0.0).to(ACC)
-            tl.store(y_ptr + c, y.to(Y.dtype.element_ty), mask=mask)
-            if STORE_PRE:
-                tl.store(pre_ptr + c, h.to(PRE.dtype.element_ty), mask=mask)
+            _ln_out(y_ptr, pre_ptr, W, B, c, mask, h, h - mean, rstd, HAS_W, HAS_B, STORE_PRE, ACC)
     tl.store(STATS + row * 3, lse)
     tl.store(STATS + row * 3 + 1, mean)
     tl.store(STATS + row * 3 + 2, rstd)
+
+
+@triton.jit
+def _row_stats(STATS, row, ACC: tl.constexpr):
+    """The (lse, mean, rstd) the forward saved for ``row``."""
+    lse = tl.load(STATS + row * 3).to(ACC)
+    mean = tl.load(STATS + row * 3 + 1).to(ACC)
+    rstd = tl.load(STATS + row * 3 + 2).to(ACC)
+    return lse, mean, rstd
 
 
 @triton.jit
@@ -189,12 +207,8 @@ def _solu_ln_bwd_kernel(X, W, STATS, GY, GPRE, GX, PW, PB, n_rows, n_cols,
         db = tl.zeros((BLOCK,), ACC)
         for row in range(pid, n_rows, nprog):
             r64 = row + tl.zeros((), tl.int64)  # 64-bit offsets (a python int in the interpreter)
-            lse = tl.load(STATS + r64 * 3).to(ACC)
-            mean = tl.load(STATS + r64 * 3 + 1).to(ACC)
-            rstd = tl.load(STATS + r64 * 3 + 2).to(ACC)
-            x = tl.load(X + r64 * n_cols + cols, mask=cmask, other=0.0).to(ACC)
-            gy = tl.load(GY + r64 * n_cols + cols, mask=cmask, other=0.0).to(ACC)
-            p = tl.where(cmask, tl.exp(x - lse), 0.0).to(ACC)
+            lse, mean, rstd = _row_stats(STATS, r64, ACC)
+            x, gy, p = _load_xgp(X + r64 * n_cols, GY + r64 * n_cols, cols, cmask, lse, ACC)
             h = x * p
             xhat = tl.where(cmask, (h - mean) * rstd, 0.0).to(ACC)
             if HAS_W:
@@ -225,9 +239,7 @@ def _solu_ln_bwd_kernel(X, W, STATS, GY, GPRE, GX, PW, PB, n_rows, n_cols,
             x_ptr = X + r64 * n_cols
             gy_ptr = GY + r64 * n_cols
             gp_ptr = GPRE + r64 * n_cols
-            lse = tl.load(STATS + r64 * 3).to(ACC)
-            mean = tl.load(STATS + r64 * 3 + 1).to(ACC)
-            rstd = tl.load(STATS + r64 * 3 + 2).to(ACC)
+            lse, mean, rstd = _row_stats(STATS, r64, ACC)
             sa = tl.zeros((), ACC)
             sc = tl.zeros((), ACC)
             sx = tl.zeros((), ACC)
@@ -236,9 +248,7 @@ def _solu_ln_bwd_kernel(X, W, STATS, GY, GPRE, GX, PW, PB, n_rows, n_cols,
             for start in range(0, n_cols, BLOCK):
                 cc = start + cols
                 mask = cc < n_cols
-                x = tl.load(x_ptr + cc, mask=mask, other=0.0).to(ACC)
-                gy = tl.load(gy_ptr + cc, mask=mask, other=0.0).to(ACC)
-                p = tl.where(mask, tl.exp(x - lse), 0.0).to(ACC)
+                x, gy, p = _load_xgp(x_ptr, gy_ptr, cc, mask, lse, ACC)
                 h = x * p
                 xhat = tl.where(mask, (h - mean) * rstd, 0.0).to(ACC)
                 if HAS_W:
@@ -264,9 +274,7 @@ def _solu_ln_bwd_kernel(X, W, STATS, GY, GPRE, GX, PW, PB, n_rows, n_cols,
             for start in range(0, n_cols, BLOCK):
                 cc = start + cols
                 mask = cc < n_cols
-                x = tl.load(x_ptr + cc, mask=mask, other=0.0).to(ACC)
-                gy = tl.load(gy_ptr + cc, mask=mask, other=0.0).to(ACC)
-                p = tl.exp(x - lse)
+                x, gy, p = _load_xgp(x_ptr, gy_ptr, cc, mask, lse, ACC)
                 xhat = (x * p - mean) * rstd
                 if HAS_W:
                     g = gy * tl.load(W + cc, mask=mask, other=0.0).to(ACC)
