@@ -17,25 +17,7 @@
 // fp16/bf16 are read as raw 16-bit words and converted in registers (no headers under NVRTC);
 // accumulation in float (double for float64); outputs in the accumulation type.
 
-typedef long long i64;
-struct f16_t { unsigned short bits; };
-struct bf16_t { unsigned short bits; };
-
-template <typename T> struct Acc { typedef float type; };
-template <> struct Acc<double> { typedef double type; };
-
-__device__ __forceinline__ float to_acc(const float* p) { return __ldg(p); }
-__device__ __forceinline__ double to_acc(const double* p) { return __ldg(p); }
-__device__ __forceinline__ float to_acc(const f16_t* p) {
-  unsigned short h = __ldg(reinterpret_cast<const unsigned short*>(p));
-  float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-  return f;
-}
-__device__ __forceinline__ float to_acc(const bf16_t* p) {
-  unsigned short h = __ldg(reinterpret_cast<const unsigned short*>(p));
-  return __uint_as_float(static_cast<unsigned int>(h) << 16);
-}
+#include "common.cuh"  // i64, f16_t / bf16_t, Acc, ld_acc
 
 __device__ __forceinline__ float ninf(float) { return __int_as_float(0xff800000); }
 __device__ __forceinline__ double ninf(double) { return __longlong_as_double(0xfff0000000000000LL); }
@@ -83,7 +65,7 @@ __device__ void stats(const T* __restrict__ q, const T* __restrict__ k,
   const int row0 = qblock * BM;
   for (int e = threadIdx.x; e < BM * D; e += BM) {
     const int r = e / D, d = e % D;
-    sQ[r * ld + d] = (row0 + r < Tq) ? to_acc(qh + static_cast<i64>(row0 + r) * D + d) * scale : A(0);
+    sQ[r * ld + d] = (row0 + r < Tq) ? ld_acc(qh + static_cast<i64>(row0 + r) * D + d) * scale : A(0);
   }
   bool has_dup = false, has_ind = false;
   for (int r = 0; r < R; ++r) {
@@ -103,7 +85,7 @@ __device__ void stats(const T* __restrict__ q, const T* __restrict__ k,
     __syncthreads();  // previous tile fully consumed (and sQ written on the first pass)
     for (int e = threadIdx.x; e < nk * D; e += BM) {
       const int c = e / D, d = e % D;
-      sK[c * ld + d] = to_acc(kh + static_cast<i64>(j0 + c) * D + d);
+      sK[c * ld + d] = ld_acc(kh + static_cast<i64>(j0 + c) * D + d);
     }
     __syncthreads();
     if (!row_ok) continue;
@@ -163,7 +145,7 @@ __device__ void stats(const T* __restrict__ q, const T* __restrict__ k,
         const i64 j = kinds[r] == KIND_OFFSET ? pi - ns[r] : ns[r];
         if (j >= 0 && j < Tk && (!causal || j <= pi) && !(pb && pb[j])) {
           A s = 0;
-          for (int d = 0; d < D; ++d) s += qrow[d] * to_acc(kh + j * D + d);
+          for (int d = 0; d < D; ++d) s += qrow[d] * ld_acc(kh + j * D + d);
           v = exp_acc(s - lse_i);
         }
       }
@@ -190,7 +172,7 @@ __device__ void pattern(const T* __restrict__ q, const T* __restrict__ k,
   const int Hkv = H / group;
   const int j = static_cast<int>(blockIdx.x % nkb) * blockDim.x + threadIdx.x;
   const T* qr = q + (bh * Tq + i) * D;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) sq[d] = to_acc(qr + d) * static_cast<A>(scale_f);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) sq[d] = ld_acc(qr + d) * static_cast<A>(scale_f);
   __syncthreads();
   if (j >= Tk) return;
   const A lse_i = lse[bh * Tq + i];
@@ -200,7 +182,7 @@ __device__ void pattern(const T* __restrict__ q, const T* __restrict__ k,
   if (valid) {
     const T* kr = k + ((b * Hkv + h / group) * static_cast<i64>(Tk) + j) * D;
     A s = 0;
-    for (int d = 0; d < D; ++d) s += sq[d] * to_acc(kr + d);
+    for (int d = 0; d < D; ++d) s += sq[d] * ld_acc(kr + d);
     v = s == ninf(A(0)) ? A(0) : exp_acc(s - lse_i);  // -inf score: 0; NaN propagates
   }
   out[(bh * Tq + i) * static_cast<i64>(Tk) + j] = v;

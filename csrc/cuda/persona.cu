@@ -15,25 +15,7 @@
 // persona_tokens_<t>: out[l, b, t, p] = h[l, b, t, :] . w[l, p, :]; one warp per token, up to
 //                     8 directions per sweep over D, warp-shuffle reductions.
 
-typedef long long i64;
-struct f16_t { unsigned short bits; };
-struct bf16_t { unsigned short bits; };
-
-template <typename T> struct Acc { typedef float type; };
-template <> struct Acc<double> { typedef double type; };
-
-__device__ __forceinline__ float load_acc(const float* p) { return __ldg(p); }
-__device__ __forceinline__ double load_acc(const double* p) { return __ldg(p); }
-__device__ __forceinline__ float load_acc(const f16_t* p) {
-  unsigned short h = __ldg(reinterpret_cast<const unsigned short*>(p));
-  float f;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-  return f;
-}
-__device__ __forceinline__ float load_acc(const bf16_t* p) {
-  unsigned short h = __ldg(reinterpret_cast<const unsigned short*>(p));
-  return __uint_as_float(static_cast<unsigned int>(h) << 16);
-}
+#include "common.cuh"  // i64, f16_t / bf16_t, Acc, ld_acc
 
 __device__ __forceinline__ float nan_of(float) { return __int_as_float(0x7fffffff); }
 __device__ __forceinline__ double nan_of(double) { return __longlong_as_double(0x7ff8000000000000LL); }
@@ -63,7 +45,7 @@ __device__ void pool(const i64* __restrict__ table, const i64* __restrict__ stri
 #pragma unroll 4
     for (int t = t0; t < t1; ++t) {
       const A wt = w[t];
-      if (wt != A(0)) acc += wt * load_acc(row + static_cast<i64>(t) * st);  // NaN weights kept
+      if (wt != A(0)) acc += wt * ld_acc(row + static_cast<i64>(t) * st);  // NaN weights kept
     }
     out[((static_cast<i64>(split) * L + l) * B + b) * D + d] = acc;
   }
@@ -84,7 +66,7 @@ __device__ void gather(const i64* __restrict__ table, const i64* __restrict__ st
     v = nan_of(A(0));  // the row selects no token
   } else {
     const i64* s = strides + 3 * l;
-    v = load_acc(layer_base<T>(table, l) + b * s[0] + t * s[1] + static_cast<i64>(d) * s[2]);
+    v = ld_acc(layer_base<T>(table, l) + b * s[0] + t * s[1] + static_cast<i64>(d) * s[2]);
   }
   out[lb * D + d] = v;
 }
@@ -110,7 +92,7 @@ __device__ void tokens(const i64* __restrict__ table, const i64* __restrict__ st
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[j] = 0;
     for (int d = lane; d < D; d += 32) {
-      const A x = load_acc(row + static_cast<i64>(d) * sd);
+      const A x = ld_acc(row + static_cast<i64>(d) * sd);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
         if (p0 + j < P) acc[j] += x * w[static_cast<i64>(p0 + j) * D + d];

@@ -144,6 +144,19 @@ __device__ __forceinline__ void for_again(const T* __restrict__ x, const A* cach
   }
 }
 
+// First sweep over row xr: its (NaN-propagating) max, and the row kept in cache when given.
+template <typename T, typename A>
+__device__ __forceinline__ A row_max_caching(const T* __restrict__ xr, A* cache, int d, bool vec) {
+  A m = neg_inf<A>();
+  for_row(xr, d, vec, [&](int i, A v) {
+    if (cache) cache[i] = v;
+    m = nan_max(m, v);
+  });
+  m = block_max(m);
+  __syncthreads();  // cache writes (vector mapping) before reads (scalar mapping)
+  return m;
+}
+
 // ---------------------------------------------------------------------------------------
 // solu
 
@@ -157,13 +170,7 @@ __device__ void solu_fwd(const T* __restrict__ x, T* __restrict__ y,
   for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * d;
     T* yr = y + r * d;
-    A m = neg_inf<A>();
-    for_row(xr, d, vec, [&](int i, A v) {
-      if (cache) cache[i] = v;
-      m = nan_max(m, v);
-    });
-    m = block_max(m);
-    __syncthreads();  // cache writes (vector mapping) before reads (scalar mapping)
+    const A m = row_max_caching(xr, cache, d, vec);
     A s[1] = {A(0)};
     for_again(xr, cache, d, vec, [&](int i, A v) { s[0] += exp_acc(v - m); });
     block_sum(s);
@@ -213,13 +220,7 @@ __device__ void solu_ln_fwd(const T* __restrict__ x, const typename Acc<T>::type
   for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * d;
     T* yr = y + r * d;
-    A m = neg_inf<A>();
-    for_row(xr, d, vec, [&](int i, A v) {
-      if (cache) cache[i] = v;
-      m = nan_max(m, v);
-    });
-    m = block_max(m);
-    __syncthreads();  // cache writes (vector mapping) before reads (scalar mapping)
+    const A m = row_max_caching(xr, cache, d, vec);
     // sum exp(x - m) and sum x exp(x - m): the softmax normaliser and (scaled) mean of h
     A s2[2] = {A(0), A(0)};
     for_again(xr, cache, d, vec, [&](int i, A v) {
