@@ -13,34 +13,41 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def stats_outputs(q: torch.Tensor, k: torch.Tensor, n_rules: int):
-    """Contiguous q, k and the empty (lse, entropy, mass) outputs of attention_stats."""
+def token_splits(T: int, splits: int, tile: int = 1):
+    """(splits, tokens per split) for cutting T tokens into about ``splits`` parts of whole
+    ``tile``s, none of them empty (persona_pool's partial sums)."""
+    per_split = cdiv(cdiv(T, splits), tile) * tile
+    return cdiv(T, per_split), per_split
+
+
+def padding_mask(kpm):
+    """The key padding mask as uint8 for the kernels (None stays None)."""
+    return kpm.contiguous().view(torch.uint8) if kpm is not None else None
+
+
+def stats_operands(q: torch.Tensor, k: torch.Tensor, tokens, kinds, ns, kpm):
+    """attention_stats' operands: contiguous q and k; the tokens as int64 when a rule needs them
+    (else None); the padding mask (``padding_mask``); the rules as device tensors (kinds int32,
+    ns int64; one dummy entry when there are no rules); the empty (lse, entropy, mass) outputs."""
     q, k = q.contiguous(), k.contiguous()
     B, H, Tq, _ = q.shape
     ad, dev = acc_dtype(q.dtype), q.device
-    lse = torch.empty(B, H, Tq, dtype=ad, device=dev)
-    ent = torch.empty(B, H, Tq, dtype=ad, device=dev)
-    mass = torch.empty(n_rules, B, H, Tq, dtype=ad, device=dev)
-    return q, k, (lse, ent, mass)
-
-
-def rule_tables(kinds, ns, device):
-    """The rules as device tensors (kinds int32, ns int64; one dummy entry when there are no
-    rules) and whether any needs the tokens."""
+    outputs = (torch.empty(B, H, Tq, dtype=ad, device=dev), torch.empty(B, H, Tq, dtype=ad, device=dev),
+               torch.empty(len(kinds), B, H, Tq, dtype=ad, device=dev))
     needs_tokens = any(c in TOKEN_RULES for c in kinds)
-    kinds_t = to_device_async(list(kinds) or [0], torch.int32, device)
-    ns_t = to_device_async(list(ns) or [0], torch.int64, device)
-    return kinds_t, ns_t, needs_tokens
+    tok = tokens.to(torch.int64).contiguous() if needs_tokens else None
+    kinds_t = to_device_async(list(kinds) or [0], torch.int32, dev)
+    ns_t = to_device_async(list(ns) or [0], torch.int64, dev)
+    return q, k, tok, padding_mask(kpm), kinds_t, ns_t, outputs
 
 
 def pattern_output(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, kpm):
-    """Contiguous q, k, lse (in the accumulation dtype), the padding mask as uint8 (or None) and
+    """Contiguous q, k, lse (in the accumulation dtype), the padding mask (``padding_mask``) and
     the empty (B, H, Tq, Tk) pattern."""
     q, k = q.contiguous(), k.contiguous()
     ad = acc_dtype(q.dtype)
     out = torch.empty(*q.shape[:3], k.shape[2], dtype=ad, device=q.device)
-    pad = kpm.contiguous().view(torch.uint8) if kpm is not None else None
-    return q, k, lse.to(ad).contiguous(), pad, out
+    return q, k, lse.to(ad).contiguous(), padding_mask(kpm), out
 
 
 def tokens_output(layers: list[torch.Tensor], w: torch.Tensor):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pyinterp.backends._shared import pattern_output, rule_tables, stats_outputs
+from pyinterp.backends._shared import pattern_output, stats_operands
 from pyinterp.backends.cuda import runtime as rt
 
 _FILE = "attention.cu"
@@ -29,24 +29,19 @@ def _tile(D: int, acc_bytes: int, fn) -> int:
 
 
 def attention_stats(q, k, tokens, kinds, ns, causal, kpm, scale, q_offset):
-    n_rules = len(kinds)
-    q, k, (lse, ent, mass) = stats_outputs(q, k, n_rules)
-    B, H, Tq, D = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
-    ad = lse.dtype
-    if B * H * Tq == 0:
+    q, k, tok, pad, kinds_t, ns_t, (lse, ent, mass) = stats_operands(q, k, tokens, kinds, ns, kpm)
+    (B, H, Tq, D), Hkv, Tk = q.shape, k.shape[1], k.shape[2]
+    if lse.numel() == 0:
         return lse, ent, mass
-    kinds, ns, needs_tok = rule_tables(kinds, ns, q.device)
-    tok = tokens.to(torch.int64).contiguous() if needs_tok else None
-    pad = kpm.contiguous().view(torch.uint8) if kpm is not None else None
-    acc_bytes = 8 if ad == torch.float64 else 4
+    acc_bytes = lse.element_size()
     fn = rt.kernel(_FILE, "attention_stats", q.dtype)
     bm = _tile(D, acc_bytes, fn)
     grid = (((Tq + bm - 1) // bm) * B * H, 1, 1)
     rt.launch(fn, grid, (bm, 1, 1), (
-        rt.ptr(q), rt.ptr(k), rt.ptr(tok), rt.ptr(pad), rt.ptr(kinds), rt.ptr(ns), rt.i32(n_rules),
-        rt.ptr(lse), rt.ptr(ent), rt.ptr(mass), rt.i32(H), rt.i32(H // Hkv), rt.i32(Tq), rt.i32(Tk),
-        rt.i32(D), rt.i32(q_offset), rt.i32(int(causal)), np.float64(scale), rt.i32(bm),
+        rt.ptr(q), rt.ptr(k), rt.ptr(tok), rt.ptr(pad), rt.ptr(kinds_t), rt.ptr(ns_t),
+        rt.i32(len(kinds)), rt.ptr(lse), rt.ptr(ent), rt.ptr(mass), rt.i32(H), rt.i32(H // Hkv),
+        rt.i32(Tq), rt.i32(Tk), rt.i32(D), rt.i32(q_offset), rt.i32(int(causal)),
+        np.float64(scale), rt.i32(bm),
     ), shared_mem=2 * bm * (D + 1) * acc_bytes)
     return lse, ent, mass
 

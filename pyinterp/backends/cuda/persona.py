@@ -13,7 +13,7 @@ import torch
 
 from pyinterp._common import acc_dtype as _acc
 from pyinterp._common import device_layer_table
-from pyinterp.backends._shared import cdiv, tokens_output
+from pyinterp.backends._shared import cdiv, token_splits, tokens_output
 from pyinterp.backends.cuda import runtime
 
 _FILE = "persona.cu"
@@ -23,8 +23,7 @@ _TOKENS_WARPS = 8
 
 def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
                  index: Optional[torch.Tensor]) -> torch.Tensor:
-    """layers: L x (B, T, D); weights: (B, T) contiguous compute-dtype, or index: (B,) int64.
-    Returns hbar (L, B, D) in the compute dtype."""
+    """One block per (layer x row, 256 columns, token split); the gather for ``index``."""
     h0 = layers[0]
     L, (B, T, D) = len(layers), h0.shape
     acc = _acc(h0.dtype)
@@ -39,9 +38,7 @@ def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
         return out
     # Split the tokens when (L*B x column blocks) would leave SMs idle; partial rows summed after.
     sms = torch.cuda.get_device_properties(h0.device).multi_processor_count
-    splits = max(1, min(cdiv(T, 64), (4 * sms) // (L * B * n_d)))
-    per_split = cdiv(T, splits)
-    splits = cdiv(T, per_split)
+    splits, per_split = token_splits(T, max(1, min(cdiv(T, 64), (4 * sms) // (L * B * n_d))))
     out = torch.empty(splits, L, B, D, dtype=acc, device=h0.device)
     fn = runtime.kernel(_FILE, "persona_pool", h0.dtype)
     runtime.launch(fn, (L * B, n_d, splits), (_POOL_THREADS, 1, 1),
@@ -52,8 +49,7 @@ def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
 
 
 def persona_tokens(layers: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
-    """layers: L x (B, T, D); w: (L, P, D) compute dtype (rows of each layer contiguous; a
-    stride-0 layer dim for shared directions). Returns (L, B, T, P) in the compute dtype."""
+    """One warp per token, up to 8 directions per sweep over D."""
     w, table, strides, out = tokens_output(layers, w)
     h0 = layers[0]
     L, (B, T, D), P = len(layers), h0.shape, w.shape[1]

@@ -15,7 +15,7 @@ import torch
 import triton
 
 from pyinterp._common import RULE_KINDS, triton_interpreted
-from pyinterp.backends._shared import pattern_output, rule_tables, stats_outputs
+from pyinterp.backends._shared import pattern_output, stats_operands
 from pyinterp.backends.triton.kernels import package  # noqa: F401  (registers the kernels)
 from pyinterp.triton_kernels import attention as tk
 
@@ -45,28 +45,20 @@ def _cast_f32(dtype: torch.dtype) -> bool:
 
 
 def attention_stats(q, k, tokens, kinds, ns, causal, kpm, scale, q_offset):
-    n_rules = len(kinds)
-    q, k, (lse, ent, mass) = stats_outputs(q, k, n_rules)
-    B, H, Tq, D = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
-    ad = lse.dtype
-    if B * H * Tq == 0:
+    q, k, tok, pad, kinds_t, ns_t, (lse, ent, mass) = stats_operands(q, k, tokens, kinds, ns, kpm)
+    (B, H, Tq, D), Hkv, Tk = q.shape, k.shape[1], k.shape[2]
+    if lse.numel() == 0:
         return lse, ent, mass
-    has_dup = RULE_KINDS["duplicate"] in kinds
-    has_ind = RULE_KINDS["induction"] in kinds
-    kinds, ns, _ = rule_tables(kinds, ns, q.device)
-    tok = tokens.to(torch.int64).contiguous() if (has_dup or has_ind) else kinds
-    pad = kpm.contiguous().view(torch.uint8) if kpm is not None else kinds
     precision = _precision(q.dtype)
     bm, bn, bd, warps = _blocks(D, q.dtype, precision)
     grid = (triton.cdiv(Tq, bm) * B * H,)  # (batch x head, query block) on axis 0
-    tk._stats_kernel[grid](
-        q, k, tok, pad, kinds, ns, lse, ent, mass,
-        H, H // Hkv, Tq, Tk, D, int(q_offset), float(scale), B * H * Tq,
-        R=n_rules, CAUSAL=bool(causal), HAS_PAD=kpm is not None,
-        HAS_DUP=has_dup, HAS_IND=has_ind, CAST_F32=_cast_f32(q.dtype),
-        ACC_F64=ad == torch.float64, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=precision,
-        num_warps=warps,
+    tk._stats_kernel[grid](  # an unused tokens / padding argument still needs a valid pointer
+        q, k, kinds_t if tok is None else tok, kinds_t if pad is None else pad, kinds_t, ns_t,
+        lse, ent, mass, H, H // Hkv, Tq, Tk, D, int(q_offset), float(scale), B * H * Tq,
+        R=len(kinds), CAUSAL=bool(causal), HAS_PAD=pad is not None,
+        HAS_DUP=RULE_KINDS["duplicate"] in kinds, HAS_IND=RULE_KINDS["induction"] in kinds,
+        CAST_F32=_cast_f32(q.dtype), ACC_F64=lse.dtype == torch.float64, BLOCK_M=bm, BLOCK_N=bn,
+        BLOCK_D=bd, PRECISION=precision, num_warps=warps,
     )
     return lse, ent, mass
 

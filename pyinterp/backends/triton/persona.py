@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from pyinterp._common import acc_dtype, device_layer_table, triton_interpreted
-from pyinterp.backends._shared import tokens_output
+from pyinterp.backends._shared import token_splits, tokens_output
 from pyinterp.backends.triton.kernels import package  # noqa: F401  (registers the kernels)
 from pyinterp.triton_kernels import persona as tk
 
@@ -30,8 +30,8 @@ def _target_programs(device: torch.device) -> int:
 
 def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
                  index: Optional[torch.Tensor], *, splits: Optional[int] = None) -> torch.Tensor:
-    """layers: L x (B, T, D); weights: (B, T) contiguous compute-dtype, or index: (B,) int64.
-    Returns hbar (L, B, D) in the compute dtype."""
+    """One program per (layer x row, D block, token split); ``splits`` fixes the number of
+    token splits (default: enough programs to fill the GPU); the gather for ``index``."""
     h0 = layers[0]
     L, (B, T, D) = len(layers), h0.shape
     acc = acc_dtype(h0.dtype)
@@ -47,9 +47,7 @@ def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
     block_t = 8 if triton_interpreted() else 16
     if splits is None:
         splits = max(1, min(triton.cdiv(T, block_t), _target_programs(h0.device) // (L * B * n_d)))
-    per_split = triton.cdiv(T, splits)
-    per_split = triton.cdiv(per_split, block_t) * block_t  # whole tiles per split
-    splits = triton.cdiv(T, per_split)
+    splits, per_split = token_splits(T, splits, block_t)
     out = torch.empty(splits, L, B, D, dtype=acc, device=h0.device)
     tk._pool_kernel[(L * B, n_d, splits)](table, strides, weights, out, L, B, T, D, per_split,
                                        DT=_TL[h0.dtype], ACC_F64=f64, BLOCK_T=block_t,
@@ -58,8 +56,8 @@ def persona_pool(layers: list[torch.Tensor], weights: Optional[torch.Tensor],
 
 
 def persona_tokens(layers: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
-    """layers: L x (B, T, D); w: (L, P, D) compute dtype (rows of each layer contiguous; a
-    stride-0 layer dim for shared directions). Returns (L, B, T, P) in the compute dtype."""
+    """Tiles of 16 tokens x up to 16 directions, reducing over D in chunks of 64 (32 for
+    float64)."""
     w, table, strides, out = tokens_output(layers, w)
     h0 = layers[0]
     L, (B, T, D), P = len(layers), h0.shape, w.shape[1]
