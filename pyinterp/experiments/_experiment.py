@@ -13,8 +13,8 @@
 (headline figure, key numbers); a new paper gets its place there by using these calls alone.
 
 Configs derive from ``BaseConfig``: ``Config.for_scale("tiny"|"quick"|"full")`` takes the
-dataclass defaults (the paper's settings, i.e. ``full``) and applies the class's ``SCALES``
-overrides for the smaller scales.
+dataclass defaults (the paper's settings, i.e. ``full``) and applies the ``SCALES`` overrides for
+the smaller scales (a config class's own on top of those of the classes it derives from).
 """
 from __future__ import annotations
 
@@ -64,7 +64,9 @@ class BaseConfig:
     @classmethod
     def for_scale(cls, scale: str = "quick", **overrides):
         check_scale(scale)
-        values = dict(cls.SCALES.get(scale, {}))
+        values = {}
+        for klass in reversed(cls.__mro__):  # base classes' scale settings first
+            values.update(vars(klass).get("SCALES", {}).get(scale, {}))
         values.update(overrides)
         fields = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(values) - fields)

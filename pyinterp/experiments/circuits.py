@@ -24,12 +24,12 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
-from typing import ClassVar, Dict, Optional
+from typing import ClassVar, Dict
 
 import torch
 
 from pyinterp.experiments import dictlearn as DL
-from pyinterp.experiments._experiment import BaseConfig, Experiment
+from pyinterp.experiments._experiment import Experiment
 
 NAME = "circuits"
 TITLE = "Circuit Tracing"
@@ -40,17 +40,10 @@ CITATION = ("Ameisen et al. 2025, <i>Circuit Tracing: Revealing Computational Gr
 
 
 @dataclasses.dataclass
-class Config(BaseConfig):
-    vocab_size: int = 4096
-    n_ctx: int = 128
-    max_rows: Optional[int] = None
+class Config(DL.CorpusLMConfig):
     n_layers: int = 4
-    d_model: int = 256
     n_heads: int = 8
     d_mlp: int = 1024
-    lm_steps: int = 20_000
-    lm_batch: int = 64
-    lm_lr: float = 1e-3
     # Share of each training batch made of repeated random-token rows (tokens from
     # [0, rep_vocab)), so that the model learns to copy in context; the rest is corpus text.
     rep_share: float = 0.25
@@ -70,15 +63,13 @@ class Config(BaseConfig):
     edge_threshold: float = 0.98
     n_ablate: int = 3                # features ablated together in the intervention check
 
-    SCALES: ClassVar[Dict[str, dict]] = {
-        "quick": dict(vocab_size=1024, n_ctx=64, n_layers=2, d_model=64, n_heads=4, d_mlp=256, lm_steps=1200,
-                      lm_batch=32, lm_lr=3e-3, rep_share=0.5, rep_vocab=256, clt_expansion=8, clt_activation="topk",
-                      clt_k=16, clt_steps=1500, clt_batch=512, clt_lr=2e-3, act_rows=100_000, eval_rows=128,
-                      copy_len=16, recall_ctx=24),
-        "tiny": dict(vocab_size=512, n_ctx=32, max_rows=1500, n_layers=2, d_model=32, n_heads=2, d_mlp=128,
-                     lm_steps=1000, lm_batch=16, lm_lr=5e-3, rep_share=0.5, rep_vocab=64, clt_expansion=4,
+    SCALES: ClassVar[Dict[str, dict]] = {  # on top of CorpusLMConfig's
+        "quick": dict(n_layers=2, d_mlp=256, lm_steps=1200, rep_share=0.5, rep_vocab=256, clt_expansion=8,
+                      clt_activation="topk", clt_k=16, clt_steps=1500, clt_batch=512, clt_lr=2e-3,
+                      act_rows=100_000, copy_len=16, recall_ctx=24),
+        "tiny": dict(n_layers=2, d_mlp=128, lm_steps=1000, rep_share=0.5, rep_vocab=64, clt_expansion=4,
                      clt_activation="topk", clt_k=8, clt_steps=300, clt_batch=256, clt_lr=3e-3, act_rows=16_000,
-                     eval_rows=24, copy_len=8, recall_ctx=12),
+                     copy_len=8, recall_ctx=12),
     }
 
 
@@ -238,7 +229,6 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     from pyinterp import circuits
     from pyinterp.experiments.dashboards import vocab_strings
     from pyinterp.experiments.report import new_figure
-    from pyinterp.models import TransformerConfig
 
     cfg = config
     ex = Experiment(NAME, TITLE, CITATION, cfg, out_dir, fresh=fresh, summary=(
@@ -248,17 +238,11 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
         "the next-token logits, pruned to the nodes and edges that carry most of the influence. On a copy "
         "prompt the graph finds the induction mechanism from features alone; ablating the features it says "
         "matter moves the real model's logit the way it predicts. Open the interactive graphs below."))
-    torch.manual_seed(cfg.seed)
-    rows, tok = DL.corpus_rows(cfg.n_ctx, cfg.vocab_size, cfg.max_rows, cfg.seed)
-    train_rows, eval_rows = DL.split_rows(rows, cfg.eval_rows, cfg.seed)
-    d_vocab = max(cfg.vocab_size, int(rows.max()) + 1)
+    train_rows, eval_rows, tok, d_vocab = DL.corpus_split(cfg)
     vocab = vocab_strings(tok, d_vocab)
-    mcfg = TransformerConfig(n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_mlp=cfg.d_mlp,
-                             d_vocab=d_vocab, n_ctx=cfg.n_ctx, act_fn="gelu", positional="rotary", seed=cfg.seed,
-                             init_std=0.8 / math.sqrt(cfg.d_model))
     data = mixed_data(cfg, train_rows)
-    model = DL.train_lm(ex, "lm", mcfg, data, steps=cfg.lm_steps, batch_size=cfg.lm_batch, lr=cfg.lm_lr,
-                        seed=cfg.seed)
+    model = DL.train_corpus_lm(ex, cfg, data, n_layers=cfg.n_layers, d_mlp=cfg.d_mlp, d_vocab=d_vocab,
+                               positional="rotary", init_std=0.8 / math.sqrt(cfg.d_model))
     for p in model.parameters():
         p.requires_grad_(False)
 

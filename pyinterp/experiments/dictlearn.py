@@ -1,7 +1,11 @@
-"""Shared pieces of the dictionary-learning reproductions (Towards / Scaling Monosemanticity).
+"""Shared pieces of the dictionary-learning reproductions (Towards / Scaling Monosemanticity,
+Circuit Tracing).
 
-Each helper is one checkpointed, resumable part of a run:
+Their configs derive from ``CorpusLMConfig`` (the corpus and the small GELU transformer trained on
+it, with one budget per scale). Each helper is one checkpointed, resumable part of a run:
 
+    train_rows, eval_rows, tok, d_vocab = corpus_split(cfg)              # (N, n_ctx) int64 rows
+    model = train_corpus_lm(ex, cfg, train_rows, n_layers=1, d_vocab=d_vocab)
     rows, tok = corpus_rows(n_ctx=64, vocab_size=1024, max_rows=None)    # (N, n_ctx) int64
     model = train_lm(ex, "lm", TransformerConfig(...), rows, steps=800, batch_size=32, lr=3e-3)
     acts = collect_acts(ex, "acts", model, rows, "blocks.0.mlp.hook_post", max_rows=200_000)
@@ -14,13 +18,14 @@ trainer's); a finished step is loaded, never redone. Everything lives under the 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import ClassVar, Dict, Optional, Sequence
 
 import torch
 
-from pyinterp.experiments._experiment import Experiment
+from pyinterp.experiments._experiment import BaseConfig, Experiment
 
 # The logit-effect helpers live in the library (feature dashboards use them too).
 from pyinterp.sae.feature_dashboards import fold_ln_final, logit_effects  # noqa: F401
@@ -33,6 +38,49 @@ def _progress() -> bool:
 
 
 # ----------------------------------------------------------------------------- data + model
+@dataclasses.dataclass
+class CorpusLMConfig(BaseConfig):
+    """The default corpus and the small GELU transformer trained on it before its activations
+    are read. A paper's config derives from this and sets its own model shape (n_layers, d_mlp,
+    ...) and dictionaries; the smaller scales share one LM budget."""
+    vocab_size: int = 4096
+    n_ctx: int = 128
+    max_rows: Optional[int] = None
+    d_model: int = 256
+    n_heads: int = 4
+    lm_steps: int = 20_000
+    lm_batch: int = 64
+    lm_lr: float = 1e-3
+    eval_rows: int = 512
+
+    SCALES: ClassVar[Dict[str, dict]] = {
+        "quick": dict(vocab_size=1024, n_ctx=64, d_model=64, n_heads=4, lm_steps=600, lm_batch=32,
+                      lm_lr=3e-3, eval_rows=128),
+        "tiny": dict(vocab_size=512, n_ctx=32, max_rows=1500, d_model=32, n_heads=2, lm_steps=120,
+                     lm_batch=16, lm_lr=5e-3, eval_rows=24),
+    }
+
+
+def corpus_split(cfg: CorpusLMConfig):
+    """Seed torch with cfg.seed; the corpus rows split into (train, eval), the tokenizer and the
+    model's vocabulary size (covering every token id in the rows)."""
+    torch.manual_seed(cfg.seed)
+    rows, tok = corpus_rows(cfg.n_ctx, cfg.vocab_size, cfg.max_rows, cfg.seed)
+    train_rows, eval_rows = split_rows(rows, cfg.eval_rows, cfg.seed)
+    return train_rows, eval_rows, tok, max(cfg.vocab_size, int(rows.max()) + 1)
+
+
+def train_corpus_lm(ex: Experiment, cfg: CorpusLMConfig, data, **model_kw):
+    """Train (or load) cfg's GELU transformer as step "lm" on ``data`` (rows, or step -> batch);
+    ``model_kw``: the rest of its TransformerConfig (d_vocab, n_layers, d_mlp, ...)."""
+    from pyinterp.models import TransformerConfig
+
+    model_cfg = TransformerConfig(d_model=cfg.d_model, n_heads=cfg.n_heads, n_ctx=cfg.n_ctx, act_fn="gelu",
+                                  seed=cfg.seed, **model_kw)
+    return train_lm(ex, "lm", model_cfg, data, steps=cfg.lm_steps, batch_size=cfg.lm_batch, lr=cfg.lm_lr,
+                    seed=cfg.seed)
+
+
 def corpus_rows(n_ctx: int, vocab_size: int, max_rows: Optional[int] = None, seed: int = 0):
     """The default corpus as packed rows (cached tokens): ((N, n_ctx) int64, tokenizer);
     ``max_rows`` keeps a seeded random subset. Deterministic."""

@@ -22,7 +22,7 @@ import torch
 
 from pyinterp.experiments import _lm
 from pyinterp.experiments import dictlearn as DL
-from pyinterp.experiments._experiment import BaseConfig, Experiment
+from pyinterp.experiments._experiment import Experiment
 
 NAME = "monosemanticity"
 TITLE = "Towards Monosemanticity"
@@ -33,16 +33,9 @@ REQUIRES = ("tokenizers",)  # the BPE of its corpus
 
 
 @dataclasses.dataclass
-class Config(BaseConfig):
-    vocab_size: int = 4096
-    n_ctx: int = 128
-    max_rows: Optional[int] = None
+class Config(DL.CorpusLMConfig):
     d_model: int = 128
     d_mlp: int = 512
-    n_heads: int = 4
-    lm_steps: int = 20_000
-    lm_batch: int = 64
-    lm_lr: float = 1e-3
     act_rows: int = 4_000_000
     expansions: Tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     main_expansion: int = 8
@@ -53,19 +46,16 @@ class Config(BaseConfig):
     sae_batch: int = 4096
     sae_lr: float = 1e-3
     resample_every: Optional[int] = 5000
-    eval_rows: int = 512
     n_dashboards: int = 16
     proxy_top: int = 20
 
-    SCALES: ClassVar[Dict[str, dict]] = {
-        "quick": dict(vocab_size=1024, n_ctx=64, d_model=64, d_mlp=256, n_heads=4, lm_steps=600, lm_batch=32,
-                      lm_lr=3e-3, act_rows=120_000, expansions=(1, 2, 4), main_expansion=4,
-                      topk_expansions=(4,), topk_k=16, l1_coefficient=1.5, sae_steps=1500, sae_batch=256,
-                      sae_lr=2e-3, resample_every=200, eval_rows=128, n_dashboards=12),
-        "tiny": dict(vocab_size=512, n_ctx=32, max_rows=1500, d_model=32, d_mlp=128, n_heads=2, lm_steps=120,
-                     lm_batch=16, lm_lr=5e-3, act_rows=16_000, expansions=(1, 4), main_expansion=4,
-                     topk_expansions=(4,), topk_k=8, l1_coefficient=1.0, sae_steps=250, sae_batch=256, sae_lr=3e-3,
-                     resample_every=100, eval_rows=24, n_dashboards=3, proxy_top=10),
+    SCALES: ClassVar[Dict[str, dict]] = {  # on top of CorpusLMConfig's
+        "quick": dict(d_mlp=256, act_rows=120_000, expansions=(1, 2, 4), main_expansion=4, topk_expansions=(4,),
+                      topk_k=16, l1_coefficient=1.5, sae_steps=1500, sae_batch=256, sae_lr=2e-3,
+                      resample_every=200, n_dashboards=12),
+        "tiny": dict(d_mlp=128, act_rows=16_000, expansions=(1, 4), main_expansion=4, topk_expansions=(4,),
+                     topk_k=8, l1_coefficient=1.0, sae_steps=250, sae_batch=256, sae_lr=3e-3, resample_every=100,
+                     n_dashboards=3, proxy_top=10),
     }
 
 
@@ -111,7 +101,6 @@ def ablate_feature(model, sae, rows: torch.Tensor, feature: int):
 def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     from pyinterp.experiments.dashboards import vocab_strings, write_dashboards
     from pyinterp.experiments.report import new_figure
-    from pyinterp.models import TransformerConfig
 
     cfg = config
     ex = Experiment(NAME, TITLE, CITATION, cfg, out_dir, fresh=fresh, summary=(
@@ -120,14 +109,8 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
         "activations in one pass. The dictionaries reconstruct the activations with few active features and "
         "recover most of the MLP's contribution to the loss; their features are more monosemantic than the "
         "neurons. Browse the features and neurons in the dashboards linked below."))
-    torch.manual_seed(cfg.seed)
-    rows, tok = DL.corpus_rows(cfg.n_ctx, cfg.vocab_size, cfg.max_rows, cfg.seed)
-    train_rows, eval_rows = DL.split_rows(rows, cfg.eval_rows, cfg.seed)
-    mcfg = TransformerConfig(n_layers=1, d_model=cfg.d_model, n_heads=cfg.n_heads, d_mlp=cfg.d_mlp,
-                             d_vocab=max(cfg.vocab_size, int(rows.max()) + 1), n_ctx=cfg.n_ctx,
-                             act_fn="gelu", seed=cfg.seed)
-    model = DL.train_lm(ex, "lm", mcfg, train_rows, steps=cfg.lm_steps, batch_size=cfg.lm_batch,
-                        lr=cfg.lm_lr, seed=cfg.seed)
+    train_rows, eval_rows, tok, d_vocab = DL.corpus_split(cfg)
+    model = DL.train_corpus_lm(ex, cfg, train_rows, n_layers=1, d_mlp=cfg.d_mlp, d_vocab=d_vocab)
     acts_dir = DL.collect_acts(ex, "acts", model, train_rows, [HOOK], max_rows=cfg.act_rows,
                                batch_size=cfg.lm_batch, seed=cfg.seed)
     saes, history = DL.train_saes(ex, "saes", lambda: _saes(cfg), acts_dir, steps=cfg.sae_steps,
@@ -247,7 +230,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
                              f"features {rep_f['monosemantic_fraction']:.2f}, neurons {rep_n['monosemantic_fraction']:.2f}"))
 
     # --- dashboards for a sample of features and of neurons
-    vocab = vocab_strings(tok, mcfg.d_vocab)
+    vocab = vocab_strings(tok, d_vocab)
     W_out = model.blocks[0].mlp.W_out.detach().float()
     W_U = model.W_U.detach().float()
     dense_enough = alive_idx[(dm[alive_idx] >= 10.0 / max(1, X.shape[0]))]
@@ -287,7 +270,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     dloss = float((ce_b - ce_a)[f_in].mean()) if bool(f_in.any()) else 0.0
     kl_fire = float(kl[fires].mean())
     down = mean_delta.topk(10, largest=False)
-    top_ctx_tok = torch.bincount(flat_tok[fires.reshape(-1)], minlength=mcfg.d_vocab).argmax()
+    top_ctx_tok = torch.bincount(flat_tok[fires.reshape(-1)], minlength=d_vocab).argmax()
     fig, axes = new_figure(2, 1, size=(4.2, 3.6))
     ax = axes[0]
     labels = [repr(vocab[int(i)]) for i in down.indices]

@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
-from typing import ClassVar, Dict, Optional, Tuple
+from typing import ClassVar, Dict, Tuple
 
 import torch
 
 from pyinterp.experiments import _lm
 from pyinterp.experiments import dictlearn as DL
-from pyinterp.experiments._experiment import BaseConfig, Experiment
+from pyinterp.experiments._experiment import Experiment
 
 NAME = "scaling"
 TITLE = "Scaling Monosemanticity"
@@ -35,15 +35,7 @@ REQUIRES = ("tokenizers",)  # the BPE of its corpus
 
 
 @dataclasses.dataclass
-class Config(BaseConfig):
-    vocab_size: int = 4096
-    n_ctx: int = 128
-    max_rows: Optional[int] = None
-    d_model: int = 256
-    n_heads: int = 4
-    lm_steps: int = 20_000
-    lm_batch: int = 64
-    lm_lr: float = 1e-3
+class Config(DL.CorpusLMConfig):
     layer: int = 0
     act_rows: int = 4_000_000
     sizes: Tuple[int, ...] = (2048, 8192, 32768, 131072)
@@ -51,19 +43,15 @@ class Config(BaseConfig):
     sae_steps: int = 30_000
     sae_batch: int = 4096
     sae_lr: float = 5e-4
-    eval_rows: int = 512
     multipliers: Tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0)
     n_prompts: int = 6
     gen_tokens: int = 24
     neighbours: int = 5
 
-    SCALES: ClassVar[Dict[str, dict]] = {
-        "quick": dict(vocab_size=1024, n_ctx=64, d_model=64, n_heads=4, lm_steps=600, lm_batch=32, lm_lr=3e-3,
-                      act_rows=120_000, sizes=(128, 256, 512, 1024), sae_steps=600, sae_batch=256, sae_lr=2e-3,
-                      eval_rows=128),
-        "tiny": dict(vocab_size=512, n_ctx=32, max_rows=1500, d_model=32, n_heads=2, lm_steps=120, lm_batch=16,
-                     lm_lr=5e-3, act_rows=16_000, sizes=(32, 128, 512), sae_steps=250, sae_batch=256, sae_lr=3e-3,
-                     eval_rows=24, n_prompts=2, gen_tokens=8, neighbours=3),
+    SCALES: ClassVar[Dict[str, dict]] = {  # on top of CorpusLMConfig's
+        "quick": dict(act_rows=120_000, sizes=(128, 256, 512, 1024), sae_steps=600, sae_batch=256, sae_lr=2e-3),
+        "tiny": dict(act_rows=16_000, sizes=(32, 128, 512), sae_steps=250, sae_batch=256, sae_lr=3e-3,
+                     n_prompts=2, gen_tokens=8, neighbours=3),
     }
 
 
@@ -118,7 +106,6 @@ def clamp_effects(model, sae, hook: str, rows: torch.Tensor, feature: int, max_a
 def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     from pyinterp.experiments.dashboards import vocab_strings
     from pyinterp.experiments.report import new_figure
-    from pyinterp.models import TransformerConfig
 
     cfg = config
     hook = hook_name(cfg)
@@ -127,14 +114,8 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
         "2-layer transformer, with inputs scaled to E‖x‖² = d_model and the decoder-norm-weighted L1 penalty. "
         "Loss falls as a power law in dictionary size and compute, more features die in larger dictionaries, "
         "features split into close neighbours in larger dictionaries, and clamping a feature steers the output."))
-    torch.manual_seed(cfg.seed)
-    rows, tok = DL.corpus_rows(cfg.n_ctx, cfg.vocab_size, cfg.max_rows, cfg.seed)
-    train_rows, eval_rows = DL.split_rows(rows, cfg.eval_rows, cfg.seed)
-    mcfg = TransformerConfig(n_layers=2, d_model=cfg.d_model, n_heads=cfg.n_heads,
-                             d_vocab=max(cfg.vocab_size, int(rows.max()) + 1), n_ctx=cfg.n_ctx, act_fn="gelu",
-                             seed=cfg.seed)
-    model = DL.train_lm(ex, "lm", mcfg, train_rows, steps=cfg.lm_steps, batch_size=cfg.lm_batch,
-                        lr=cfg.lm_lr, seed=cfg.seed)
+    train_rows, eval_rows, tok, d_vocab = DL.corpus_split(cfg)
+    model = DL.train_corpus_lm(ex, cfg, train_rows, n_layers=2, d_vocab=d_vocab)
     acts_dir = DL.collect_acts(ex, "acts", model, train_rows, [hook], max_rows=cfg.act_rows,
                                batch_size=cfg.lm_batch, seed=cfg.seed)
     saes, history = DL.train_saes(ex, "saes", lambda: _saes(cfg), acts_dir, steps=cfg.sae_steps,
@@ -218,7 +199,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
                              med_sim > float(rand_cos.median()) + 0.2,
                              f"median max cosine to N={saes[names[1]].d_sae}: {med_sim:.2f}; random directions: "
                              f"{float(rand_cos.median()):.2f}"))
-    vocab = vocab_strings(tok, mcfg.d_vocab)
+    vocab = vocab_strings(tok, d_vocab)
     dens_s = ev[small]["density"].cpu()
     pool = alive_s[dens_s[alive_s] >= 5.0 / X.shape[0]] if bool((dens_s[alive_s] >= 5.0 / X.shape[0]).any()) else alive_s
     conc = DL.concentration(codes[small][:, pool], flat_tok, 10)[0]
@@ -227,7 +208,7 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
     def top_tokens(n, i, k=4):
         f = codes[n][:, i] if n in codes else DL.dense_codes(saes[n], X, features=[i])[:, 0].cpu()
         v, p = f.topk(min(10, f.numel()))
-        toks = torch.bincount(flat_tok[p[v > 0]], minlength=mcfg.d_vocab).topk(k)
+        toks = torch.bincount(flat_tok[p[v > 0]], minlength=d_vocab).topk(k)
         return ", ".join(repr(vocab[int(t)]) for t, c in zip(toks.indices, toks.values) if int(c) > 0) or "—"
 
     rows_html = [f"<tr><td>N={saes[small].d_sae}</td><td>{root}</td><td>1.00</td>"
