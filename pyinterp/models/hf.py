@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from pyinterp.models.hooks import HookedModel, HookPoint
-from pyinterp.models.transformer import lm_cross_entropy
+from pyinterp.models.transformer import check_return_type, forward_output
 
 GPT2_FAMILIES = ("gpt2",)
 LLAMA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -549,8 +549,7 @@ class HookedHF(HookedModel, nn.Module):
                 loss_per_token: bool = False):
         """tokens: (B, T) -> logits (B, T, d_vocab) | loss | (logits, loss) | None;
         ``stop_at_layer=i`` returns the residual stream entering block i."""
-        if return_type not in ("logits", "loss", "both", None):
-            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        check_return_type(return_type)
         tokens = self._check_tokens(tokens)
         kw = dict(input_ids=tokens, attention_mask=attention_mask, use_cache=False,
                   position_ids=self._position_ids(attention_mask, 0, tokens.shape[1]))
@@ -558,12 +557,7 @@ class HookedHF(HookedModel, nn.Module):
             return self._run_until(stop_at_layer, kw)
         with self._attention_fires():
             logits = self.model(**kw).logits
-        if return_type == "logits":
-            return logits
-        if return_type is None:
-            return None
-        loss = lm_cross_entropy(logits, tokens, attention_mask, per_token=loss_per_token)
-        return loss if return_type == "loss" else (logits, loss)
+        return forward_output(logits, tokens, attention_mask, return_type, loss_per_token)
 
     def _run_until(self, layer: int, kw):
         if not 0 <= layer <= self.cfg.n_layers:

@@ -17,7 +17,7 @@ from torch import nn
 
 from pyinterp.models.hf import AdapterConfig
 from pyinterp.models.hooks import HookedModel, HookPoint
-from pyinterp.models.transformer import lm_cross_entropy
+from pyinterp.models.transformer import check_return_type, forward_output
 
 
 def _require_tl():
@@ -104,8 +104,7 @@ class HookedTL(HookedModel, nn.Module):
                 attention_mask: Optional[torch.Tensor] = None, stop_at_layer: Optional[int] = None,
                 loss_per_token: bool = False):
         """tokens: (B, T) -> logits | loss | (logits, loss) | None, as for pyinterp's Transformer."""
-        if return_type not in ("logits", "loss", "both", None):
-            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        check_return_type(return_type)
         if not isinstance(tokens, torch.Tensor):
             raise TypeError(f"tokens must be a torch.Tensor of token ids, got {type(tokens).__name__}")
         tokens = tokens if tokens.ndim == 2 else tokens[None]
@@ -118,12 +117,7 @@ class HookedTL(HookedModel, nn.Module):
         if stop_at_layer is not None:
             return self.model(tokens, stop_at_layer=stop_at_layer, **kw)
         logits = self.model(tokens, return_type="logits", **kw)
-        if return_type == "logits":
-            return logits
-        if return_type is None:
-            return None
-        loss = lm_cross_entropy(logits, tokens, attention_mask, per_token=loss_per_token)
-        return loss if return_type == "loss" else (logits, loss)
+        return forward_output(logits, tokens, attention_mask, return_type, loss_per_token)
 
     def loss(self, tokens, per_token: bool = False, attention_mask=None):
         return self(tokens, return_type="loss", attention_mask=attention_mask, loss_per_token=per_token)

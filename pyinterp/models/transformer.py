@@ -358,18 +358,12 @@ class Transformer(HookedModel, nn.Module):
 
         ``stop_at_layer=i`` returns the residual stream entering block i (B, T, d_model).
         """
-        if return_type not in ("logits", "loss", "both", None):
-            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        check_return_type(return_type)
         out, _ = self._run(tokens, attention_mask, stop_at_layer=stop_at_layer)
         if stop_at_layer is not None:
             return out
-        if return_type == "logits":
-            return out
-        if return_type is None:
-            return None
         tokens = tokens if tokens.ndim == 2 else tokens[None]
-        loss = lm_cross_entropy(out, tokens, attention_mask, per_token=loss_per_token)
-        return loss if return_type == "loss" else (out, loss)
+        return forward_output(out, tokens, attention_mask, return_type, loss_per_token)
 
     def loss(self, tokens: torch.Tensor, per_token: bool = False,
              attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -391,6 +385,23 @@ class Transformer(HookedModel, nn.Module):
     @property
     def max_context(self) -> Optional[int]:
         return self.cfg.n_ctx if self.cfg.positional == "learned" else None
+
+
+def check_return_type(return_type) -> None:
+    if return_type not in ("logits", "loss", "both", None):
+        raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+
+
+def forward_output(logits: torch.Tensor, tokens: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                   return_type: Optional[str], loss_per_token: bool):
+    """What a hooked model's forward returns for ``return_type``: the logits, the next-token loss
+    (``lm_cross_entropy``), both, or None."""
+    if return_type == "logits":
+        return logits
+    if return_type is None:
+        return None
+    loss = lm_cross_entropy(logits, tokens, attention_mask, per_token=loss_per_token)
+    return loss if return_type == "loss" else (logits, loss)
 
 
 def lm_cross_entropy(logits: torch.Tensor, tokens: torch.Tensor,
