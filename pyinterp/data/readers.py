@@ -17,23 +17,27 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
-def _check_text(path: Path, head: bytes) -> None:
-    if b"\x00" in head:
-        raise ValueError(f"{str(path)!r} looks binary (it contains NUL bytes), not UTF-8 text")
+def _corpus_file(path: PathLike, text: bool = True) -> Path:
+    """``path`` after checking that it is a non-empty file and, for ``text``, that its start
+    holds no NUL bytes (a binary file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such file: {str(p)!r}")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{str(p)!r} is empty: a corpus file needs some text")
+    if text:
+        with open(p, "rb") as fb:
+            if b"\x00" in fb.read(8192):
+                raise ValueError(f"{str(p)!r} looks binary (it contains NUL bytes), not UTF-8 text")
+    return p
 
 
 def read_text(path: PathLike, split: str = "file", encoding: str = "utf-8") -> Iterator[str]:
     """Documents of a plain-text file: the whole file (``split="file"``), blank-line separated
     paragraphs (``"paragraph"``) or non-empty lines (``"line"``)."""
-    p = Path(path)
     if split not in ("file", "paragraph", "line"):
         raise ValueError(f"split must be 'file', 'paragraph' or 'line', got {split!r}")
-    if not p.is_file():
-        raise FileNotFoundError(f"no such file: {str(p)!r}")
-    if p.stat().st_size == 0:
-        raise ValueError(f"{str(p)!r} is empty: a corpus file needs some text")
-    with open(p, "rb") as fb:
-        _check_text(p, fb.read(8192))
+    p = _corpus_file(path)
     n = 0
     try:
         with open(p, encoding=encoding) as f:
@@ -68,13 +72,7 @@ def read_text(path: PathLike, split: str = "file", encoding: str = "utf-8") -> I
 
 def read_jsonl(path: PathLike, text_field: str = "text") -> Iterator[str]:
     """Documents ``record[text_field]`` of a JSONL file (one JSON object per line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such file: {str(p)!r}")
-    if p.stat().st_size == 0:
-        raise ValueError(f"{str(p)!r} is empty: a corpus file needs some text")
-    with open(p, "rb") as fb:
-        _check_text(p, fb.read(8192))
+    p = _corpus_file(path)
     n = 0
     try:
         with open(p, encoding="utf-8") as f:
@@ -103,11 +101,7 @@ def read_parquet(path: PathLike, text_field: str = "text", batch_rows: int = 102
     except ImportError as e:
         raise ImportError("reading Parquet needs pyarrow: pip install 'pyinterp[data]' "
                           "(or pip install pyarrow)") from e
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such file: {str(p)!r}")
-    if p.stat().st_size == 0:
-        raise ValueError(f"{str(p)!r} is empty: a corpus file needs some text")
+    p = _corpus_file(path, text=False)
     try:
         f = pq.ParquetFile(str(p))
     except Exception as e:  # pyarrow raises ArrowInvalid for non-Parquet bytes
