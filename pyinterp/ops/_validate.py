@@ -9,6 +9,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+INDEX_DTYPES = (torch.int64, torch.int32)
 
 
 def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
@@ -36,6 +37,15 @@ def tensor(
     if nonempty_last and (x.dim() == 0 or x.shape[-1] == 0):
         raise ValueError(f"{name} must have a non-empty last dimension, got shape {tuple(x.shape)}")
     return x
+
+
+def sparse_code(values, indices) -> None:
+    """A sparse code: float ``values`` (..., k) and integer ``indices`` of the same shape."""
+    tensor("values", values, min_ndim=1)
+    tensor("indices", indices, dtypes=INDEX_DTYPES)
+    if tuple(indices.shape) != tuple(values.shape):
+        raise ValueError(f"indices must have the shape of values {tuple(values.shape)}, "
+                         f"got {tuple(indices.shape)}")
 
 
 def shape(name: str, x: torch.Tensor, expected: Sequence[int], what: str = "") -> None:

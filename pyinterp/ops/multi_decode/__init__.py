@@ -32,8 +32,6 @@ from pyinterp.ops import _validate as check
 from pyinterp.ops._dispatch import is_oracle, pick
 from pyinterp.ops.multi_decode.function import MULTI_DECODE
 
-INDEX_DTYPES = (torch.int64, torch.int32)
-
 
 def clt_decoder_map(n_layers: int) -> list[list[int]]:
     """The (L, L) decoder map of a cross-layer transcoder: source layer l writes to outputs
@@ -137,12 +135,8 @@ def multi_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tenso
     ``check_indices=False`` skips the range check (a device->host sync on GPU) for indices
     from this package's encoders.
     """
-    check.tensor("values", values, min_ndim=1)
-    check.tensor("indices", indices, dtypes=INDEX_DTYPES)
+    check.sparse_code(values, indices)
     check.tensor("W_dec", W_dec, ndim=3)
-    if tuple(indices.shape) != tuple(values.shape):
-        raise ValueError(f"indices must have the shape of values {tuple(values.shape)}, "
-                         f"got {tuple(indices.shape)}")
     P, d_src, d_out = W_dec.shape
     if P < 1 or d_src < 1 or d_out < 1:
         raise ValueError(f"W_dec must have shape (P, d_src, d_out) with all >= 1, got "

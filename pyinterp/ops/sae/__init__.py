@@ -26,7 +26,7 @@ from pyinterp.ops.sae.function import (
     _check_indices,
 )
 
-INDEX_DTYPES = (torch.int64, torch.int32)
+INDEX_DTYPES = check.INDEX_DTYPES
 
 
 def _encode(op: Op, kind: str, x2, W_enc, b_enc, b_dec, arg, max_active, backend):
@@ -139,12 +139,8 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tens
     ``check_indices=False`` skips the range check (a device->host sync on GPU) for indices
     that come from this module's encoders.
     """
-    check.tensor("values", values, min_ndim=1)
-    check.tensor("indices", indices, dtypes=INDEX_DTYPES)
+    check.sparse_code(values, indices)
     check.tensor("W_dec", W_dec, ndim=2)
-    if tuple(indices.shape) != tuple(values.shape):
-        raise ValueError(f"indices must have the shape of values {tuple(values.shape)}, "
-                         f"got {tuple(indices.shape)}")
     d_sae, d_in = W_dec.shape
     if d_sae < 1 or d_in < 1:
         raise ValueError(f"W_dec must have shape (d_sae, d_in) with both >= 1, got {tuple(W_dec.shape)}")
@@ -176,11 +172,7 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tens
 def dense_from_sparse(values: torch.Tensor, indices: torch.Tensor, d_sae: int) -> torch.Tensor:
     """The dense code (..., d_sae) of a sparse one (padding entries add 0). Differentiable in
     values. For metrics and tests: it is the (N, d_sae) matrix the kernels avoid."""
-    check.tensor("values", values, min_ndim=1)
-    check.tensor("indices", indices, dtypes=INDEX_DTYPES)
-    if tuple(indices.shape) != tuple(values.shape):
-        raise ValueError(f"indices must have the shape of values {tuple(values.shape)}, "
-                         f"got {tuple(indices.shape)}")
+    check.sparse_code(values, indices)
     check.integer("d_sae", d_sae, low=1)
     _check_indices(indices, d_sae)
     out = values.new_zeros(*values.shape[:-1], d_sae)
