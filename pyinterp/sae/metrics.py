@@ -132,12 +132,11 @@ def loss_recovered(model, inputs: Union[torch.Tensor, Iterable], sae=None, hook_
     """
     if sae is None:
         raise ValueError("sae is required")
+    from pyinterp.sae import splice
     from pyinterp.sae.modules import SparseAutoencoder
 
     if not isinstance(sae, SparseAutoencoder):
         # transcoders, crosscoders, CLTs: their own replacement hooks
-        from pyinterp.sae import splice
-
         if hook_name is not None or loss_fn is not None:
             raise TypeError(f"{type(sae).__name__} splices at its own hooks: use "
                             "pyinterp.sae.splice.loss_recovered for a custom loss_fn")
@@ -153,24 +152,12 @@ def loss_recovered(model, inputs: Union[torch.Tensor, Iterable], sae=None, hook_
             # replace(activation, hook) -> tensor: the hook-function signature TL uses.
             hooks = [] if replace is None else [(hook_name, replace)]
             return model.run_with_hooks(batch, fwd_hooks=hooks, return_type="loss")
-    batches = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
-    if not batches:
-        raise ValueError("inputs is empty")
-    tot = {"clean": 0.0, "zero_ablation": 0.0, "spliced": 0.0}
-    was_training = sae.training
-    sae.eval()
-    try:
-        with torch.no_grad():
-            for b in batches:
-                tot["clean"] += float(loss_fn(b, None))
-                tot["zero_ablation"] += float(loss_fn(b, _splice_hook(sae, "zero")))
-                tot["spliced"] += float(loss_fn(b, _splice_hook(sae, "sae")))
-    finally:
-        sae.train(was_training)
-    out = {k: v / len(batches) for k, v in tot.items()}
-    gap = out["zero_ablation"] - out["clean"]
-    out["loss_recovered"] = (out["zero_ablation"] - out["spliced"]) / gap if gap != 0 else float("nan")
-    return out
+
+    def losses(b):
+        return loss_fn(b, None), loss_fn(b, _splice_hook(sae, "zero")), loss_fn(b, _splice_hook(sae, "sae"))
+
+    with torch.no_grad():
+        return splice.spliced_losses(sae, inputs, losses)
 
 
 @torch.no_grad()

@@ -122,6 +122,28 @@ def error_terms(dictionary, clean: dict) -> dict:
     return {h: clean[h] - pred[g].to(clean[h].dtype) for g, h in enumerate(targets)}
 
 
+def spliced_losses(dictionary, inputs: Union[torch.Tensor, Iterable], losses: Callable) -> dict:
+    """``losses(batch) -> (clean, zero_ablation, spliced)`` averaged over ``inputs`` (one batch or
+    an iterable of them) with ``dictionary`` in eval mode, and loss_recovered =
+    (zero_ablation - spliced) / (zero_ablation - clean) (NaN when the two are equal)."""
+    batches = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+    if not batches:
+        raise ValueError("inputs is empty")
+    tot = {"clean": 0.0, "zero_ablation": 0.0, "spliced": 0.0}
+    was_training = dictionary.training
+    dictionary.eval()
+    try:
+        for b in batches:
+            for key, loss in zip(tot, losses(b)):
+                tot[key] += float(loss)
+    finally:
+        dictionary.train(was_training)
+    out = {k: v / len(batches) for k, v in tot.items()}
+    gap = out["zero_ablation"] - out["clean"]
+    out["loss_recovered"] = (out["zero_ablation"] - out["spliced"]) / gap if gap != 0 else float("nan")
+    return out
+
+
 @torch.no_grad()
 def loss_recovered(model, inputs: Union[torch.Tensor, Iterable], dictionary, *,
                    errors: bool = False, loss_fn: Optional[Callable] = None) -> dict:
@@ -138,26 +160,14 @@ def loss_recovered(model, inputs: Union[torch.Tensor, Iterable], dictionary, *,
 
         def loss_fn(batch, hooks):
             return model.run_with_hooks(batch, fwd_hooks=hooks, return_type="loss")
-    batches = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
-    if not batches:
-        raise ValueError("inputs is empty")
     need_clean = errors or isinstance(dictionary, Crosscoder)
-    tot = {"clean": 0.0, "zero_ablation": 0.0, "spliced": 0.0}
-    was_training = dictionary.training
-    dictionary.eval()
-    try:
-        for b in batches:
-            clean = None
-            if need_clean:
-                _, clean = model.run_with_cache(b, names_filter=dictionary.needed_hooks())
-            err = error_terms(dictionary, clean) if errors else None
-            tot["clean"] += float(loss_fn(b, []))
-            tot["zero_ablation"] += float(loss_fn(b, replacement_hooks(dictionary, mode="zero")))
-            tot["spliced"] += float(loss_fn(b, replacement_hooks(dictionary, model=model,
-                                                                 clean=clean, errors=err)))
-    finally:
-        dictionary.train(was_training)
-    out = {k: v / len(batches) for k, v in tot.items()}
-    gap = out["zero_ablation"] - out["clean"]
-    out["loss_recovered"] = (out["zero_ablation"] - out["spliced"]) / gap if gap != 0 else float("nan")
-    return out
+
+    def losses(b):
+        clean = None
+        if need_clean:
+            _, clean = model.run_with_cache(b, names_filter=dictionary.needed_hooks())
+        err = error_terms(dictionary, clean) if errors else None
+        return (loss_fn(b, []), loss_fn(b, replacement_hooks(dictionary, mode="zero")),
+                loss_fn(b, replacement_hooks(dictionary, model=model, clean=clean, errors=err)))
+
+    return spliced_losses(dictionary, inputs, losses)
