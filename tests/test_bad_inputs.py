@@ -5,7 +5,6 @@ import inspect
 import pytest
 import torch
 
-import pyinterp
 from pyinterp import ops
 
 f32, f64, i64 = torch.float32, torch.float64, torch.int64
@@ -134,17 +133,8 @@ def test_every_public_op_has_bad_input_cases():
     assert public <= covered, f"no bad-input case for {sorted(public - covered)}"
 
 
-def test_backend_selection_rejects_bad_names(monkeypatch):
-    with pytest.raises(ValueError, match="backend"):
-        pyinterp.set_backend("gpu")
-    with pytest.raises(ValueError, match="backend"):
-        with pyinterp.backend("fast"):
-            pass
-    with pytest.raises(ValueError, match="backend"):
-        ops.solu(t(2, 3), backend="nope")
-    monkeypatch.setenv("PYINTERP_BACKEND", "bogus")
-    with pytest.raises(ValueError, match="PYINTERP_BACKEND"):
-        ops.solu(t(2, 3))
+# Bad backend names (set_backend, the context manager, an op's backend=, the env variable):
+# tests/test_dispatch.py::test_unknown_backend_names_the_choices.
 
 
 # --- the library's entry points -------------------------------------------------------------

@@ -36,9 +36,13 @@ def test_unknown_backend_names_the_choices(monkeypatch):
     with pytest.raises(ValueError, match="backend must be one of"):
         with pyinterp.backend("fast"):
             pass
+    with pytest.raises(ValueError, match="backend"):
+        pyinterp.ops.solu(torch.randn(2, 3), backend="nope")
     monkeypatch.setenv("PYINTERP_BACKEND", "nope")
     with pytest.raises(ValueError, match="PYINTERP_BACKEND"):
         pyinterp.get_backend()
+    with pytest.raises(ValueError, match="PYINTERP_BACKEND"):
+        pyinterp.ops.solu(torch.randn(2, 3))
 
 
 def test_auto_picks_cpu_extension_for_cpu_tensors():
