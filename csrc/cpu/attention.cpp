@@ -42,28 +42,17 @@ constexpr int kBK = 64;  // keys per tile
 // Rule kinds, matching pyinterp/backends/cpu/attention.py.
 enum RuleKind : int { kOffset = 0, kPos = 1, kDuplicate = 2, kInduction = 3 };
 
-// exp that vectorises (glibc expf does not): range reduction + degree-6 polynomial, rel. err.
-// ~1e-7; x below the float range (including -inf) gives exactly 0.
+// exp that vectorises: exp_reduced (common.h) with the argument clamped to the float range and
+// 2^n applied as a multiply; x below the float range (including -inf) gives exactly 0.
 #pragma omp declare simd
 static inline float attn_exp(float x) {
   const float hi = 88.3762626647949f;
   const float lo = -87.3365478515625f;
   float xc = x > hi ? hi : x;
   xc = xc < lo ? lo : xc;
-  const float magic = 12582912.0f;
-  float t = xc * 1.44269504088896341f + magic;
-  float n = t - magic;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float r2 = r * r;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
-  int32_t ni = static_cast<int32_t>(n);
+  float t;
+  const float p = exp_reduced(xc, t);
+  int32_t ni = static_cast<int32_t>(t - kExpMagic);
   int32_t bits = (ni + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, 4);
@@ -147,12 +136,45 @@ static void score_tile(int64_t D, Scratch<A>& w) {
   }
 }
 
+// The score tile of the query block against keys [j0, j0 + nk).
+template <typename T, typename A>
+static void scores(const Args& g, const T* kh, const uint8_t* padb, int64_t j0, int64_t nk,
+                   Scratch<A>& w) {
+  load_k_tile<T, A>(g, kh, padb, j0, nk, w);
+  score_tile<A>(g.D, w);
+}
+
+// One task of either kernel: batch b, head h, the query block [i0, i0 + nq); the keys that
+// block can attend end at kend (causal); qh / kh: the head's queries and its kv head's keys.
+template <typename T>
+struct Task {
+  int64_t b, h, i0, nq, kend;
+  const T* qh;
+  const T* kh;
+  const uint8_t* padb;  // the batch row's padding flags, or null
+};
+
+template <typename T>
+static Task<T> make_task(const Args& g, int64_t bh, int64_t qb) {
+  const int64_t b = bh / g.H, h = bh % g.H, i0 = qb * kBQ;
+  const int64_t nq = std::min<int64_t>(kBQ, g.Tq - i0);
+  const int64_t last_pos = g.q_offset + i0 + nq - 1;
+  return {b, h, i0, nq, g.causal ? std::min<int64_t>(g.Tk, last_pos + 1) : g.Tk,
+          static_cast<const T*>(g.q) + (b * g.H + h) * g.Tq * g.D,
+          static_cast<const T*>(g.k) + (b * g.Hkv + h / (g.H / g.Hkv)) * g.Tk * g.D,
+          g.pad ? g.pad + b * g.Tk : nullptr};
+}
+
+// How many keys of the tile starting at j0 (nk keys) query position pi attends (<= 0: none).
+static inline int64_t key_limit(const Args& g, int64_t pi, int64_t j0, int64_t nk) {
+  return g.causal ? std::min<int64_t>(nk, pi - j0 + 1) : nk;
+}
+
 template <typename T, typename A>
 static void stats_kernel(const Args& g, const int* kinds, const int64_t* ns, int64_t R, A* lse,
                          A* ent, A* mass, int nthreads) {
   const int64_t nqb = (g.Tq + kBQ - 1) / kBQ;
   const int64_t ntask = g.B * g.H * nqb;
-  const int64_t group = g.H / g.Hkv;
   bool has_dup = false, has_ind = false;
   for (int64_t r = 0; r < R; ++r) {
     has_dup |= kinds[r] == kDuplicate;
@@ -168,30 +190,21 @@ static void stats_kernel(const Args& g, const int* kinds, const int64_t* ns, int
     int bad[kBQ];  // 0 finite, 1 a +inf score, 2 a NaN score among the attended keys
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < ntask; ++t) {
-      const int64_t qb = nqb - 1 - (t % nqb);  // longest (causal) blocks first
-      const int64_t bh = t / nqb;
-      const int64_t b = bh / g.H, h = bh % g.H;
-      const int64_t i0 = qb * kBQ;
-      const int64_t nq = std::min<int64_t>(kBQ, g.Tq - i0);
-      const T* qh = static_cast<const T*>(g.q) + (b * g.H + h) * g.Tq * g.D;
-      const T* kh = static_cast<const T*>(g.k) + (b * g.Hkv + h / group) * g.Tk * g.D;
+      // longest (causal) blocks first
+      const auto [b, h, i0, nq, kend, qh, kh, padb] = make_task<T>(g, t / nqb, nqb - 1 - t % nqb);
       const int64_t* tok = g.tok ? g.tok + b * g.Tk : nullptr;
-      const uint8_t* padb = g.pad ? g.pad + b * g.Tk : nullptr;
       load_q_block<T, A>(g, qh, i0, nq, w);
       for (int i = 0; i < kBQ; ++i) {
         m[i] = ninf;
         l[i] = a[i] = dup[i] = ind[i] = A(0);
         bad[i] = 0;
       }
-      const int64_t last_pos = g.q_offset + i0 + nq - 1;
-      const int64_t kend = g.causal ? std::min<int64_t>(g.Tk, last_pos + 1) : g.Tk;
       for (int64_t j0 = 0; j0 < kend; j0 += kBK) {
         const int64_t nk = std::min<int64_t>(kBK, kend - j0);
-        load_k_tile<T, A>(g, kh, padb, j0, nk, w);
-        score_tile<A>(g.D, w);
+        scores<T, A>(g, kh, padb, j0, nk, w);
         for (int64_t i = 0; i < nq; ++i) {
           const int64_t pi = g.q_offset + i0 + i;
-          const int64_t climit = g.causal ? std::min<int64_t>(nk, pi - j0 + 1) : nk;
+          const int64_t climit = key_limit(g, pi, j0, nk);
           if (climit <= 0) continue;
           A* s = w.S.data() + i * kBK;
           const A* kv = w.kvalid.data();
@@ -291,33 +304,22 @@ template <typename T, typename A>
 static void pattern_kernel(const Args& g, const A* lse, A* out, int nthreads) {
   const int64_t nqb = (g.Tq + kBQ - 1) / kBQ;
   const int64_t ntask = g.B * g.H * nqb;
-  const int64_t group = g.H / g.Hkv;
 #pragma omp parallel num_threads(nthreads)
   {
     Scratch<A> w(g.D);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < ntask; ++t) {
-      const int64_t qb = t % nqb;
-      const int64_t bh = t / nqb;
-      const int64_t b = bh / g.H, h = bh % g.H;
-      const int64_t i0 = qb * kBQ;
-      const int64_t nq = std::min<int64_t>(kBQ, g.Tq - i0);
-      const T* qh = static_cast<const T*>(g.q) + (b * g.H + h) * g.Tq * g.D;
-      const T* kh = static_cast<const T*>(g.k) + (b * g.Hkv + h / group) * g.Tk * g.D;
-      const uint8_t* padb = g.pad ? g.pad + b * g.Tk : nullptr;
+      const auto [b, h, i0, nq, kend, qh, kh, padb] = make_task<T>(g, t / nqb, t % nqb);
       load_q_block<T, A>(g, qh, i0, nq, w);
       A* orows = out + ((b * g.H + h) * g.Tq + i0) * g.Tk;
       std::fill(orows, orows + nq * g.Tk, A(0));
-      const int64_t last_pos = g.q_offset + i0 + nq - 1;
-      const int64_t kend = g.causal ? std::min<int64_t>(g.Tk, last_pos + 1) : g.Tk;
       for (int64_t j0 = 0; j0 < kend; j0 += kBK) {
         const int64_t nk = std::min<int64_t>(kBK, kend - j0);
-        load_k_tile<T, A>(g, kh, padb, j0, nk, w);
-        score_tile<A>(g.D, w);
+        scores<T, A>(g, kh, padb, j0, nk, w);
         for (int64_t i = 0; i < nq; ++i) {
           const int64_t pi = g.q_offset + i0 + i;
           const A lse_i = lse[(b * g.H + h) * g.Tq + i0 + i];
-          const int64_t climit = g.causal ? std::min<int64_t>(nk, pi - j0 + 1) : nk;
+          const int64_t climit = key_limit(g, pi, j0, nk);
           const A ninf = -std::numeric_limits<A>::infinity();
           if (climit <= 0 || lse_i == ninf) continue;  // no attended key: a zero row
           const A* s = w.S.data() + i * kBK;
@@ -337,9 +339,8 @@ Args make_args(uintptr_t q, uintptr_t k, uintptr_t tok, uintptr_t pad, int64_t B
                double scale) {
   if (B < 0 || H <= 0 || Hkv <= 0 || H % Hkv != 0 || Tq < 0 || Tk < 0 || D <= 0)
     throw std::invalid_argument("attention: invalid sizes");
-  return Args{reinterpret_cast<const void*>(q), reinterpret_cast<const void*>(k),
-              reinterpret_cast<const int64_t*>(tok), reinterpret_cast<const uint8_t*>(pad),
-              B, H, Hkv, Tq, Tk, D, q_offset, causal, scale};
+  return Args{as<const void>(q), as<const void>(k), as<const int64_t>(tok),
+              as<const uint8_t>(pad), B, H, Hkv, Tq, Tk, D, q_offset, causal, scale};
 }
 
 void attention_stats_cpu(uintptr_t q, uintptr_t k, uintptr_t tok, uintptr_t pad,
@@ -356,8 +357,8 @@ void attention_stats_cpu(uintptr_t q, uintptr_t k, uintptr_t tok, uintptr_t pad,
   py::gil_scoped_release release;
   PYINTERP_DISPATCH_FLOAT(dtype, T, {
     using A = acc_t<T>;
-    stats_kernel<T, A>(g, kinds.data(), ns.data(), R, reinterpret_cast<A*>(lse),
-                       reinterpret_cast<A*>(ent), reinterpret_cast<A*>(mass), nthreads);
+    stats_kernel<T, A>(g, kinds.data(), ns.data(), R, as<A>(lse), as<A>(ent), as<A>(mass),
+                       nthreads);
   });
 }
 
@@ -368,7 +369,7 @@ void attention_pattern_cpu(uintptr_t q, uintptr_t k, uintptr_t pad, uintptr_t ls
   py::gil_scoped_release release;
   PYINTERP_DISPATCH_FLOAT(dtype, T, {
     using A = acc_t<T>;
-    pattern_kernel<T, A>(g, reinterpret_cast<const A*>(lse), reinterpret_cast<A*>(out), nthreads);
+    pattern_kernel<T, A>(g, as<const A>(lse), as<A>(out), nthreads);
   });
 }
 

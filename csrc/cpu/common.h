@@ -94,6 +94,32 @@ inline void store(double& dst, double v) { dst = v; }
 inline void store(bf16_t& dst, float v) { dst = from_float<bf16_t>(v); }
 inline void store(half_t& dst, float v) { dst = from_float<half_t>(v); }
 
+// A pointer argument of a binding (tensor.data_ptr(), 0 = absent) as a typed pointer.
+template <typename P>
+inline P* as(uintptr_t p) {
+  return reinterpret_cast<P*>(p);
+}
+
+// The core of an exp that vectorises (glibc expf does not), Cephes-style: x = n ln2 + r with
+// n = round(x / ln2) (adding 1.5 * 2^23 leaves n in the low mantissa bits of t), and e^r by a
+// degree-6 polynomial (max rel. err ~1e-7). Returns e^r and sets t; the caller scales by 2^n
+// and decides what happens outside the float range (NaN passes through every step).
+constexpr float kExpMagic = 12582912.0f;  // 1.5 * 2^23: n = t - kExpMagic
+inline float exp_reduced(float x, float& t) {
+  t = x * 1.44269504088896341f + kExpMagic;
+  const float n = t - kExpMagic;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  const float r2 = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * r2 + r + 1.0f;
+}
+
 // Dispatch a templated functor body on the dtype code.
 #define PYINTERP_DISPATCH_FLOAT(code, T, ...)                               \
   switch (code) {                                                            \
@@ -103,5 +129,10 @@ inline void store(half_t& dst, float v) { dst = from_float<half_t>(v); }
     case ::pyinterp::kF64: { using T = double; __VA_ARGS__; break; }         \
     default: throw std::invalid_argument("unsupported dtype code");          \
   }
+
+// Dispatch on the code of an accumulation buffer (float32 or float64).
+#define PYINTERP_DISPATCH_ACC(code, P, ...)                                  \
+  if ((code) == ::pyinterp::kF64) { using P = double; __VA_ARGS__; }         \
+  else { using P = float; __VA_ARGS__; }
 
 }  // namespace pyinterp

@@ -32,11 +32,6 @@ namespace py = pybind11;
 namespace pyinterp {
 namespace {
 
-template <typename P>
-static inline P* as(uintptr_t p) {
-  return reinterpret_cast<P*>(p);
-}
-
 struct Plan {
   const int64_t* dmap;  // (S, G)
   const int64_t* lo;    // (G,)

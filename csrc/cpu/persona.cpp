@@ -267,9 +267,8 @@ void register_persona(py::module_& m) {
         check_table(ptrs, strides);
         py::gil_scoped_release nogil;
         PYINTERP_DISPATCH_FLOAT(dtype, S,
-            pool_impl<S>(ptrs, strides, B, T, D, reinterpret_cast<const acc_t<S>*>(weights),
-                         reinterpret_cast<const int64_t*>(index), reinterpret_cast<acc_t<S>*>(out),
-                         num_threads));
+            pool_impl<S>(ptrs, strides, B, T, D, as<const acc_t<S>>(weights),
+                         as<const int64_t>(index), as<acc_t<S>>(out), num_threads));
       },
       "hbar (L,B,D) = token-weighted sum (weights (B,T)) or gather at index (B,) of L (B,T,D) layers",
       py::arg("ptrs"), py::arg("strides"), py::arg("B"), py::arg("T"), py::arg("D"),
@@ -282,8 +281,8 @@ void register_persona(py::module_& m) {
         check_table(ptrs, strides);
         py::gil_scoped_release nogil;
         PYINTERP_DISPATCH_FLOAT(dtype, S,
-            tokens_impl<S>(ptrs, strides, B, T, D, reinterpret_cast<const acc_t<S>*>(w),
-                           w_layer_stride, P, reinterpret_cast<acc_t<S>*>(out), num_threads));
+            tokens_impl<S>(ptrs, strides, B, T, D, as<const acc_t<S>>(w), w_layer_stride, P,
+                           as<acc_t<S>>(out), num_threads));
       },
       "proj (L,B,T,P) = per-token dot products of L (B,T,D) layers with w (L,P,D)",
       py::arg("ptrs"), py::arg("strides"), py::arg("B"), py::arg("T"), py::arg("D"), py::arg("w"),

@@ -30,11 +30,6 @@ namespace py = pybind11;
 namespace pyinterp {
 namespace {
 
-template <typename P>
-static inline P* as(uintptr_t p) {
-  return reinterpret_cast<P*>(p);
-}
-
 // a is worse than b in the top-k order: value desc, index asc, NaN above every number
 // (NaNs among themselves by index; docs/decisions/nan-semantics.md).
 template <typename P>
@@ -82,6 +77,15 @@ static inline void sift_up(P* hv, int64_t* hi, int64_t pos) {
   hi[pos] = id;
 }
 
+// Put (v, id) in place of the heap's worst entry; returns the new worst value.
+template <typename P>
+static inline P replace_root(P* hv, int64_t* hi, int64_t k, P v, int64_t id) {
+  hv[0] = v;
+  hi[0] = id;
+  sift_down(hv, hi, k, 0);
+  return hv[0];
+}
+
 // Fold one row segment (pre[0..cols), global indices col0..) into a heap of capacity k.
 // `ordered`: indices arrive in increasing order across calls, so a strict `>` against the
 // root implements the tie rule; otherwise the full (value, index) comparison is used.
@@ -102,12 +106,8 @@ static inline void heap_scan(const P* pre, int64_t cols, int64_t col0, int64_t k
   if (!ordered) {
     for (; c < cols; ++c) {
       P v = pre[c];
-      if ((v >= thr || v != v) && worse(hv[0], hi[0], v, col0 + c)) {
-        hv[0] = v;
-        hi[0] = col0 + c;
-        sift_down(hv, hi, k, 0);
-        thr = hv[0];
-      }
+      if ((v >= thr || v != v) && worse(hv[0], hi[0], v, col0 + c))
+        thr = replace_root(hv, hi, k, v, col0 + c);
     }
     return;
   }
@@ -123,22 +123,13 @@ static inline void heap_scan(const P* pre, int64_t cols, int64_t col0, int64_t k
     if (!(m > thr) && z == P(0)) continue;
     for (int t = 0; t < B; ++t) {
       P v = pre[c + t];
-      if (beats(v, thr)) {  // equal values arrive later = larger index = worse: never enter
-        hv[0] = v;
-        hi[0] = col0 + c + t;
-        sift_down(hv, hi, k, 0);
-        thr = hv[0];
-      }
+      // equal values arrive later = larger index = worse: never enter
+      if (beats(v, thr)) thr = replace_root(hv, hi, k, v, col0 + c + t);
     }
   }
   for (; c < cols; ++c) {
     P v = pre[c];
-    if (beats(v, thr)) {
-      hv[0] = v;
-      hi[0] = col0 + c;
-      sift_down(hv, hi, k, 0);
-      thr = hv[0];
-    }
+    if (beats(v, thr)) thr = replace_root(hv, hi, k, v, col0 + c);
   }
 }
 
@@ -333,13 +324,10 @@ void register_sae(py::module_& m) {
       [](uintptr_t pre, int64_t ld, int64_t rows, int64_t cols, int64_t col0, int64_t k,
          uintptr_t hv, uintptr_t hi, uintptr_t cnt, int pcode, int nthreads) {
         py::gil_scoped_release nogil;
-        if (pcode == kF64) {
-          topk_update_impl<double>(as<const double>(pre), ld, rows, cols, col0, k, as<double>(hv),
-                                   as<int64_t>(hi), as<int64_t>(cnt), nthreads);
-        } else {
-          topk_update_impl<float>(as<const float>(pre), ld, rows, cols, col0, k, as<float>(hv),
-                                  as<int64_t>(hi), as<int64_t>(cnt), nthreads);
-        }
+        PYINTERP_DISPATCH_ACC(pcode, P,
+                              topk_update_impl<P>(as<const P>(pre), ld, rows, cols, col0, k,
+                                                  as<P>(hv), as<int64_t>(hi), as<int64_t>(cnt),
+                                                  nthreads));
       },
       py::arg("pre"), py::arg("ld"), py::arg("rows"), py::arg("cols"), py::arg("col0"),
       py::arg("k"), py::arg("heap_values"), py::arg("heap_indices"), py::arg("counts"),
@@ -349,13 +337,10 @@ void register_sae(py::module_& m) {
       [](uintptr_t pre, int64_t ld, int64_t rows, int64_t cols, int64_t base, int64_t row_stride,
          int64_t k, uintptr_t hv, uintptr_t hi, uintptr_t cnt, int pcode) {
         py::gil_scoped_release nogil;
-        if (pcode == kF64) {
-          topk_update_batch_impl<double>(as<const double>(pre), ld, rows, cols, base, row_stride, k,
-                                         as<double>(hv), as<int64_t>(hi), as<int64_t>(cnt));
-        } else {
-          topk_update_batch_impl<float>(as<const float>(pre), ld, rows, cols, base, row_stride, k,
-                                        as<float>(hv), as<int64_t>(hi), as<int64_t>(cnt));
-        }
+        PYINTERP_DISPATCH_ACC(pcode, P,
+                              topk_update_batch_impl<P>(as<const P>(pre), ld, rows, cols, base,
+                                                        row_stride, k, as<P>(hv), as<int64_t>(hi),
+                                                        as<int64_t>(cnt)));
       },
       py::arg("pre"), py::arg("ld"), py::arg("rows"), py::arg("cols"), py::arg("base"),
       py::arg("row_stride"), py::arg("k"), py::arg("heap_values"), py::arg("heap_indices"),
@@ -365,16 +350,12 @@ void register_sae(py::module_& m) {
       [](uintptr_t hv, uintptr_t hi, int64_t rows, int64_t k, uintptr_t vals, uintptr_t idx,
          int code, int nthreads) {
         py::gil_scoped_release nogil;
-        if (code == kF64) {
-          topk_finalize_impl<double, double>(as<const double>(hv), as<const int64_t>(hi), rows, k,
-                                             as<double>(vals), as<int64_t>(idx), nthreads);
-        } else {
-          PYINTERP_DISPATCH_FLOAT(code, T,
-                                  topk_finalize_impl<float, T>(as<const float>(hv),
-                                                               as<const int64_t>(hi), rows, k,
-                                                               as<T>(vals), as<int64_t>(idx),
-                                                               nthreads));
-        }
+        // the heap is in the accumulation type of the output's dtype
+        PYINTERP_DISPATCH_FLOAT(code, T,
+                                topk_finalize_impl<acc_t<T>, T>(as<const acc_t<T>>(hv),
+                                                                as<const int64_t>(hi), rows, k,
+                                                                as<T>(vals), as<int64_t>(idx),
+                                                                nthreads));
       },
       py::arg("heap_values"), py::arg("heap_indices"), py::arg("rows"), py::arg("k"),
       py::arg("values"), py::arg("indices"), py::arg("dtype"), py::arg("num_threads"));
@@ -383,18 +364,12 @@ void register_sae(py::module_& m) {
       [](uintptr_t pre, int64_t rows, int64_t cols, double thr_scalar, uintptr_t thr, int64_t width,
          uintptr_t vals, uintptr_t idx, uintptr_t count, int code, int nthreads) {
         py::gil_scoped_release nogil;
-        if (code == kF64) {
-          select_threshold_impl<double, double>(as<const double>(pre), rows, cols, thr_scalar,
-                                                as<const double>(thr), width, as<double>(vals),
-                                                as<int64_t>(idx), as<int64_t>(count), nthreads);
-        } else {
-          PYINTERP_DISPATCH_FLOAT(
-              code, T,
-              select_threshold_impl<float, T>(as<const float>(pre), rows, cols,
-                                              static_cast<float>(thr_scalar), as<const float>(thr),
-                                              width, as<T>(vals), as<int64_t>(idx),
-                                              as<int64_t>(count), nthreads));
-        }
+        PYINTERP_DISPATCH_FLOAT(
+            code, T,
+            select_threshold_impl<acc_t<T>, T>(as<const acc_t<T>>(pre), rows, cols,
+                                               static_cast<acc_t<T>>(thr_scalar),
+                                               as<const acc_t<T>>(thr), width, as<T>(vals),
+                                               as<int64_t>(idx), as<int64_t>(count), nthreads));
       },
       py::arg("pre"), py::arg("rows"), py::arg("cols"), py::arg("threshold"),
       py::arg("thresholds"), py::arg("width"), py::arg("values"), py::arg("indices"),

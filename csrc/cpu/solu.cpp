@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include <omp.h>
@@ -34,29 +35,15 @@ namespace pyinterp {
 namespace {
 
 // ---------------------------------------------------------------------------------------
-// exp of a non-positive argument that vectorises (glibc expf does not): Cephes-style range
-// reduction x = n ln2 + r, degree-6 polynomial for e^r (max rel. err ~1e-7 on [-87, 0]),
-// and 2^n added straight into the exponent bits. Softmax only needs x <= 0 (x - max).
-// NaN propagates (comparisons with NaN are false, so it passes the clamp); x below -87
-// gives exactly 0, so exp(-inf) = 0 and -inf * exp(-inf) = NaN as in torch.
+// exp of a non-positive argument that vectorises: exp_reduced (common.h), then 2^n added
+// straight into the exponent bits. Softmax only needs x <= 0 (x - max). NaN propagates; x below
+// -87 gives exactly 0, so exp(-inf) = 0 and -inf * exp(-inf) = NaN as in torch.
 static inline float vexp_neg(float x) {
   const float lo = -87.0f;
-  // n = round(x / ln2): adding 1.5 * 2^23 leaves n in the low mantissa bits of t.
   // No clamp: below lo (and for -inf) the bits computed here are garbage, but the final
   // select returns 0 there; NaN stays NaN through every step.
-  const float magic = 12582912.0f;
-  float t = x * 1.44269504088896341f + magic;
-  float n = t - magic;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float r2 = r * r;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
+  float t;
+  float p = exp_reduced(x, t);
   uint32_t tb, pb;
   std::memcpy(&tb, &t, 4);
   std::memcpy(&pb, &p, 4);
@@ -189,10 +176,10 @@ static inline void advise_huge_pages(const void* p, size_t nbytes) {
 #endif
 }
 
-// Contiguous block of rows for thread t of nt: a fixed partition (deterministic reductions).
-static inline void row_range(int64_t rows, int t, int nt, int64_t* r0, int64_t* r1) {
-  *r0 = rows * t / nt;
-  *r1 = rows * (t + 1) / nt;
+// Contiguous block of rows [r0, r1) for thread t of nt: a fixed partition (deterministic
+// reductions).
+static inline std::pair<int64_t, int64_t> row_range(int64_t rows, int t, int nt) {
+  return {rows * t / nt, rows * (t + 1) / nt};
 }
 
 static inline int clamp_threads(int nthreads, int64_t rows) {
@@ -211,9 +198,7 @@ void solu_forward_impl(const T* x, T* y, acc_t<T>* lse, int64_t rows, int64_t d,
   int nt = clamp_threads(nthreads, rows);
 #pragma omp parallel num_threads(nt)
   {
-    int t = omp_get_thread_num();
-    int64_t r0, r1;
-    row_range(rows, t, nt, &r0, &r1);
+    const auto [r0, r1] = row_range(rows, omp_get_thread_num(), nt);
     std::vector<A> xbuf(std::is_same_v<T, A> ? 0 : d), ubuf(d);
     for (int64_t r = r0; r < r1; ++r) {
       const A* __restrict xr = load_row<T, A>(x + r * d, xbuf.data(), d);
@@ -245,9 +230,7 @@ void solu_backward_impl(const T* x, const acc_t<T>* lse, const T* gy, T* gx, int
   int nt = clamp_threads(nthreads, rows);
 #pragma omp parallel num_threads(nt)
   {
-    int t = omp_get_thread_num();
-    int64_t r0, r1;
-    row_range(rows, t, nt, &r0, &r1);
+    const auto [r0, r1] = row_range(rows, omp_get_thread_num(), nt);
     const bool conv = !std::is_same_v<T, A>;
     std::vector<A> xbuf(conv ? d : 0), gbuf(conv ? d : 0), pbuf(d);
     for (int64_t r = r0; r < r1; ++r) {
@@ -287,9 +270,7 @@ void solu_ln_forward_impl(const T* x, const acc_t<T>* w, const acc_t<T>* b, T* y
   advise_huge_pages(pre, sizeof(T) * rows * d);
 #pragma omp parallel num_threads(nt)
   {
-    int t = omp_get_thread_num();
-    int64_t r0, r1;
-    row_range(rows, t, nt, &r0, &r1);
+    const auto [r0, r1] = row_range(rows, omp_get_thread_num(), nt);
     const bool conv = !std::is_same_v<T, A>;
     std::vector<A> xbuf(conv ? d : 0), ubuf(d), obuf(conv ? d : 0), one(w ? 0 : d, A(1)),
         zero(b ? 0 : d, A(0));
@@ -354,9 +335,8 @@ void solu_ln_backward_impl(const T* x, const acc_t<T>* w, const acc_t<T>* stats,
   std::vector<A> partial_b(static_cast<size_t>(nt) * d, A(0));
 #pragma omp parallel num_threads(nt)
   {
-    int t = omp_get_thread_num();
-    int64_t r0, r1;
-    row_range(rows, t, nt, &r0, &r1);
+    const int t = omp_get_thread_num();
+    const auto [r0, r1] = row_range(rows, t, nt);
     const bool conv = !std::is_same_v<T, A>;
     std::vector<A> xbuf(conv ? d : 0), gbuf(conv ? d : 0), qbuf(conv ? d : 0);
     std::vector<A> pbuf(d), xhbuf(d), zero(gy && gpre ? 0 : d, A(0)), one(w ? 0 : d, A(1));
@@ -413,11 +393,6 @@ void solu_ln_backward_impl(const T* x, const acc_t<T>* w, const acc_t<T>* stats,
       if (gb) gb[i] = want_b ? sb : A(0);
     }
   }
-}
-
-template <typename P>
-static inline P* as(uintptr_t p) {
-  return reinterpret_cast<P*>(p);
 }
 
 }  // namespace
