@@ -36,7 +36,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from pyinterp.models.hooks import HookedModel, HookPoint
+from pyinterp.models.hooks import AttentionHookPoints, HookedModel, HookPoint
 from pyinterp.models.transformer import check_return_type, forward_output
 
 GPT2_FAMILIES = ("gpt2",)
@@ -90,25 +90,14 @@ class _LNHooks(nn.Module):
         self.hook_normalized = HookPoint()
 
 
-class _AttnHooks(nn.Module):
+class _AttnHooks(AttentionHookPoints):
     def __init__(self):
         super().__init__()
-        self.hook_q = HookPoint()
-        self.hook_k = HookPoint()
-        self.hook_v = HookPoint()
-        self.hook_attn_scores = HookPoint()
-        self.hook_pattern = HookPoint()
-        self.hook_z = HookPoint()
         self.calls = 0  # hooked attention calls since HookedHF last reset it (fire check)
-
-    def points(self) -> List[HookPoint]:
-        return [self.hook_q, self.hook_k, self.hook_v, self.hook_attn_scores, self.hook_pattern,
-                self.hook_z]
 
     @property
     def active(self) -> bool:
-        return (self.hook_q.active or self.hook_k.active or self.hook_v.active or self.hook_z.active
-                or self.hook_attn_scores.active or self.hook_pattern.active)
+        return any(p.active for p in self.points())
 
     # The HF attention module and its head layout, set by HookedHF._bind_sites as plain attributes
     # (not submodules: the wrapper's module tree must not hold the HF weights twice).

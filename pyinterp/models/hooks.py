@@ -98,6 +98,24 @@ _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
 
 
+class AttentionHookPoints(nn.Module):
+    """An attention layer's hook points, under TransformerLens's names (q, k, v: (B, T, H,
+    d_head); attn_scores, pattern: (B, H, T, T); z: (B, T, H, d_head))."""
+
+    def __init__(self):
+        super().__init__()
+        self.hook_q = HookPoint()
+        self.hook_k = HookPoint()
+        self.hook_v = HookPoint()
+        self.hook_attn_scores = HookPoint()
+        self.hook_pattern = HookPoint()
+        self.hook_z = HookPoint()
+
+    def points(self) -> List[HookPoint]:
+        return [self.hook_q, self.hook_k, self.hook_v, self.hook_attn_scores, self.hook_pattern,
+                self.hook_z]
+
+
 def stop_layer(model, names: Iterable[str]) -> Optional[int]:
     """The ``stop_at_layer`` that still runs every hook in ``names`` (hook names of a model
     with ``cfg.n_layers`` and a ``forward(..., stop_at_layer=)``), or None when the whole

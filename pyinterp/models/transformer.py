@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyinterp.models.config import TransformerConfig
-from pyinterp.models.hooks import HookedModel, HookPoint
+from pyinterp.models.hooks import AttentionHookPoints, HookedModel, HookPoint
 
 KV = Tuple[torch.Tensor, torch.Tensor]  # (k, v), each (B, S, H, d_head)
 
@@ -69,7 +69,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
 
 
-class Attention(nn.Module):
+class Attention(AttentionHookPoints):
     """Multi-head causal self-attention. x: (B, T, d_model) -> (B, T, d_model).
 
     The pattern is materialised only when ``hook_attn_scores`` or ``hook_pattern`` is hooked
@@ -88,12 +88,6 @@ class Attention(nn.Module):
         self.b_K = nn.Parameter(torch.zeros(H, dh, dtype=dtype))
         self.b_V = nn.Parameter(torch.zeros(H, dh, dtype=dtype))
         self.b_O = nn.Parameter(torch.zeros(d, dtype=dtype))
-        self.hook_q = HookPoint()
-        self.hook_k = HookPoint()
-        self.hook_v = HookPoint()
-        self.hook_attn_scores = HookPoint()
-        self.hook_pattern = HookPoint()
-        self.hook_z = HookPoint()
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor],
                 rot: Optional[Tuple[torch.Tensor, torch.Tensor]],
