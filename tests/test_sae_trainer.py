@@ -211,3 +211,93 @@ def test_bad_trainer_arguments():
     tr = SAETrainer(TopKSAE(16, 32, k=2), [torch.zeros(4, 16)] * 3, TrainConfig(steps=2, progress=False))
     with pytest.raises(ValueError, match="cannot normalise activations"):
         tr.run()
+
+
+# ------------------------------------------------------------------------------------------
+# optimizer in backward (pyinterp.sae.optim.in_backward)
+
+
+def _every_kind():
+    from pyinterp.sae import (
+        Crosscoder,
+        CrossLayerTranscoder,
+        JumpReLUSAE,
+        MatryoshkaTopKSAE,
+        Transcoder,
+    )
+
+    return {
+        "topk": TopKSAE(16, 48, k=3, seed=0, hook_name="h.a", aux_k=4),
+        "btk": BatchTopKSAE(16, 32, k=2, seed=1, hook_name="h.a"),
+        # unit decoder: the gradient projection before W_dec's update, renormalised after
+        "relu": ReLUSAE(8, 24, seed=2, hook_name="h.c", l1_coefficient=0.5, decoder_norm="unit"),
+        "jr": JumpReLUSAE(16, 32, seed=3, hook_name="h.b", init_l0=4.0, l0_coefficient=0.1),
+        "mat": MatryoshkaTopKSAE(16, 32, k=3, matryoshka_widths=[8, 32], seed=4, hook_name="h.b"),
+        "tc": Transcoder(16, 32, activation="topk", k=3, skip=True, seed=5, hook_name="h.a",
+                         hook_name_out="h.b"),
+        "cc": Crosscoder(2, 16, 32, activation="relu", l1_coefficient=0.5, seed=6,
+                         hook_names=["h.a", "h.b"]),
+        "clt": CrossLayerTranscoder(2, 16, 16, activation="jumprelu", init_l0=4.0, seed=7,
+                                    hook_names=["h.a", "h.b"], hook_names_out=["h.b", "h.a"]),
+        "clt_topk": CrossLayerTranscoder(2, 16, 16, activation="topk", k=3, seed=8, aux_k=4,
+                                         hook_names=["h.a", "h.b"], hook_names_out=["h.b", "h.a"]),
+    }
+
+
+def _every_kind_batches(n=16, rows=32):
+    out = []
+    for i in range(n):
+        a, b = sparse_data(rows, 16, seed=i), sparse_data(rows, 16, seed=500 + i)
+        out.append({"h.a": a, "h.b": b, "h.c": a[:, :8] * 2 - 0.1 + 0.3 * b[:, :8]})
+    return out
+
+
+def test_optimizer_in_backward_gives_the_same_bits_and_resumes_in_either_mode(tmp_path):
+    data = _every_kind_batches()
+    base = dict(steps=10, lr=3e-3, warmup_steps=2, decay_fraction=0.3, l1_warmup_steps=3,
+                grad_clip=None, dead_window_tokens=64, aux_check_every=2, resample_every=4,
+                progress=False, log_every=2, init_batches=2)
+    normal = SAETrainer(_every_kind(), data, TrainConfig(**base))
+    normal.run()
+    fused = SAETrainer(_every_kind(), data, TrainConfig(**base, optimizer_in_backward=True))
+    for opt in fused.optimizers.values():   # every update goes through the backward hooks
+        opt.step = lambda *a, **k: pytest.fail("optimizer.step() called in backward mode")
+    fused.run()
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_6(trainer, rec):
+        if trainer.step == 6:
+            raise Crash()
+
+    part = SAETrainer(_every_kind(), data,
+                      TrainConfig(**base, optimizer_in_backward=True, checkpoint_every=4,
+                                  checkpoint_dir=str(tmp_path)), callback=crash_at_6)
+    with pytest.raises(Crash):
+        part.run()
+    with pytest.warns(UserWarning, match="replaying 6 batches"):  # a list source
+        resumed = SAETrainer.resume(tmp_path, data, optimizer_in_backward=False)
+    assert resumed.step == 4
+    resumed.run()
+    want = _state(normal)
+    for other in (fused, resumed):
+        got = _state(other)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+        assert all(p.grad is None for s in other.saes.values() for p in s.parameters())
+    # the paths that touch gradients or optimizer state ran: AuxK, resampling, projection
+    assert any(r["topk"]["aux"] > 0 for r in normal.history)
+    assert any(r["clt_topk"]["aux"] > 0 for r in normal.history)
+    assert [r["relu"]["loss"] for r in fused.history] == [r["relu"]["loss"] for r in normal.history]
+
+
+def test_optimizer_in_backward_refuses_what_needs_every_gradient():
+    with pytest.raises(ValueError, match="optimizer_in_backward.*grad_clip=None"):
+        TrainConfig(steps=3, optimizer_in_backward=True)   # grad_clip defaults to 1.0
+    from pyinterp.distributed import DataParallelSAETrainer
+
+    with pytest.raises(ValueError, match="does not support optimizer_in_backward"):
+        DataParallelSAETrainer(TopKSAE(16, 32, k=2), [],
+                               TrainConfig(steps=3, grad_clip=None, optimizer_in_backward=True))

@@ -96,8 +96,11 @@ class _Layered(SparseDictionary):
                              "densities yourself, e.g. with pyinterp._files.atomic_save_tensors)")
         return save_layered(self, path)
 
-    def _stack(self, xs, d: int, scale: torch.Tensor, what: str) -> torch.Tensor:
-        """L tensors (..., d) (or one (L, ..., d)) -> (L, N, d) scaled, in the param dtype."""
+    def _stack(self, xs, d: int, scale: torch.Tensor, what: str,
+               rows_major: bool = False) -> torch.Tensor:
+        """L tensors (..., d) (or one (L, ..., d)) -> (L, N, d) scaled, in the param dtype;
+        ``rows_major``: a view of an (N, L, d) tensor (a crosscoder's encoder input, (N, L d),
+        is then a view too, not a second copy)."""
         if isinstance(xs, torch.Tensor):
             if xs.dim() < 2 or xs.shape[0] != self.n_layers:
                 raise ValueError(f"{what} must be {self.n_layers} tensors (..., {d}) or one "
@@ -110,6 +113,8 @@ class _Layered(SparseDictionary):
         n = {t.shape[0] for t in out}
         if len(n) != 1:
             raise ValueError(f"every layer of {what} must have the same rows, got {sorted(n)}")
+        if rows_major:
+            return torch.stack(out, 1).mul_(scale.to(dt)[:, None]).permute(1, 0, 2)
         return torch.stack(out).mul_(scale.to(dt)[:, None, None])  # in place: one (L, N, d) copy
 
 
@@ -172,7 +177,7 @@ class Crosscoder(_Layered):
 
     def encode(self, xs) -> tuple:
         """xs: L tensors (..., d_in) (or one (L, ..., d_in)) -> (values, indices) (..., k)."""
-        xn = self._stack(xs, self.d_in, self.input_scale, "xs")
+        xn = self._stack(xs, self.d_in, self.input_scale, "xs", rows_major=True)
         code = self._code(xn)
         lead = (xs[0] if not isinstance(xs, torch.Tensor) else xs[0]).shape[:-1]
         return code.values.reshape(*lead, -1), code.indices.reshape(*lead, -1)
@@ -187,7 +192,7 @@ class Crosscoder(_Layered):
 
     def forward(self, xs) -> torch.Tensor:
         """xs: L tensors (..., d_in) -> reconstructions (L, ..., d_in)."""
-        xn = self._stack(xs, self.d_in, self.input_scale, "xs")
+        xn = self._stack(xs, self.d_in, self.input_scale, "xs", rows_major=True)
         code = self._code(xn)
         y = self._decode_n(code.values, code.indices) / self.input_scale.to(xn.dtype)[:, None, None]
         lead = (xs[0] if not isinstance(xs, torch.Tensor) else xs[0]).shape[:-1]
@@ -196,7 +201,7 @@ class Crosscoder(_Layered):
     @torch.no_grad()
     def reconstruct(self, *xs) -> tuple:
         """(values, indices, xs (L, N, d_in), reconstructions (L, N, d_in)) in xs' units."""
-        xn = self._stack(list(xs), self.d_in, self.input_scale, "xs")
+        xn = self._stack(list(xs), self.d_in, self.input_scale, "xs", rows_major=True)
         code = self._code(xn)
         scale = self.input_scale.to(xn.dtype)[:, None, None]
         return code.values, code.indices, xn / scale, self._decode_n(code.values, code.indices) / scale
@@ -210,7 +215,7 @@ class Crosscoder(_Layered):
         the sparsity penalty weighted by summed decoder norms, AuxK (given ``dead_mask``)."""
         if len(xs) == 1:
             xs = xs[0]
-        xn = self._stack(xs, self.d_in, self.input_scale, "xs")
+        xn = self._stack(xs, self.d_in, self.input_scale, "xs", rows_major=True)
         code = self._code(xn)
         x_hat = self._decode_n(code.values, code.indices)
         mse = squared_error(xn, x_hat)

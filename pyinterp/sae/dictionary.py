@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pyinterp.sae import activations as A
@@ -63,7 +64,12 @@ def squared_error(target: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     """Mean over rows of ||target - recon||^2 (summed over the last dim and over outputs for
     (G, N, d) tensors), accumulated in >= float32."""
     cd = torch.float64 if target.dtype == torch.float64 else torch.float32
-    err = (recon.to(cd) - target.to(cd)).pow(2).sum(-1)
+    if recon.dtype == cd and target.dtype == cd:
+        # one elementwise temporary (a difference and its square would be two at once), and
+        # backward keeps only the two tensors the caller holds anyway
+        err = F.mse_loss(recon, target, reduction="none").sum(-1)
+    else:  # keep one upcast difference, not two upcast copies
+        err = (recon.to(cd) - target.to(cd)).pow(2).sum(-1)
     if err.dim() == 2:  # (G, N): sum over outputs
         err = err.sum(0)
     return err.mean() if err.numel() else err.sum()

@@ -37,6 +37,7 @@ from pyinterp.sae import checkpoint as ckpt
 from pyinterp.sae.config import SAEConfig
 from pyinterp.sae.dictionary import SAELoss, SparseDictionary
 from pyinterp.sae.modules import ReLUSAE, build
+from pyinterp.sae.optim import Adam, in_backward
 from pyinterp.sae.resample import resample_dead
 from pyinterp.sae.schedule import coefficient_factor, lr_factor
 
@@ -52,7 +53,10 @@ class TrainConfig:
     steps: optimiser steps in total. lr/betas/eps: Adam. warmup_steps, decay_fraction,
     final_lr_fraction: the learning-rate schedule (:func:`pyinterp.sae.schedule.lr_factor`).
     l1_warmup_steps: ramp of the ReLU sparsity coefficient. grad_clip: max global grad norm
-    per dictionary (None: off). normalize_activations: estimate the fixed scale with
+    per dictionary (None: off). optimizer_in_backward: update each parameter as soon as
+    backward has its gradient and free that gradient at once (pyinterp.sae.optim.in_backward;
+    at most one parameter's gradient is alive instead of all), the same results bit for bit;
+    needs grad_clip=None (a global clip needs every gradient first). normalize_activations: estimate the fixed scale with
     E||s x||^2 = d_in from the first ``init_batches`` batches; b_dec_init: "geometric_median",
     "mean" or None, from the same batches (they are not trained on). Both apply only to fresh
     dictionaries: one loaded from disk or the hub, given a state dict, or initialised by an
@@ -74,6 +78,7 @@ class TrainConfig:
     final_lr_fraction: float = 0.0
     l1_warmup_steps: int = 0
     grad_clip: Optional[float] = 1.0
+    optimizer_in_backward: bool = False
     normalize_activations: bool = True
     b_dec_init: Optional[str] = "geometric_median"
     init_batches: int = 1
@@ -103,6 +108,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every is not None and self.checkpoint_dir is None:
             raise ValueError("checkpoint_every needs checkpoint_dir")
+        if self.optimizer_in_backward and self.grad_clip is not None:
+            raise ValueError(
+                f"optimizer_in_backward updates each parameter as soon as its gradient is "
+                f"complete, so the global gradient-norm clip grad_clip={self.grad_clip} (which "
+                "needs every gradient first) cannot be applied: set grad_clip=None")
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict:
@@ -116,8 +126,10 @@ class TrainConfig:
 
 
 # Fields that change what a run computes; the others (logging, where and how often to
-# checkpoint) may differ between a run and its resumption.
-_COSMETIC = ("checkpoint_every", "checkpoint_dir", "keep_checkpoints", "log_every", "progress")
+# checkpoint, optimizer_in_backward: the same bits, less memory) may differ between a run and
+# its resumption.
+_COSMETIC = ("checkpoint_every", "checkpoint_dir", "keep_checkpoints", "log_every", "progress",
+             "optimizer_in_backward")
 
 
 def _result_fields(cfg: TrainConfig) -> dict:
@@ -201,14 +213,18 @@ class SAETrainer:
         self.run_id = new_run_id({"train": _result_fields(cfg),
                                   "saes": {n: s.cfg.to_dict() for n, s in self.saes.items()}})
         self._lock: Optional[WriterLock] = None
+        if cfg.optimizer_in_backward and type(self)._after_backward is not SAETrainer._after_backward:
+            raise ValueError(f"{type(self).__name__} works on complete gradients after backward "
+                             "(_after_backward); it does not support optimizer_in_backward")
         self.optimizers = {}
         self.since_fired, self.fire_counts, self.aux_on = {}, {}, {}
         self._bad = {}
         for name, sae in self.saes.items():
             sae.deterministic = cfg.deterministic
             dev = sae.W_enc.device
-            self.optimizers[name] = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                                     eps=cfg.eps, foreach=False)
+            # torch.optim.Adam(foreach=False)'s update, bit for bit, without its
+            # parameter-sized temporaries (pyinterp/sae/optim.py)
+            self.optimizers[name] = Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
             self.since_fired[name] = torch.zeros(sae.n_latents, dtype=torch.int64, device=dev)
             self.fire_counts[name] = torch.zeros(sae.n_latents, dtype=torch.int64, device=dev)
             self.aux_on[name] = False
@@ -289,14 +305,19 @@ class SAETrainer:
             if check_now:
                 self._check_finite(step + 1, xs)
             opt.zero_grad(set_to_none=True)
-            res.total.backward()
-            self._after_backward(name, sae)
-            sae.project_decoder_grad()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip, foreach=False)
             for group in opt.param_groups:
                 group["lr"] = lr
-            opt.step()
+            if cfg.optimizer_in_backward:
+                with in_backward(opt, sae.parameters(), before_update=_projection(sae)):
+                    res.total.backward()
+            else:
+                res.total.backward()
+                self._after_backward(name, sae)
+                sae.project_decoder_grad()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip, foreach=False)
+                opt.step()
+                opt.zero_grad(set_to_none=True)  # no gradient outlives its step
             sae.after_step(res)
             n = x[0].shape[0]
             K.update_activity(self.since_fired[name], res.indices, sae.n_latents, values=res.values,
@@ -356,6 +377,7 @@ class SAETrainer:
                        desc="SAE training", unit="step")
         try:
             while self.step < end:
+                losses = None  # the last step's codes and reconstructions, before the next step
                 losses = self.train_step(self.feed.next())
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == end:
@@ -531,6 +553,15 @@ def _check_tensors(expected: dict, got: Optional[dict], file: Path) -> None:
         if tuple(got[k].shape) != tuple(t.shape):
             raise CorruptFileError(f"{file}: tensor {k} has shape {tuple(got[k].shape)}, the "
                                    f"dictionary's config needs {tuple(t.shape)}", file)
+
+
+def _projection(sae: SparseDictionary):
+    """The gradient projection the normal step applies before the update (unit-norm decoders),
+    for the one parameter it concerns."""
+    def before_update(p: torch.Tensor) -> None:
+        if p is getattr(sae, "W_dec", None):
+            sae.project_decoder_grad()
+    return before_update
 
 
 def _fvu(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
