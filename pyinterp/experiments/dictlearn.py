@@ -61,6 +61,21 @@ class CorpusLMConfig(BaseConfig):
     }
 
 
+@dataclasses.dataclass
+class CorpusSAEConfig(CorpusLMConfig):
+    """CorpusLMConfig plus dictionaries trained on the LM's activations at one hook
+    (``train_dictionaries``): how many activations, and the dictionaries' training budget."""
+    act_rows: int = 4_000_000
+    sae_steps: int = 30_000
+    sae_batch: int = 4096
+    sae_lr: float = 1e-3
+
+    SCALES: ClassVar[Dict[str, dict]] = {
+        "quick": dict(act_rows=120_000, sae_batch=256, sae_lr=2e-3),
+        "tiny": dict(act_rows=16_000, sae_steps=250, sae_batch=256, sae_lr=3e-3),
+    }
+
+
 def corpus_split(cfg: CorpusLMConfig):
     """Seed torch with cfg.seed; the corpus rows split into (train, eval), the tokenizer and the
     model's vocabulary size (covering every token id in the rows)."""
@@ -79,6 +94,17 @@ def train_corpus_lm(ex: Experiment, cfg: CorpusLMConfig, data, **model_kw):
                                   seed=cfg.seed, **model_kw)
     return train_lm(ex, "lm", model_cfg, data, steps=cfg.lm_steps, batch_size=cfg.lm_batch, lr=cfg.lm_lr,
                     seed=cfg.seed)
+
+
+def train_dictionaries(ex: Experiment, cfg: CorpusSAEConfig, model, rows: torch.Tensor, hook: str, make_saes,
+                       **train_kw):
+    """Collect cfg.act_rows activations of ``model`` at ``hook`` over ``rows`` (step "acts"),
+    then train the dictionaries of ``make_saes()`` on them in one pass (step "saes"; a latent is
+    dead after 50 batches without firing). Returns ({name: dictionary}, trainer history)."""
+    acts_dir = collect_acts(ex, "acts", model, rows, [hook], max_rows=cfg.act_rows, batch_size=cfg.lm_batch,
+                            seed=cfg.seed)
+    return train_saes(ex, "saes", make_saes, acts_dir, steps=cfg.sae_steps, batch_size=cfg.sae_batch,
+                      lr=cfg.sae_lr, seed=cfg.seed, dead_window_tokens=max(cfg.sae_batch * 50, 1), **train_kw)
 
 
 def corpus_rows(n_ctx: int, vocab_size: int, max_rows: Optional[int] = None, seed: int = 0):

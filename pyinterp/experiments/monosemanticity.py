@@ -33,29 +33,23 @@ REQUIRES = ("tokenizers",)  # the BPE of its corpus
 
 
 @dataclasses.dataclass
-class Config(DL.CorpusLMConfig):
+class Config(DL.CorpusSAEConfig):
     d_model: int = 128
     d_mlp: int = 512
-    act_rows: int = 4_000_000
     expansions: Tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     main_expansion: int = 8
     topk_expansions: Tuple[int, ...] = (8,)
     topk_k: int = 32
     l1_coefficient: float = 3.0
-    sae_steps: int = 30_000
-    sae_batch: int = 4096
-    sae_lr: float = 1e-3
     resample_every: Optional[int] = 5000
     n_dashboards: int = 16
     proxy_top: int = 20
 
-    SCALES: ClassVar[Dict[str, dict]] = {  # on top of CorpusLMConfig's
-        "quick": dict(d_mlp=256, act_rows=120_000, expansions=(1, 2, 4), main_expansion=4, topk_expansions=(4,),
-                      topk_k=16, l1_coefficient=1.5, sae_steps=1500, sae_batch=256, sae_lr=2e-3,
-                      resample_every=200, n_dashboards=12),
-        "tiny": dict(d_mlp=128, act_rows=16_000, expansions=(1, 4), main_expansion=4, topk_expansions=(4,),
-                     topk_k=8, l1_coefficient=1.0, sae_steps=250, sae_batch=256, sae_lr=3e-3, resample_every=100,
-                     n_dashboards=3, proxy_top=10),
+    SCALES: ClassVar[Dict[str, dict]] = {  # on top of CorpusSAEConfig's
+        "quick": dict(d_mlp=256, expansions=(1, 2, 4), main_expansion=4, topk_expansions=(4,), topk_k=16,
+                      l1_coefficient=1.5, sae_steps=1500, resample_every=200, n_dashboards=12),
+        "tiny": dict(d_mlp=128, expansions=(1, 4), main_expansion=4, topk_expansions=(4,), topk_k=8,
+                     l1_coefficient=1.0, resample_every=100, n_dashboards=3, proxy_top=10),
     }
 
 
@@ -111,13 +105,9 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
         "neurons. Browse the features and neurons in the dashboards linked below."))
     train_rows, eval_rows, tok, d_vocab = DL.corpus_split(cfg)
     model = DL.train_corpus_lm(ex, cfg, train_rows, n_layers=1, d_mlp=cfg.d_mlp, d_vocab=d_vocab)
-    acts_dir = DL.collect_acts(ex, "acts", model, train_rows, [HOOK], max_rows=cfg.act_rows,
-                               batch_size=cfg.lm_batch, seed=cfg.seed)
-    saes, history = DL.train_saes(ex, "saes", lambda: _saes(cfg), acts_dir, steps=cfg.sae_steps,
-                                  batch_size=cfg.sae_batch, lr=cfg.sae_lr, seed=cfg.seed,
-                                  resample_every=cfg.resample_every,
-                                  resample_until=(cfg.sae_steps * 3) // 4 if cfg.resample_every else None,
-                                  dead_window_tokens=max(cfg.sae_batch * 50, 1))
+    saes, history = DL.train_dictionaries(
+        ex, cfg, model, train_rows, HOOK, lambda: _saes(cfg), resample_every=cfg.resample_every,
+        resample_until=(cfg.sae_steps * 3) // 4 if cfg.resample_every else None)
     eval_rows = eval_rows.to(ex.device)
     X = DL.hook_acts(model, eval_rows, HOOK).reshape(-1, cfg.d_mlp)
 

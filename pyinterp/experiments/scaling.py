@@ -35,23 +35,19 @@ REQUIRES = ("tokenizers",)  # the BPE of its corpus
 
 
 @dataclasses.dataclass
-class Config(DL.CorpusLMConfig):
+class Config(DL.CorpusSAEConfig):
     layer: int = 0
-    act_rows: int = 4_000_000
     sizes: Tuple[int, ...] = (2048, 8192, 32768, 131072)
     l1_coefficient: float = 5.0
-    sae_steps: int = 30_000
-    sae_batch: int = 4096
     sae_lr: float = 5e-4
     multipliers: Tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0)
     n_prompts: int = 6
     gen_tokens: int = 24
     neighbours: int = 5
 
-    SCALES: ClassVar[Dict[str, dict]] = {  # on top of CorpusLMConfig's
-        "quick": dict(act_rows=120_000, sizes=(128, 256, 512, 1024), sae_steps=600, sae_batch=256, sae_lr=2e-3),
-        "tiny": dict(act_rows=16_000, sizes=(32, 128, 512), sae_steps=250, sae_batch=256, sae_lr=3e-3,
-                     n_prompts=2, gen_tokens=8, neighbours=3),
+    SCALES: ClassVar[Dict[str, dict]] = {  # on top of CorpusSAEConfig's
+        "quick": dict(sizes=(128, 256, 512, 1024), sae_steps=600),
+        "tiny": dict(sizes=(32, 128, 512), n_prompts=2, gen_tokens=8, neighbours=3),
     }
 
 
@@ -116,11 +112,8 @@ def run(config: Config, out_dir, *, fresh: bool = False) -> dict:
         "features split into close neighbours in larger dictionaries, and clamping a feature steers the output."))
     train_rows, eval_rows, tok, d_vocab = DL.corpus_split(cfg)
     model = DL.train_corpus_lm(ex, cfg, train_rows, n_layers=2, d_vocab=d_vocab)
-    acts_dir = DL.collect_acts(ex, "acts", model, train_rows, [hook], max_rows=cfg.act_rows,
-                               batch_size=cfg.lm_batch, seed=cfg.seed)
-    saes, history = DL.train_saes(ex, "saes", lambda: _saes(cfg), acts_dir, steps=cfg.sae_steps,
-                                  batch_size=cfg.sae_batch, lr=cfg.sae_lr, seed=cfg.seed,
-                                  l1_warmup_steps=cfg.sae_steps // 20, dead_window_tokens=max(cfg.sae_batch * 50, 1))
+    saes, history = DL.train_dictionaries(ex, cfg, model, train_rows, hook, lambda: _saes(cfg),
+                                          l1_warmup_steps=cfg.sae_steps // 20)
     eval_rows = eval_rows.to(ex.device)
     X = DL.hook_acts(model, eval_rows, hook).reshape(-1, cfg.d_model)
     ev = ex.step("evaluate", lambda: {n: DL.evaluate_sae(model, s, hook, eval_rows, X) for n, s in saes.items()})
