@@ -31,3 +31,23 @@ def test_baselines_match_the_module(kind, sparse):
     for (name, _), a, b in zip(mod.named_parameters(), g1, g2):
         torch.testing.assert_close(b if b is not None else torch.zeros_like(a), a, atol=1e-4,
                                    rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("kind", C.KINDS)
+def test_the_optimizer_variants_train_to_the_same_bits(kind):
+    """The bench's three optimizer settings (torch's Adam, the trainer's Adam after backward,
+    the trainer's optimizer in backward) are the same training step: equal parameters after
+    two steps; and each step leaves no gradient behind (the peaks start from one state)."""
+    mod, x = C.build(kind, TINY)
+    results = []
+    for optimizer in ("torch", "pyinterp", "pyinterp_in_backward"):
+        m = copy.deepcopy(mod)
+        step = C.train_step(m.parameters(), lambda *t, m=m: m.loss(*t).total, x, optimizer)
+        step()
+        step()
+        assert all(p.grad is None for p in m.parameters()), optimizer
+        results.append(m.state_dict())
+    for other in results[1:]:
+        for key, value in results[0].items():
+            assert torch.equal(other[key], value), (kind, key)
+    assert [g.name for g in C.groups(torch.device("cpu"))] == [C.GROUP_NAMES[k] for k in C.KINDS]

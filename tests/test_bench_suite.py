@@ -13,7 +13,8 @@ import torch
 from pyinterp.bench.backends import timed_backends
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ["solu", "sae", "sae_train", "attention", "persona", "models", "dispatch"]
+FAMILIES = ["solu", "sae", "sae_train", "attention", "persona", "models", "dispatch", "dictionaries",
+            "integrations"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -18,7 +18,8 @@ import warnings
 
 import torch
 
-from pyinterp.bench.timing import Row, interleaved_medians
+from pyinterp.bench.suite import Group
+from pyinterp.bench.timing import Row
 
 FULL = (4096, 512, 16384)
 QUICK = (1024, 256, 4096)
@@ -79,64 +80,47 @@ def _train_step(sae, x, dead):
     return step
 
 
-def _saelens_training_rows(sl, N, d_in, d_sae, repeat, device) -> list:
+TRAIN_CASES = (("topk", None), ("topk", 0.1), ("batchtopk", None), ("jumprelu", None),
+               ("standard", None))
+
+
+def _saelens_train_calls(sl, kind, dead_share, size, device) -> dict:
     from pyinterp.sae import accelerate
 
+    N, d_in, d_sae = size
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(N, d_in, generator=gen).to(device)
-    rows = []
-    cases = [("topk", None), ("topk", 0.1), ("batchtopk", None), ("jumprelu", None), ("standard", None)]
-    for kind, dead_share in cases:
-        plain, fast = _training_saes(sl, kind, d_in, d_sae, x)
-        plain.to(device), fast.to(device)
-        accelerate(fast)
-        dead = None
-        if dead_share:
-            dead = torch.rand(d_sae, generator=gen).to(device) < dead_share
-        t = interleaved_medians({"plain": _train_step(plain, x, dead), "fast": _train_step(fast, x, dead)},
-                                repeat, device=device)
-        code = f"k={K}" if kind in ("topk", "batchtopk") else f"L0~{L0}"
-        shape = f"N={N} d_in={d_in} d_sae={d_sae} {code}" + (f" dead={dead_share:.0%}" if dead_share else "")
-        op = f"saelens_{kind}_train_step"
-        rows += [Row(op, shape, "float32", f"sae_lens {sl.__version__}", t["plain"]),
-                 Row(op, shape, "float32", "accelerate(sae_lens)", t["fast"], baseline="sae_lens",
-                     baseline_seconds=t["plain"])]
-    return rows
+    plain, fast = _training_saes(sl, kind, d_in, d_sae, x)
+    plain.to(device), fast.to(device)
+    accelerate(fast)
+    dead = None
+    if dead_share:
+        dead = torch.rand(d_sae, generator=gen).to(device) < dead_share
+    return {"sae_lens": _train_step(plain, x, dead), "accelerated": _train_step(fast, x, dead)}
 
 
-def _saelens_inference_rows(sl, N, d_in, d_sae, repeat, device) -> list:
+def _saelens_inference_calls(sl, kind, method, size, device) -> dict:
     from pyinterp.sae import accelerate
 
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(N, d_in, generator=gen).to(device)
-    rows = []
-    for kind in ("standard", "jumprelu"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if kind == "standard":
-                plain = sl.StandardSAE(sl.StandardSAEConfig(d_in=d_in, d_sae=d_sae))
-            else:
-                plain = sl.JumpReLUSAE(sl.JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae))
-        if kind == "jumprelu":
-            with torch.no_grad():
-                plain.threshold.fill_(0.01)
-        _sparsify(plain, x, L0, 0.01 if kind == "jumprelu" else 0.0)
-        plain.to(device)
-        fast = accelerate(copy.deepcopy(plain))
-        for method in ("encode", "forward"):
-            fns = {name: (lambda m=m, method=method: getattr(m, method)(x))
-                   for name, m in (("plain", plain), ("fast", fast))}
-            with torch.no_grad():
-                t = interleaved_medians(fns, repeat, device=device)
-            op = f"saelens_{kind}_{method}"
-            shape = f"N={N} d_in={d_in} d_sae={d_sae} L0~{L0}"
-            rows += [Row(op, shape, "float32", f"sae_lens {sl.__version__}", t["plain"]),
-                     Row(op, shape, "float32", "accelerate(sae_lens)", t["fast"], baseline="sae_lens",
-                         baseline_seconds=t["plain"])]
-    return rows
+    N, d_in, d_sae = size
+    x = torch.randn(N, d_in, generator=torch.Generator().manual_seed(1)).to(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "standard":
+            plain = sl.StandardSAE(sl.StandardSAEConfig(d_in=d_in, d_sae=d_sae))
+        else:
+            plain = sl.JumpReLUSAE(sl.JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae))
+    if kind == "jumprelu":
+        with torch.no_grad():
+            plain.threshold.fill_(0.01)
+    _sparsify(plain, x, L0, 0.01 if kind == "jumprelu" else 0.0)
+    plain.to(device)
+    fast = accelerate(copy.deepcopy(plain))
+    return {name: (lambda m=m: getattr(m, method)(x))
+            for name, m in (("sae_lens", plain), ("accelerated", fast))}
 
 
-def _collection_rows(quick, repeat, device) -> list:
+def _collection_calls(quick, device) -> dict:
     from pyinterp.models import Transformer, TransformerConfig
     from pyinterp.sae.store import activation_fn
 
@@ -145,30 +129,34 @@ def _collection_rows(quick, repeat, device) -> list:
                                           act_fn="gelu")).to(device).eval()
     tokens = torch.randint(0, 4096, (8 if quick else 16, 256), generator=torch.Generator().manual_seed(0))
     tokens = tokens.to(device)
-    name = "blocks.0.hook_resid_post"
-    early = activation_fn(model, [name])
-
-    def full():
-        with torch.no_grad():
-            model.run_with_cache(tokens, names_filter=[name])
-    t = interleaved_medians({"full": full, "early": lambda: early(tokens)}, repeat, device=device)
-    shape = f"4 layers d_model={d} B={tokens.shape[0]} T=256, hook {name}"
-    return [Row("collect_activations", shape, "float32", "run_with_cache (whole forward)", t["full"]),
-            Row("collect_activations", shape, "float32", "pyinterp.sae.stream (stops after block 0)",
-                t["early"], baseline="whole forward", baseline_seconds=t["full"])]
+    early = activation_fn(model, [COLLECT_HOOK])
+    return {"run_with_cache": lambda: model.run_with_cache(tokens, names_filter=[COLLECT_HOOK]),
+            "stream": lambda: early(tokens)}
 
 
-def _tl_solu_rows(quick, repeat, device) -> list:
-    """A TransformerLens SoLU-LN model: forward and training step, plain vs apply()."""
+COLLECT_HOOK = "blocks.0.hook_resid_post"
+
+
+def _transformer_lens():
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import transformer_lens as tl
+        return tl
     except ImportError:
-        return []
+        return None
+
+
+def _tl_size(quick):
+    return (256, 2, 4, 128) if quick else (512, 4, 8, 256)  # d_model, layers, batch, context
+
+
+def _tl_solu_calls(quick, train, device) -> dict:
+    """A TransformerLens SoLU-LN model: forward or training step, plain vs apply()."""
     from pyinterp.integrations import transformer_lens as ptl
 
-    d, L, B, T = (256, 2, 4, 128) if quick else (512, 4, 8, 256)
+    tl = _transformer_lens()
+    d, L, B, T = _tl_size(quick)
     cfg = tl.HookedTransformerConfig(n_layers=L, d_model=d, n_heads=8, d_head=d // 8, d_mlp=4 * d,
                                      d_vocab=4096, n_ctx=T, act_fn="solu_ln", normalization_type="LN",
                                      seed=0, device=str(device))
@@ -179,12 +167,6 @@ def _tl_solu_rows(quick, repeat, device) -> list:
     ptl.apply(fast)
     tokens = torch.randint(0, 4096, (B, T), generator=torch.Generator().manual_seed(0)).to(device)
 
-    def fwd(m):
-        def f():
-            with torch.no_grad():
-                m(tokens)
-        return f
-
     def step(m):
         opt = torch.optim.Adam(m.parameters(), lr=1e-6)
 
@@ -193,25 +175,75 @@ def _tl_solu_rows(quick, repeat, device) -> list:
             m(tokens, return_type="loss").backward()
             opt.step()
         return f
-    shape = f"L={L} d_model={d} d_mlp={4 * d} B={B} T={T}"
-    rows = []
-    for op, make in (("tl_solu_ln_forward", fwd), ("tl_solu_ln_train_step", step)):
-        t = interleaved_medians({"plain": make(plain), "fast": make(fast)}, repeat, device=device)
-        rows += [Row(op, shape, "float32", f"transformer_lens {getattr(tl, '__version__', '')}".strip(),
-                     t["plain"]),
-                 Row(op, shape, "float32", "integrations.transformer_lens.apply", t["fast"],
-                     baseline="transformer_lens", baseline_seconds=t["plain"])]
-    return rows
+    make = step if train else (lambda m: (lambda: m(tokens)))
+    return {"transformer_lens": make(plain), "applied": make(fast)}
+
+
+def groups(device, quick=False) -> list[Group]:
+    """Each case's plain peer and its pyinterp-accelerated twin (asv:
+    benchmarks/benchmarks/integrations.py). info: op, shape, and the two rows' labels."""
+    repeat = 3 if quick else 5
+    size = QUICK if quick else FULL
+    N, d_in, d_sae = size
+    pair = ("sae_lens", "accelerated")
+    out = [Group("CollectActivations", ("run_with_cache", "stream"),
+                 lambda: _collection_calls(quick, device), repeat=repeat,
+                 info={"op": "collect_activations",
+                       "shape": f"4 layers d_model={256 if quick else 512} B={8 if quick else 16} "
+                                f"T=256, hook {COLLECT_HOOK}",
+                       "labels": ("run_with_cache (whole forward)",
+                                  "pyinterp.sae.stream (stops after block 0)"),
+                       "baseline": "whole forward"})]
+    tl = _transformer_lens()
+    if tl is not None:
+        d, L, B, T = _tl_size(quick)
+        labels = (f"transformer_lens {getattr(tl, '__version__', '')}".strip(),
+                  "integrations.transformer_lens.apply")
+        for name, train in (("TLSoLULNForward", False), ("TLSoLULNTrainStep", True)):
+            out.append(Group(name, ("transformer_lens", "applied"),
+                             lambda train=train: _tl_solu_calls(quick, train, device), grad=train,
+                             repeat=repeat,
+                             info={"op": "tl_solu_ln_train_step" if train else "tl_solu_ln_forward",
+                                   "shape": f"L={L} d_model={d} d_mlp={4 * d} B={B} T={T}",
+                                   "labels": labels, "baseline": "transformer_lens"}))
+    sl = _sae_lens()
+    if sl is not None:
+        labels = (f"sae_lens {sl.__version__}", "accelerate(sae_lens)")
+        for kind, dead_share in TRAIN_CASES:
+            code = f"k={K}" if kind in ("topk", "batchtopk") else f"L0~{L0}"
+            shape = f"N={N} d_in={d_in} d_sae={d_sae} {code}"
+            name = f"SAELens{kind.capitalize()}TrainStep"
+            if dead_share:
+                shape += f" dead={dead_share:.0%}"
+                name = f"SAELens{kind.capitalize()}Dead{round(100 * dead_share)}TrainStep"
+            out.append(Group(name, pair,
+                             lambda kind=kind, share=dead_share:
+                             _saelens_train_calls(sl, kind, share, size, device),
+                             grad=True, repeat=repeat, timeout=900,
+                             info={"op": f"saelens_{kind}_train_step", "shape": shape,
+                                   "labels": labels, "baseline": "sae_lens"}))
+        for kind in ("standard", "jumprelu"):
+            for method in ("encode", "forward"):
+                out.append(Group(f"SAELens{kind.capitalize()}{method.capitalize()}", pair,
+                                 lambda kind=kind, method=method:
+                                 _saelens_inference_calls(sl, kind, method, size, device),
+                                 repeat=repeat,
+                                 info={"op": f"saelens_{kind}_{method}",
+                                       "shape": f"N={N} d_in={d_in} d_sae={d_sae} L0~{L0}",
+                                       "labels": labels, "baseline": "sae_lens"}))
+    return out
 
 
 def run(args) -> list:
     device = torch.device(getattr(args, "device", "cpu"))
     quick = getattr(args, "quick", False)
-    N, d_in, d_sae = QUICK if quick else FULL
-    repeat = 3 if quick else 5
-    rows = _collection_rows(quick, repeat, device) + _tl_solu_rows(quick, repeat, device)
-    sl = _sae_lens()
-    if sl is not None:
-        rows += _saelens_training_rows(sl, N, d_in, d_sae, repeat, device)
-        rows += _saelens_inference_rows(sl, N, d_in, d_sae, repeat, device)
+    rows = []
+    for group in groups(device, quick):
+        _, t = group.time(device)
+        base, fast = group.impls
+        info = group.info
+        plain_label, fast_label = info["labels"]
+        rows += [Row(info["op"], info["shape"], "float32", plain_label, t[base]),
+                 Row(info["op"], info["shape"], "float32", fast_label, t[fast],
+                     baseline=info["baseline"], baseline_seconds=t[base])]
     return rows

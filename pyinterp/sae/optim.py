@@ -99,6 +99,7 @@ class Adam(torch.optim.Adam):
             hi = lo + self.chunk
             denom = (flat_v[lo:hi].sqrt() / bias_correction2_sqrt).add_(eps)
             flat_p[lo:hi].addcdiv_(flat_m[lo:hi], denom, value=-step_size)
+            del denom  # before the next chunk's
 
 
 @contextlib.contextmanager
