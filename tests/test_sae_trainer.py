@@ -301,3 +301,39 @@ def test_optimizer_in_backward_refuses_what_needs_every_gradient():
     with pytest.raises(ValueError, match="does not support optimizer_in_backward"):
         DataParallelSAETrainer(TopKSAE(16, 32, k=2), [],
                                TrainConfig(steps=3, grad_clip=None, optimizer_in_backward=True))
+
+
+def test_run_keeps_reconstructions_only_for_the_steps_it_logs():
+    """run() drops each loss's x / x_hat before backward in the steps it does not log (so
+    backward can free them); logged steps and direct train_step calls keep them."""
+    seen = []
+
+    class Spy(SAETrainer):
+        def train_step(self, batch):
+            out = super().train_step(batch)
+            seen.append(out["sae"].x_hat is not None and out["sae"].x is not None)
+            return out
+
+    data = [sparse_data(32, 16, seed=i) for i in range(10)]
+    tr = Spy(TopKSAE(16, 32, k=2, seed=0), data,
+             TrainConfig(steps=7, log_every=3, progress=False, init_batches=1))
+    tr.run()
+    assert seen == [False, False, True, False, False, True, True]
+    assert [r["step"] for r in tr.history] == [3, 6, 7]
+    assert all(0 <= r["sae"]["fvu"] < 2 for r in tr.history)
+    assert tr.train_step(data[9])["sae"].x_hat is not None
+
+
+def test_logged_fvu_per_output_and_overall():
+    from pyinterp.sae.trainer import _fvu
+
+    g = torch.Generator().manual_seed(0)
+    x, r = torch.randn(3, 20, 5, generator=g), torch.randn(3, 20, 5, generator=g)
+    xd, rd = x.double(), r.double()
+    num = (xd - rd).pow(2).sum((1, 2))
+    den = (xd - xd.mean(1, keepdim=True)).pow(2).sum((1, 2))
+    out = _fvu(x, r)
+    assert out["fvu"] == pytest.approx(float(num.sum() / den.sum()), rel=1e-12)
+    assert out["fvu_per_output"] == pytest.approx((num / den).tolist(), rel=1e-12)
+    single = _fvu(x[0], r[0])
+    assert single == {"fvu": pytest.approx(float(num[0] / den[0]), rel=1e-12)}

@@ -25,8 +25,9 @@ class SAELoss:
 
     values, indices: the code (N, k), detached (global latent indices for a CLT); x, x_hat:
     normalised target and reconstruction, detached: (N, d), or (G, N, d) for dictionaries
-    with G outputs (crosscoders, CLTs). ``extra``: further named loss terms in ``total``
-    (e.g. the Matryoshka prefix losses).
+    with G outputs (crosscoders, CLTs); None in the training steps ``SAETrainer.run`` does
+    not log (dropped before backward, which can then free them). ``extra``: further named
+    loss terms in ``total`` (e.g. the Matryoshka prefix losses).
     """
 
     total: torch.Tensor
@@ -35,8 +36,8 @@ class SAELoss:
     aux: torch.Tensor
     values: torch.Tensor
     indices: torch.Tensor
-    x: torch.Tensor
-    x_hat: torch.Tensor
+    x: Optional[torch.Tensor]
+    x_hat: Optional[torch.Tensor]
     extra: dict = field(default_factory=dict)
 
     def components(self) -> dict[str, float]:

@@ -208,6 +208,9 @@ class SAETrainer:
         self.tokens = 0
         self.initialised = False
         self.history: list[dict] = []
+        # train_step keeps each SAELoss's x / x_hat; run() drops them before backward in the
+        # steps it does not log (so backward frees them when it is done with them)
+        self._keep_outputs = True
         self.last_checkpoint: Optional[Path] = None
         self.fresh = fresh
         self.run_id = new_run_id({"train": _result_fields(cfg),
@@ -301,6 +304,8 @@ class SAETrainer:
             if self.aux_on[name] and sae.uses_dead_mask:
                 dead = self.since_fired[name] >= cfg.dead_window_tokens
             res = sae.loss(*x, dead_mask=dead, l1_scale=l1_scale)
+            if not self._keep_outputs:
+                res.x = res.x_hat = None
             self._bad[name] |= ~torch.isfinite(res.total.detach())
             if check_now:
                 self._check_finite(step + 1, xs)
@@ -378,9 +383,14 @@ class SAETrainer:
         try:
             while self.step < end:
                 losses = None  # the last step's codes and reconstructions, before the next step
-                losses = self.train_step(self.feed.next())
+                logs = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == end
+                self._keep_outputs = logs
+                try:
+                    losses = self.train_step(self.feed.next())
+                finally:
+                    self._keep_outputs = True
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == end:
+                if logs:
                     self._check_finite(self.step)
                     rec = self._log(losses)
                     first = rec[next(iter(self.saes))]
@@ -565,10 +575,14 @@ def _projection(sae: SparseDictionary):
 
 
 def _fvu(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
-    """FVU of a batch: one figure, plus one per output for (G, N, d) reconstructions."""
-    xd, rd = x.double(), x_hat.double()
-    num = (xd - rd).pow(2).sum(-1).sum(-1)                 # (G,) or ()
-    den = (xd - xd.mean(-2, keepdim=True)).pow(2).sum(-1).sum(-1)
+    """FVU of a batch: one figure, plus one per output for (G, N, d) reconstructions (in
+    float64, one output at a time: float64 copies of one output, not of all)."""
+    num, den = [], []
+    for xg, rg in zip(*((x, x_hat) if x.dim() == 3 else (x[None], x_hat[None]))):
+        xd, rd = xg.double(), rg.double()
+        num.append((xd - rd).pow(2).sum())
+        den.append((xd - xd.mean(0, keepdim=True)).pow(2).sum())
+    num, den = torch.stack(num), torch.stack(den)
     out = {"fvu": float(num.sum() / den.sum().clamp_min(1e-30))}
     if x.dim() == 3:
         out["fvu_per_output"] = (num / den.clamp_min(1e-30)).tolist()
