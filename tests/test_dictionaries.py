@@ -57,9 +57,15 @@ def _kw(act):
 
 
 def _check_grads(mod, loss_ours, loss_ref, names):
-    ours = torch.autograd.grad(loss_ours, [getattr(mod, n) for n in names], retain_graph=True)
-    ref = torch.autograd.grad(loss_ref, [getattr(mod, n) for n in names], allow_unused=True)
-    for n, a, b in zip(names, ours, ref):
+    named = []  # a crosscoder's W_dec is a ParameterList: one parameter per layer
+    for n in names:
+        p = getattr(mod, n)
+        named += [(f"{n}[{i}]", q) for i, q in enumerate(p)] \
+            if isinstance(p, torch.nn.ParameterList) else [(n, p)]
+    params = [p for _, p in named]
+    ours = torch.autograd.grad(loss_ours, params, retain_graph=True)
+    ref = torch.autograd.grad(loss_ref, params, allow_unused=True)
+    for (n, _), a, b in zip(named, ours, ref):
         torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b, atol=2e-5,
                                    rtol=2e-4, msg=n)
 
@@ -102,10 +108,93 @@ def test_crosscoder_matches_dense(act):
     mse = (recon - xn).pow(2).sum(-1).sum(0).mean()
     torch.testing.assert_close(res.mse, mse)
     if act == "relu":
-        norms = cc.W_dec.norm(dim=2).sum(0)
+        norms = torch.stack(list(cc.W_dec)).norm(dim=2).sum(0)
         torch.testing.assert_close(res.sparsity, cc.cfg.l1_coefficient * (code * norms).sum(-1).mean())
     _check_grads(cc, res.mse, mse, ["W_enc", "b_enc", "W_dec", "b_dec"])
     assert cc(xs).shape == (3, 9, 6)
+
+
+def _stacked_crosscoder_loss(cc, xs, dead_mask, backend):
+    """A crosscoder loss (apply_b_dec_to_input=True) in the former layout: the L decoders as
+    one (L, d_sae, d) tensor decoded by one L-output multi_decode, their norms from it."""
+    from pyinterp.ops.multi_decode import multi_decode
+    from pyinterp.ops.sae import topk_encode
+    from pyinterp.sae import activations as A
+    from pyinterp.sae.dictionary import squared_error
+
+    xn = cc._stack(xs, cc.d_in, cc.input_scale, "xs", rows_major=True)
+    code = cc._code(xn)
+    W = torch.stack(list(cc.W_dec))
+    x_hat = multi_decode(code.values, code.indices, W, cc.b_dec, backend=backend)
+    loss = squared_error(xn, x_hat) + cc._sparsity_one(code, W.norm(dim=2).sum(0), 1.0)
+    if dead_mask is not None:
+        L, n, d = xn.shape
+        bias = cc.b_enc + A.dead_bias(dead_mask, cc.b_enc.dtype)
+        enc = lambda kk: topk_encode(xn.permute(1, 0, 2).reshape(n, L * d),  # noqa: E731
+                                     cc.W_enc.reshape(L * d, -1), bias, cc.b_dec.reshape(-1), kk)
+        loss = loss + A.auxk_loss(xn, x_hat, dead_mask, k_aux=cc.cfg.effective_aux_k,
+                                  coefficient=cc.cfg.aux_coefficient, encode_dead=enc,
+                                  decode=lambda v, i: multi_decode(v, i, W, None, backend=backend))
+    return loss, x_hat
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("act", ACTS + ["topk_aux"])
+def test_crosscoder_per_layer_decoders_match_the_stacked_layout(act, backend):
+    """The per-layer decoders compute what one stacked decoder computed (forward bit for bit
+    on the same kernel; every gradient), AuxK included."""
+    aux = act == "topk_aux"
+    act = "topk" if aux else act
+    cc = _randomise(Crosscoder(3, 6, 20, activation=act, apply_b_dec_to_input=True,
+                               **_kw(act))).train()
+    xs = [torch.randn(9, 6) for _ in range(3)]
+    dead = torch.arange(20) % 3 == 0 if aux else None
+    res = cc.loss(*xs, dead_mask=dead)
+    ref, x_hat = _stacked_crosscoder_loss(cc, xs, dead, backend)
+    if backend == "cpu":
+        assert torch.equal(res.x_hat, x_hat.detach())
+    torch.testing.assert_close(res.x_hat, x_hat.detach())
+    torch.testing.assert_close(res.total, ref)
+    _check_grads(cc, res.total, ref, ["W_enc", "b_enc", "W_dec", "b_dec"])
+
+
+def test_crosscoder_backward_forms_one_decoder_gradient_at_a_time():
+    """What makes a crosscoder step small with the optimizer in backward: each layer's
+    decoder gradient is complete (and can be consumed) before any other layer's is formed,
+    sparsity norms included."""
+    for act in ("relu", "topk"):
+        cc = _randomise(Crosscoder(3, 6, 20, activation=act, **_kw(act))).train()
+        res = cc.loss(*[torch.randn(9, 6) for _ in range(3)])
+        layer = {id(w): l for l, w in enumerate(cc.W_dec)}
+        events = []
+
+        def producer(node, l):  # a node whose backward hands W_dec[l] a gradient
+            node.register_hook(lambda gi, go: events.append(("formed", l)))
+
+        seen, todo = set(), [res.total.grad_fn]
+        while todo:
+            node = todo.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            for nxt, _ in node.next_functions:
+                var = getattr(nxt, "variable", None)
+                if var is not None and id(var) in layer:
+                    producer(node, layer[id(var)])
+                todo.append(nxt)
+        for l, w in enumerate(cc.W_dec):
+            w.register_post_accumulate_grad_hook(lambda p, l=l: events.append(("complete", l)))
+        res.total.backward()
+        pending = set()
+        for kind, l in events:
+            if kind == "formed":
+                assert not pending - {l}, (act, events)
+                pending.add(l)
+            else:
+                pending.discard(l)
+        formed = [l for kind, l in events if kind == "formed"]
+        assert sorted(set(formed)) == [0, 1, 2] and len(formed) == (6 if act == "relu" else 3)
+        assert [e for e in events if e[0] == "complete"] == [("complete", l) for l in (2, 1, 0)]
 
 
 @pytest.mark.parametrize("act", ACTS)

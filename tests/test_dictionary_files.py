@@ -135,6 +135,48 @@ def test_clt_and_crosscoder_files(tmp_path, act):
         load(tmp_path / "clt")
 
 
+def test_crosscoder_file_in_the_documented_layout_loads(tmp_path):
+    """A crosscoder directory written by hand as docs/dictionaries.md ("Files") documents it
+    (and as every pyinterp version has written it): one stacked W_dec (L, d_sae, d_in), read
+    into the module's per-layer decoders; its forward is the documented maths."""
+    import hashlib
+
+    from pyinterp.sae.config import SAEConfig
+
+    L, d, m, k = 3, 5, 12, 2
+    g = torch.Generator().manual_seed(3)
+    t = {"W_enc": torch.randn(L, d, m, generator=g), "b_enc": torch.randn(m, generator=g) * 0.1,
+         "W_dec": torch.randn(L, m, d, generator=g), "b_dec": torch.randn(L, d, generator=g),
+         "input_scale": torch.rand(L, generator=g) + 0.5}
+    conf = SAEConfig(architecture="crosscoder", d_in=d, d_sae=m, n_layers=L, activation="topk",
+                     k=k, apply_b_dec_to_input=False).to_dict()
+    cfg = {"format": "pyinterp-dictionary-1", "architecture": "crosscoder", "config": conf,
+           "tensors": {n: list(v.shape) for n, v in t.items()}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    digest = hashlib.sha256((tmp_path / "cfg.json").read_bytes()).hexdigest()
+    save_file(t, str(tmp_path / "weights.safetensors"), metadata={"pyinterp.cfg_sha256": digest})
+    cc = load(tmp_path)
+    assert isinstance(cc, Crosscoder) and len(cc.W_dec) == L
+    for l in range(L):
+        assert torch.equal(cc.W_dec[l].detach(), t["W_dec"][l])
+    xs = [torch.randn(7, d, generator=g) for _ in range(L)]
+    xn = [x * t["input_scale"][l] for l, x in enumerate(xs)]
+    pre = sum(xn[l] @ t["W_enc"][l] for l in range(L)) + t["b_enc"]
+    v, i = torch.topk(pre, k, dim=-1)
+    code = torch.zeros_like(pre).scatter(-1, i, v.relu())
+    want = torch.stack([(code @ t["W_dec"][l] + t["b_dec"][l]) / t["input_scale"][l]
+                        for l in range(L)])
+    with torch.no_grad():
+        torch.testing.assert_close(cc(xs), want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(cc.state_dict()["W_dec"], t["W_dec"])
+    with pytest.raises(RuntimeError, match=r"size mismatch for W_dec: .*\(3, 12, 5\), the "
+                       r"crosscoder needs \(2, 12, 5\)"):
+        Crosscoder(2, d, m, activation="topk", k=k).load_state_dict(
+            {n: v for n, v in cc.state_dict().items()})
+    cc.save(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "cfg.json").read_text())["tensors"] == cfg["tensors"]
+
+
 # ------------------------------------------------------------------------------------------
 # sparsify
 

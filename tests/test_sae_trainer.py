@@ -293,6 +293,72 @@ def test_optimizer_in_backward_gives_the_same_bits_and_resumes_in_either_mode(tm
     assert [r["relu"]["loss"] for r in fused.history] == [r["relu"]["loss"] for r in normal.history]
 
 
+def test_crosscoder_checkpoints_keep_the_stacked_decoder_layout(tmp_path):
+    """The crosscoder trains L per-layer decoders, but its checkpoint files hold them as they
+    always have: one W_dec (L, d_sae, d) and its Adam moments as parameter 2 of 4 (so
+    checkpoints written before the per-layer layout resume, and the other way round)."""
+    from safetensors.torch import load_file
+
+    from pyinterp.sae import Crosscoder
+
+    L, d, m = 3, 16, 32
+    cc = Crosscoder(L, d, m, activation="jumprelu", init_l0=4.0, seed=0,
+                    hook_names=["h.a", "h.b", "h.c"])
+    data = [{"h.a": sparse_data(32, 16, seed=i), "h.b": sparse_data(32, 16, seed=50 + i),
+             "h.c": sparse_data(32, 16, seed=90 + i)} for i in range(4)]
+    tr = SAETrainer({"cc": cc}, data, TrainConfig(steps=3, lr=1e-2, checkpoint_every=3,
+                                                  checkpoint_dir=str(tmp_path), progress=False,
+                                                  init_batches=1, grad_clip=None,
+                                                  optimizer_in_backward=True))
+    tr.run()
+    step = tr.last_checkpoint
+    w = load_file(step / "sae_cc.safetensors")
+    assert w["W_dec"].shape == (L, m, d)
+    assert torch.equal(w["W_dec"], torch.stack([p.detach() for p in cc.W_dec]))
+    o = load_file(step / "optim_cc.safetensors")
+    shapes = {"0": (L, d, m), "1": (m,), "2": (L, m, d), "3": (L, d), "4": (m,)}  # W_enc .. threshold
+    assert {k: tuple(v.shape) for k, v in o.items()} == {
+        **{f"{i}.{key}": s for i, s in shapes.items() for key in ("exp_avg", "exp_avg_sq")},
+        **{f"{i}.step": () for i in shapes}}
+    state = tr.optimizers["cc"].state
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(o[f"2.{key}"], torch.stack([state[p][key] for p in cc.W_dec]))
+        assert torch.equal(o[f"3.{key}"], state[cc.b_dec][key])
+    meta = json.loads((step / "trainer.json").read_text())["saes"]["cc"]["optimizer"]
+    assert meta["param_groups"][0]["params"] == [0, 1, 2, 3, 4]
+    with pytest.warns(UserWarning, match="replaying 4 batches"):  # init + 3 steps
+        back = SAETrainer.resume(tmp_path, data)
+    got = back.optimizers["cc"].state
+    for p, q in zip(back.saes["cc"].parameters(), cc.parameters()):
+        assert torch.equal(p, q) and all(torch.equal(got[p][k], state[q][k]) for k in state[q])
+
+
+def test_stacked_optimizer_state_round_trips_and_refuses_what_it_cannot_store():
+    from pyinterp.sae.checkpoint import split_state, stack_state
+
+    a, b, c = (torch.nn.Parameter(torch.randn(2, 3)) for _ in range(3))
+    opt = torch.optim.Adam([c, a, b], lr=0.1)
+    (a.sum() + 2 * b.sum() + c.pow(2).sum()).backward()
+    opt.step()
+    sd = opt.state_dict()
+    layout = [[1, 2], [0]]                 # a, b stacked first, then c
+    stored = stack_state(sd, layout)
+    assert stored["param_groups"][0]["params"] == [0, 1]
+    assert stored["state"][0]["exp_avg"].shape == (2, 2, 3)
+    back = split_state(stored, layout)
+    assert back["param_groups"][0]["params"] == [0, 1, 2]
+    for pid, st in sd["state"].items():
+        assert all(torch.equal(back["state"][pid][k], v) for k, v in st.items())
+    sd["state"][2]["step"] = sd["state"][2]["step"] + 1
+    with pytest.raises(ValueError, match="'step' differs"):
+        stack_state(sd, layout)
+    with pytest.raises(ValueError, match="names entries"):
+        split_state(stored, [[0, 1, 2]])
+    bad = {"state": {0: dict(stored["state"][0])}, "param_groups": [{"params": [0]}]}
+    with pytest.raises(ValueError, match="needs 3 stacked"):
+        split_state(bad, [[0, 1, 2]])
+
+
 def test_optimizer_in_backward_refuses_what_needs_every_gradient():
     with pytest.raises(ValueError, match="optimizer_in_backward.*grad_clip=None"):
         TrainConfig(steps=3, optimizer_in_backward=True)   # grad_clip defaults to 1.0

@@ -186,7 +186,7 @@ def torch_loss(kind: str, mod, sparse: bool):
             xn = torch.stack(xs, 1) * mod.input_scale[:, None]  # (N, L, d)
             n, _, d = xn.shape
             pre = xn.reshape(n, L * d) @ mod.W_enc.reshape(L * d, -1) + mod.b_enc
-            W_dec = mod.W_dec.unbind(0)
+            W_dec = list(mod.W_dec)  # one (d_sae, d) parameter per layer
             if sparse:
                 v, i = torch.topk(pre, k, dim=-1)
                 v = v.relu()

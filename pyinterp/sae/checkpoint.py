@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -45,9 +45,68 @@ LEGACY_RUN = "legacy"  # the run id of checkpoints written before run ids existe
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
-def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state dict into tensors (for safetensors) and JSON-able groups."""
-    sd = opt.state_dict()
+def stack_state(sd: dict, layout: Optional[Sequence[Sequence[int]]]) -> dict:
+    """Optimizer state dict ``sd`` in a checkpoint's ``layout`` (see
+    :meth:`pyinterp.sae.dictionary.SparseDictionary.checkpoint_layout`): stored entry j holds
+    the parameters ``layout[j]``, their tensors stacked on a new dim 0 when there are
+    several, their scalars (Adam's step) once, which must agree; None: ``sd`` unchanged."""
+    if layout is None:
+        return sd
+    state = {}
+    for j, pids in enumerate(layout):
+        entries = [sd["state"].get(p) for p in pids]
+        if not any(entries):
+            continue
+        if not all(entries) or any(set(e) != set(entries[0]) for e in entries):
+            raise ValueError(f"parameters {list(pids)} are stored as one tensor but their "
+                             "optimizer states differ in what they hold")
+        out = {}
+        for key, first in entries[0].items():
+            values = [e[key] for e in entries]
+            if len(values) > 1 and isinstance(first, torch.Tensor) and first.dim() > 0:
+                out[key] = torch.stack(values)
+            elif all(torch.equal(torch.as_tensor(v), torch.as_tensor(first)) for v in values):
+                out[key] = first
+            else:
+                raise ValueError(f"parameters {list(pids)} are stored as one tensor but their "
+                                 f"optimizer {key!r} differs: {values}")
+        state[j] = out
+    owner = {p: j for j, pids in enumerate(layout) for p in pids}
+    groups = [dict(g, params=sorted({owner[p] for p in g["params"]})) for g in sd["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def split_state(sd: dict, layout: Optional[Sequence[Sequence[int]]]) -> dict:
+    """The inverse of :func:`stack_state`: a stored state dict back in parameter order."""
+    if layout is None:
+        return sd
+    stored = list(sd["state"]) + [j for g in sd["param_groups"] for j in g["params"]]
+    if any(not 0 <= int(j) < len(layout) for j in stored):
+        raise ValueError(f"the optimizer state names entries {sorted(set(stored))}, the "
+                         f"dictionary stores {len(layout)}")
+    state = {}
+    for j, entry in sd["state"].items():
+        pids = layout[int(j)]
+        if len(pids) == 1:
+            state[pids[0]] = entry
+            continue
+        for key, v in entry.items():
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] != len(pids):
+                raise ValueError(f"optimizer {key!r} of stored entry {j} has shape "
+                                 f"{tuple(v.shape)}, needs {len(pids)} stacked parameters")
+        for i, p in enumerate(pids):  # copies: each parameter's state is updated in place
+            state[p] = {key: (v[i] if v.dim() > 0 else v).clone()
+                        if isinstance(v, torch.Tensor) else v for key, v in entry.items()}
+    groups = [dict(g, params=sorted(p for j in g["params"] for p in layout[int(j)]))
+              for g in sd["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer, layout=None
+                         ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON-able groups;
+    ``layout``: the dictionary's checkpoint layout (:func:`stack_state`)."""
+    sd = stack_state(opt.state_dict(), layout)
     tensors, keys = {}, {}
     for pid, state in sd["state"].items():
         keys[str(pid)] = {}
@@ -64,7 +123,7 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Te
 
 
 def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                           meta: dict, file: Path) -> None:
+                           meta: dict, file: Path, layout=None) -> None:
     state = {}
     for pid, keys in meta["state_keys"].items():
         entry = {}
@@ -83,7 +142,7 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
         groups.append(g)
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    opt.load_state_dict(split_state({"state": state, "param_groups": groups}, layout))
 
 
 def step_dirs(root: Path) -> list:

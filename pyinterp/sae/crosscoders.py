@@ -5,8 +5,11 @@
     f = act(sum_l x^l @ W_enc[l] + b_enc),   x_hat^l = f @ W_dec[l] + b_dec[l],
 
 with the ReLU / JumpReLU-tanh sparsity weighted by sum_l ||W_dec[l, i]||. The encoder is one
-GEMM over the layers' concatenated activations; the L reconstructions are one multi-output
-decode (:func:`pyinterp.ops.multi_decode`).
+GEMM over the layers' concatenated activations. The decoders are L parameters (``W_dec[l]``,
+(d_sae, d_in) each) decoded one layer at a time (:func:`pyinterp.ops.multi_decode` with one
+output), so backward forms one layer's decoder gradient at a time and the optimizer in
+backward frees it before the next (docs/decisions/dictionary-memory-target.md); files and
+checkpoints hold them stacked as one ``W_dec`` (L, d_sae, d_in).
 
 **Cross-layer transcoder** (Ameisen et al. 2025): layer l's features read the MLP input of
 layer l and write to the MLP outputs of layers l..L-1,
@@ -133,10 +136,14 @@ class Crosscoder(_Layered):
         kw = dict(dtype=cfg.torch_dtype, device=device)
         self.W_enc = nn.Parameter(torch.empty(L, d, m, **kw))
         self.b_enc = nn.Parameter(torch.zeros(m, **kw))
-        self.W_dec = nn.Parameter(torch.empty(L, m, d, **kw))
+        # one parameter per layer: autograd hands a parameter's gradient over whole, so a
+        # stacked (L, m, d) decoder would hold all L gradients at once
+        self.W_dec = nn.ParameterList(nn.Parameter(torch.empty(m, d, **kw)) for _ in range(L))
         self.b_dec = nn.Parameter(torch.zeros(L, d, **kw))
         self.register_buffer("input_scale", torch.ones(L, dtype=torch.float32, device=device))
         self._init_activation_state((m,), device)
+        self.register_state_dict_post_hook(_stack_decoders)
+        self.register_load_state_dict_pre_hook(_split_decoders)
         self.reset_parameters(seed)
 
     def extra_repr(self) -> str:
@@ -170,10 +177,34 @@ class Crosscoder(_Layered):
         return self._encode_one(xcat, self.W_enc.reshape(L * d, self.d_sae), self.b_enc,
                                 self._centre())
 
-    def _decode_n(self, values, indices, bias: bool = True, check_indices: bool = False):
-        return K.multi_decode(values, indices, self.W_dec, self.b_dec if bias else None,
-                              deterministic=self.deterministic, check_indices=check_indices,
-                              **self._kw())
+    def checkpoint_layout(self) -> list:
+        """The parameters in the order of the files (W_enc, b_enc, W_dec, b_dec, threshold),
+        the L decoders as one (L, d_sae, d_in) ``W_dec`` as in the state dict (see
+        :meth:`SparseDictionary.checkpoint_layout`)."""
+        index = {id(p): i for i, p in enumerate(self.parameters())}
+        layout = [[index[id(self.W_enc)]], [index[id(self.b_enc)]],
+                  [index[id(w)] for w in self.W_dec], [index[id(self.b_dec)]]]
+        if isinstance(getattr(self, "threshold", None), nn.Parameter):
+            layout.append([index[id(self.threshold)]])
+        return layout
+
+    def _decode_n(self, values, indices, bias: bool = True, check_indices: bool = False,
+                  norms: bool = False):
+        """(L, N, d): one single-output decode per layer (each active decoder row read once
+        per layer, as one L-output decode would), so that backward forms each layer's
+        decoder gradient in its own node. ``norms``: also the summed decoder norms, each
+        layer's formed just before its decode so that backward completes that layer's
+        gradient (decode and norm terms) before moving on to the next."""
+        b = [v[None] for v in self.b_dec.unbind(0)] if bias else [None] * self.n_layers
+        outs, ns = [], []
+        for l, W in enumerate(self.W_dec):
+            if norms:
+                ns.append(W.norm(dim=1))
+            outs.append(K.multi_decode(values, indices, W[None], b[l],
+                                       deterministic=self.deterministic,
+                                       check_indices=check_indices and l == 0, **self._kw())[0])
+        x_hat = torch.stack(outs)
+        return (x_hat, torch.stack(ns).sum(0)) if norms else x_hat
 
     def encode(self, xs) -> tuple:
         """xs: L tensors (..., d_in) (or one (L, ..., d_in)) -> (values, indices) (..., k)."""
@@ -185,7 +216,7 @@ class Crosscoder(_Layered):
     def decode(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """(values, indices) (..., k) -> reconstructions (L, ..., d_in) in each layer's units."""
         lead, k = values.shape[:-1], values.shape[-1]
-        y = self._decode_n(values.reshape(-1, k).to(self.W_dec.dtype), indices.reshape(-1, k),
+        y = self._decode_n(values.reshape(-1, k).to(self.b_dec.dtype), indices.reshape(-1, k),
                            check_indices=True)
         y = y / self.input_scale.to(y.dtype)[:, None, None]
         return y.reshape(self.n_layers, *lead, self.d_in)
@@ -208,7 +239,7 @@ class Crosscoder(_Layered):
 
     def decoder_norms(self) -> torch.Tensor:
         """(d_sae,) sum over layers of each latent's decoder norm (the sparsity weight)."""
-        return self.W_dec.norm(dim=2).sum(0)
+        return torch.stack([W.norm(dim=1) for W in self.W_dec]).sum(0)
 
     def loss(self, *xs, dead_mask: Optional[torch.Tensor] = None, l1_scale: float = 1.0) -> SAELoss:
         """Training loss in normalised units: mean over rows of sum_l ||x^l - x_hat^l||^2,
@@ -217,9 +248,9 @@ class Crosscoder(_Layered):
             xs = xs[0]
         xn = self._stack(xs, self.d_in, self.input_scale, "xs", rows_major=True)
         code = self._code(xn)
-        x_hat = self._decode_n(code.values, code.indices)
+        x_hat, norms = self._decode_n(code.values, code.indices, norms=True)
         mse = squared_error(xn, x_hat)
-        sparsity = self._sparsity_one(code, self.decoder_norms(), l1_scale)
+        sparsity = self._sparsity_one(code, norms, l1_scale)
         aux = mse.new_zeros(())
         if dead_mask is not None and self.uses_auxk:
             L, n, d = xn.shape
@@ -249,6 +280,36 @@ class Crosscoder(_Layered):
             init_thresholds_to_l0(self.threshold, xn.permute(1, 0, 2).reshape(n, L * d),
                                   self.W_enc.reshape(L * d, -1), self.b_enc, self._centre(),
                                   self.cfg.init_l0)
+
+
+def _stack_decoders(module, state: dict, prefix: str, local_metadata) -> None:
+    """state_dict post-hook: the per-layer decoders ``W_dec.0`` .. ``W_dec.{L-1}`` as one
+    ``W_dec`` (L, d_sae, d_in), where it has always been (the files' layout)."""
+    names = [f"{prefix}W_dec.{l}" for l in range(module.n_layers)]
+    stacked = torch.stack([state.pop(n).detach() for n in names])
+    items = list(state.items())
+    state.clear()
+    for key, value in items:  # the files' order: W_dec after b_enc
+        state[key] = value
+        if key == f"{prefix}b_enc":
+            state[f"{prefix}W_dec"] = stacked
+
+
+def _split_decoders(module, state: dict, prefix: str, local_metadata, strict, missing_keys,
+                    unexpected_keys, error_msgs) -> None:
+    """load_state_dict pre-hook: a stacked ``W_dec`` (L, d_sae, d_in) into the per-layer
+    decoders."""
+    key = f"{prefix}W_dec"
+    if key not in state:
+        return
+    w = state.pop(key)
+    want = (module.n_layers, module.d_sae, module.d_in)
+    if tuple(w.shape) != want:
+        error_msgs.append(f"size mismatch for {key}: copying a param with shape "
+                          f"{tuple(w.shape)}, the crosscoder needs {want}")
+        return
+    for l in range(module.n_layers):
+        state[f"{key}.{l}"] = w[l]
 
 
 def _check_dead(dead_mask: torch.Tensor, n: int) -> torch.Tensor:

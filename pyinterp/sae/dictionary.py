@@ -227,6 +227,13 @@ class SparseDictionary(nn.Module):
     def project_decoder_grad(self) -> None:
         """Unit-norm decoders only (SAEs with decoder_norm="unit"); a no-op otherwise."""
 
+    def checkpoint_layout(self) -> Optional[list]:
+        """How trainer checkpoints store this module's optimizer state: None (one entry per
+        parameter, in ``parameters()`` order), or per stored entry the indices (in
+        ``parameters()`` order) of the parameters it holds, several stacked on a new dim 0
+        (a crosscoder's per-layer decoders are one ``W_dec`` there, as in its state dict)."""
+        return None
+
     @property
     def layer_size(self) -> int:
         """Latents per encoder (global latent i belongs to encoder i // layer_size)."""

@@ -93,7 +93,7 @@ def make_task(kind: str, *, n_features: int = 64, d: int = 32, p: float = 3 / 64
             a = sparse_codes(n, F, p, data_gen)
             return tuple(a @ dirs[:, l] for l in range(layers))
         return Task(batch, dirs.reshape(F, -1),
-                    lambda m: m.W_dec.permute(1, 0, 2).reshape(m.d_sae, -1), F * p)
+                    lambda m: torch.cat(list(m.W_dec), 1), F * p)  # (d_sae, L d), layer by layer
     if kind == "clt":
         per = F // layers
         enc = [unit_rows(per, d, gen) for _ in range(layers)]

@@ -443,7 +443,8 @@ class SAETrainer:
         state = {"rng_cpu": torch.get_rng_state()}
         for name, sae in self.saes.items():
             files[f"sae_{name}.safetensors"] = dict(sae.state_dict())
-            tensors, opt_meta = ckpt.optimizer_to_tensors(self.optimizers[name])
+            tensors, opt_meta = ckpt.optimizer_to_tensors(self.optimizers[name],
+                                                            sae.checkpoint_layout())
             files[f"optim_{name}.safetensors"] = tensors
             state[f"{name}.since_fired"] = self.since_fired[name]
             state[f"{name}.fire_counts"] = self.fire_counts[name]
@@ -498,7 +499,8 @@ class SAETrainer:
                                            f"({sae.n_latents},)", sfile)
             sae.load_state_dict(files[wfile])
             ckpt.optimizer_from_tensors(self.optimizers[name], files[f"optim_{name}.safetensors"],
-                                        m["optimizer"], path / f"optim_{name}.safetensors")
+                                        m["optimizer"], path / f"optim_{name}.safetensors",
+                                        sae.checkpoint_layout())
             for key, target in (("since_fired", self.since_fired), ("fire_counts", self.fire_counts)):
                 target[name] = state[f"{name}.{key}"].to(sae.W_enc.device)
             self.aux_on[name] = bool(m["aux_on"])
