@@ -41,3 +41,42 @@ def test_cases_time_every_backend_the_registry_offers():
         assert set(backends) <= set(group.impls)
     enc = next(g for g in cases_sae.groups(torch.device("cpu")) if g.name == "TopKEncode")
     assert set(timed_backends("topk_encode", "cpu")) <= set(enc.impls)
+
+
+@pytest.mark.parametrize("name", ["SoLUForward", "SoLULNForward", "SoLUForwardBackward",
+                                  "SoLULNForwardBackward"])
+def test_solu_cases_time_torch_compile_of_the_eager_code(name):
+    """The compiled baseline computes what eager torch computes (forward, and the gradients)."""
+    from pyinterp.bench import cases_solu
+
+    group = next(g for g in cases_solu.groups(torch.device("cpu"), quick=True) if g.name == name)
+    assert "torch_compile" in group.impls
+    fns = group.make()
+    with group.context():
+        if not group.grad:
+            torch.testing.assert_close(fns["torch_compile"](), fns["torch_eager"](),
+                                       rtol=1e-5, atol=1e-5)
+            return
+        # the backward calls share one set of leaves: read their gradients after each call
+        leaves = [c.cell_contents for c in fns["torch_eager"].__closure__ or ()
+                  if isinstance(getattr(c, "cell_contents", None), torch.Tensor)]
+        grads = []
+        for impl in ("torch_eager", "torch_compile"):
+            fns[impl]()
+            grads.append([t.grad.clone() for t in leaves if t.grad is not None])
+        expected = 3 if "LN" in name else 1  # x, and the LayerNorm's weight and bias
+        assert len(grads[0]) == len(grads[1]) == expected
+        for a, b in zip(*grads):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_table_shows_the_ratio_against_torch_compile():
+    from pyinterp.bench.compare import format_table
+    from pyinterp.bench.timing import Row
+
+    rows = [Row("solu fwd", "4x4", "float32", "pyinterp [cpu]", 0.001, baseline="torch eager",
+                baseline_seconds=0.003, extra={"x_compile": 2.0}),
+            Row("step", "-", "float32", "pyinterp", 0.001, extra={"vs_compiled": 1.5})]
+    header, _, first, second = format_table(rows).splitlines()
+    assert "x compile" in header
+    assert "| 2.00x" in first and "| 3.00x" in first and "| 1.50x" in second

@@ -1,5 +1,6 @@
 """The side-by-side table: op, shape, dtype, implementation, median time, GB/s, and ratios
-against the baseline (torch eager) and the roofline measured in the same run.
+against the baseline (torch eager), torch.compile of it and the roofline, all measured in the
+same run.
 
     pyinterp bench [FAMILY ...] [--quick] [--device cpu|cuda] [--threads N] [--json FILE]
 """
@@ -21,14 +22,20 @@ def _fmt(v, spec, suffix=""):
     return "-" if v is None else format(v, spec) + suffix
 
 
+def _vs_compiled(row):
+    """torch.compile's time / this row's, where the family timed a compiled baseline."""
+    return row.extra.get("x_compile", row.extra.get("vs_compiled"))
+
+
 def format_table(rows) -> str:
     header = ["op", "shape", "dtype", "impl", "median ms", "GB/s", "baseline", "x baseline",
-              "x roofline", "peak MiB"]
+              "x compile", "x roofline", "peak MiB"]
     body = []
     for r in rows:
         body.append([
             r.op, r.shape, r.dtype, r.impl, _fmt(r.seconds * 1e3, ".3f"), _fmt(r.gbps, ".1f"),
-            r.baseline or "-", _fmt(r.speedup, ".2f", "x"), _fmt(r.vs_roofline, ".2f"),
+            r.baseline or "-", _fmt(r.speedup, ".2f", "x"), _fmt(_vs_compiled(r), ".2f", "x"),
+            _fmt(r.vs_roofline, ".2f"),
             _fmt(None if r.peak_bytes is None else r.peak_bytes / 2**20, ".1f"),
         ])
     widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(header)]
