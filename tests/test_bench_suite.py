@@ -80,3 +80,42 @@ def test_table_shows_the_ratio_against_torch_compile():
     header, _, first, second = format_table(rows).splitlines()
     assert "x compile" in header
     assert "| 2.00x" in first and "| 3.00x" in first and "| 1.50x" in second
+
+
+# family: {group with a torch.compile baseline (quick CPU shapes): the eager impl it compiles}
+COMPILED_BASELINES = {
+    "sae": {"TopKEncode": "torch", "SparseDecode": "torch_dense",
+            "SparseDecodeForwardBackward": "torch_dense", "TopKSAETrainStep": "torch_dense"},
+    "attention": {"AttentionStatsT512": "torch_materialising"},
+    "persona": {"PersonaProject": "torch_loop"},
+}
+
+
+@pytest.mark.parametrize("family", sorted(COMPILED_BASELINES))
+def test_torch_compile_baseline_computes_the_eager_result(family):
+    """Each group's ``torch_compile`` impl is the eager torch baseline compiled: same outputs
+    (values, indices, gradients; the train step's loss before its update). No timing."""
+    cases = importlib.import_module(f"pyinterp.bench.cases_{family}")
+    groups = {g.name: g for g in cases.groups(torch.device("cpu"), quick=True)}
+    assert {n for n, g in groups.items() if "torch_compile" in g.impls} == set(COMPILED_BASELINES[family])
+    for name, eager in COMPILED_BASELINES[family].items():
+        group = groups[name]
+        fns = group.make()
+        assert set(fns) == set(group.impls)
+        with group.context():
+            want, got = fns[eager](), fns["torch_compile"]()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"{family}.{name}")
+
+
+def test_compiled_dense_sae_loss_has_the_eager_gradients():
+    """The train-step group compiles cases_sae.dense_sae_loss (Adam stays eager): its loss and
+    every parameter gradient equal the eager ones (tiny sizes, k not a power of two)."""
+    from pyinterp.bench import cases_sae
+
+    x, W_enc, b_enc, b_dec, W_dec = cases_sae._inputs(16, 12, 40, 3, torch.float32, torch.device("cpu"))
+    results = []
+    for loss_fn in (cases_sae.dense_sae_loss, torch.compile(cases_sae.dense_sae_loss, dynamic=False)):
+        params = [t.clone().requires_grad_() for t in (W_enc, b_enc, b_dec, W_dec)]
+        loss = loss_fn(x, 3, *params)
+        results.append((loss, *torch.autograd.grad(loss, params)))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)

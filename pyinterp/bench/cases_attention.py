@@ -8,6 +8,12 @@ memory than the machine has (its bytes are computed and reported, never attempte
 GPU (bf16, B=1, H=32, d_head=128, T=8192): <= 2x the time of torch's SDPA forward on the same
 q, k (with v = k: SDPA also does the value product the statistics skip), and vs the
 materialising path; all timed round-robin in the same run.
+
+The materialising path is also timed as ``torch.compile(materialising_stats, dynamic=False)``
+(compiled in the warm-up round), on CPU and GPU, wherever the eager path itself runs: not at
+T=32768 (the eager path is never attempted there), and not for head_scores (TransformerLens's
+run_with_cache + detect_head is a hooked model run with Python-side analysis, not one function
+of tensors to compile).
 """
 from __future__ import annotations
 
@@ -79,7 +85,9 @@ def _stats_calls(B, H, T, d, device, backends, dtype=torch.float32):
     q, k, tokens = _inputs(B, H, T, d, device)
     q, k = q.to(dtype), k.to(dtype)
     scale = 1 / math.sqrt(d)
-    fns = {"torch_materialising": lambda: materialising_stats(q, k, tokens, scale)}
+    compiled = torch.compile(materialising_stats, dynamic=False)
+    fns = {"torch_materialising": lambda: materialising_stats(q, k, tokens, scale),
+           "torch_compile": lambda: compiled(q, k, tokens, scale)}
     fns.update({b: (lambda b=b: ops.attention_stats(q, k, tokens, RULES, scale=scale, backend=b))
                 for b in backends})
     if device.type == "cuda":  # the issue's yardstick: SDPA forward on the same q, k
@@ -133,14 +141,14 @@ def groups(device, quick=False) -> list[Group]:
     else:
         cases = [(1, 8, 512 if quick else 2048, 64, torch.float32)]
         extra = ()
-    out = [Group(f"AttentionStatsT{T}", ("torch_materialising", *backends, *extra),
+    out = [Group(f"AttentionStatsT{T}", ("torch_materialising", "torch_compile", *backends, *extra),
                  lambda c=(B, H, T, d, dt): _stats_calls(*c[:4], device, backends, c[4]),
                  peakmem=True, repeat=repeat,
                  info={"B": B, "H": H, "T": T, "d": d, "dtype": str(dt).replace("torch.", "")})
            for B, H, T, d, dt in cases]
     if device.type == "cpu" and not quick:
         # the long context: only ours runs (one call, minutes on 2 cores); the materialising
-        # path's need is reported, never attempted
+        # path's need is reported, never attempted (so no torch.compile of it either)
         auto = auto_backend("attention_stats", "cpu")
         out.append(Group("AttentionStatsLongContext", (auto,),
                          lambda: _stats_calls(1, 8, 32768, 64, device, [auto]), repeat=1,
@@ -208,12 +216,16 @@ def run(args) -> list[Row]:
                         baseline=base_label if base_name != "torch_materialising" else None,
                         baseline_seconds=t[base_name] if base_name != "torch_materialising" else None,
                         peak_bytes=peak["torch_materialising"]))
+        rows.append(Row("attention_stats", shape, dname, "torch.compile: materialising (T,T)",
+                        t["torch_compile"], baseline=base_label, baseline_seconds=t[base_name],
+                        peak_bytes=peak["torch_compile"]))
         for name in group.impls:
-            if name in ("torch_materialising", "torch_sdpa"):
+            if name in ("torch_materialising", "torch_compile", "torch_sdpa"):
                 continue
             rows.append(Row("attention_stats", shape, dname, f"pyinterp attention_stats [{name}]",
                             t[name], baseline=base_label, baseline_seconds=t[base_name],
                             peak_bytes=peak[name],
                             extra={"backend": name, "x_materialising": t_mat / t[name],
+                                   "x_compile": t["torch_compile"] / t[name],
                                    "materialising_bytes_needed": materialising_bytes(B, H, T)}))
     return rows

@@ -7,8 +7,10 @@ topk_encode >= 1.25x faster than torch and within 1.15x of the GEMM; sparse_deco
 >= 20x faster than the dense decode. GPU (bf16, N=8192, d_in=4096, d_sae=131072, k=64):
 topk_encode within 1.2x of cuBLAS, sparse_decode at >= 70% of DRAM bandwidth.
 
-All implementations of one case are timed in alternation (round-robin), so load changes on a
-shared machine hit each alike and the ratios stay meaningful.
+Every torch baseline is also timed as ``torch.compile(<baseline>, dynamic=False)`` (compiled
+in the warm-up round; the train step compiles the dense loss, Adam stays eager, as in
+cases_dictionaries). All implementations of one case are timed in alternation (round-robin), so
+load changes on a shared machine hit each alike and the ratios stay meaningful.
 """
 from __future__ import annotations
 
@@ -54,18 +56,46 @@ def _size(device, quick):
     return N, d_in, d_sae, k, torch.bfloat16 if gpu else torch.float32
 
 
+def torch_encode(x, W_enc, b_enc, b_dec, k):
+    """The torch top-k encode (eager baseline, and what torch.compile compiles)."""
+    pre = torch.matmul(x - b_dec, W_enc) + b_enc
+    v, i = torch.topk(pre, k, dim=-1)
+    return torch.relu(v), i
+
+
+def dense_decode(values, indices, W_dec, b_dec):
+    """Decode through the dense (N, d_sae) code, scattered in place into fresh zeros."""
+    code = torch.zeros(values.shape[0], W_dec.shape[0], dtype=values.dtype, device=values.device)
+    return code.scatter_(1, indices, values) @ W_dec + b_dec
+
+
+def dense_decode_differentiable(values, indices, W_dec, b_dec):
+    """The same with an out-of-place scatter, so that autograd reaches ``values``."""
+    code = torch.zeros(values.shape[0], W_dec.shape[0], dtype=values.dtype, device=values.device)
+    return code.scatter(1, indices, values) @ W_dec + b_dec
+
+
+def dense_sae_loss(x, k, W_enc, b_enc, b_dec, W_dec):
+    """TopK SAE loss in dense torch: dense pre-activation, topk, dense code, dense decode, MSE."""
+    pre = (x - b_dec) @ W_enc + b_enc
+    v, i = torch.topk(pre, k, dim=-1)
+    code = torch.zeros_like(pre).scatter(1, i, torch.relu(v))
+    return (code @ W_dec + b_dec - x).square().sum(-1).mean()
+
+
+def _compiled(fn):
+    return torch.compile(fn, dynamic=False)
+
+
 def _encode_calls(size, device, backends):
     from pyinterp import ops
 
     N, d_in, d_sae, k, dtype = size
     x, W_enc, b_enc, b_dec, _ = _inputs(N, d_in, d_sae, k, dtype, device)
-
-    def torch_encode():
-        pre = torch.matmul(x - b_dec, W_enc) + b_enc
-        v, i = torch.topk(pre, k, dim=-1)
-        return torch.relu(v), i
-
-    fns = {"torch": torch_encode, "gemm_floor": lambda: x @ W_enc}
+    encode_compiled = _compiled(torch_encode)
+    fns = {"torch": lambda: torch_encode(x, W_enc, b_enc, b_dec, k),
+           "torch_compile": lambda: encode_compiled(x, W_enc, b_enc, b_dec, k),
+           "gemm_floor": lambda: x @ W_enc}
     fns.update({b: (lambda b=b: ops.topk_encode(x, W_enc, b_enc, b_dec, k, backend=b))
                 for b in backends})
     return fns
@@ -87,12 +117,9 @@ def _decode_calls(size, device, backends):
     N, d_in, d_sae, k, dtype = size
     *_, b_dec, W_dec = _inputs(N, d_in, d_sae, k, dtype, device)
     values, indices = _code(size, device)
-
-    def dense_decode():
-        code = torch.zeros(N, d_sae, dtype=dtype, device=device).scatter_(1, indices, values)
-        return code @ W_dec + b_dec
-
-    fns = {"torch_dense": dense_decode}
+    decode_compiled = _compiled(dense_decode)
+    fns = {"torch_dense": lambda: dense_decode(values, indices, W_dec, b_dec),
+           "torch_compile": lambda: decode_compiled(values, indices, W_dec, b_dec)}
     fns.update({b: (lambda b=b: ops.sparse_decode(values, indices, W_dec, b_dec, check_indices=False,
                                                   backend=b)) for b in backends})
     return fns
@@ -107,11 +134,11 @@ def _decode_backward_calls(size, device, backends):
     vg, Wg, bg = (t.clone().requires_grad_() for t in (values, W_dec, b_dec))
     go = torch.randn(N, d_in, generator=torch.Generator().manual_seed(1)).to(device, dtype)
 
-    def dense_fb():
-        code = torch.zeros(N, d_sae, dtype=dtype, device=device).scatter(1, indices, vg)
-        torch.autograd.grad(code @ Wg + bg, [vg, Wg, bg], go)
+    def grads(decode):  # the compiled decode's backward is compiled too (AOTAutograd)
+        return lambda: torch.autograd.grad(decode(vg, indices, Wg, bg), [vg, Wg, bg], go)
 
-    fns = {"torch_dense": dense_fb}
+    fns = {"torch_dense": grads(dense_decode_differentiable),
+           "torch_compile": grads(_compiled(dense_decode_differentiable))}
     fns.update({b: (lambda b=b: torch.autograd.grad(
         ops.sparse_decode(vg, indices, Wg, bg, check_indices=False, backend=b), [vg, Wg, bg], go))
         for b in backends})
@@ -131,17 +158,15 @@ def _train_step_calls(size, device, backends):
         params = [t.clone().requires_grad_() for t in (W_enc, b_enc, b_dec, W_dec)]
         opt = torch.optim.Adam(params, lr=1e-5)
 
-        def step():
+        def step():  # returns the loss before the update (for the tests)
             opt.zero_grad(set_to_none=True)
-            body(*params).backward()
+            loss = body(*params)
+            loss.backward()
             opt.step()
+            return loss.detach()
         return step
 
-    def dense(W, be, bd, Wd):
-        pre = (x - bd) @ W + be
-        v, i = torch.topk(pre, k, dim=-1)
-        code = torch.zeros_like(pre).scatter(1, i, torch.relu(v))
-        return (code @ Wd + bd - x).square().sum(-1).mean()
+    loss_compiled = _compiled(dense_sae_loss)
 
     def sparse(b):
         def body(W, be, bd, Wd):
@@ -150,7 +175,8 @@ def _train_step_calls(size, device, backends):
             return (out - x).square().sum(-1).mean()
         return body
 
-    fns = {"torch_dense": make(dense)}
+    fns = {"torch_dense": make(lambda *p: dense_sae_loss(x, k, *p)),
+           "torch_compile": make(lambda *p: loss_compiled(x, k, *p))}
     fns.update({b: make(sparse(b)) for b in backends})
     return fns
 
@@ -164,15 +190,15 @@ def groups(device, quick=False) -> list[Group]:
     info = {"shape": f"N={N} d_in={d_in} d_sae={d_sae} k={k}",
             "dtype": str(dtype).replace("torch.", "")}
     return [
-        Group("TopKEncode", ("torch", "gemm_floor", *enc),
+        Group("TopKEncode", ("torch", "torch_compile", "gemm_floor", *enc),
               lambda: _encode_calls(size, device, enc), repeat=repeat, info=info),
-        Group("SparseDecode", ("torch_dense", *dec), lambda: _decode_calls(size, device, dec),
-              repeat=repeat, info=info),
-        Group("SparseDecodeForwardBackward", ("torch_dense", *dec),
+        Group("SparseDecode", ("torch_dense", "torch_compile", *dec),
+              lambda: _decode_calls(size, device, dec), repeat=repeat, info=info),
+        Group("SparseDecodeForwardBackward", ("torch_dense", "torch_compile", *dec),
               lambda: _decode_backward_calls(size, device, dec), grad=True,
               repeat=max(3, repeat // 2), info=info),
-        Group("TopKSAETrainStep", ("torch_dense", *dec), lambda: _train_step_calls(size, device, dec),
-              grad=True, repeat=3, info=info),
+        Group("TopKSAETrainStep", ("torch_dense", "torch_compile", *dec),
+              lambda: _train_step_calls(size, device, dec), grad=True, repeat=3, info=info),
     ]
 
 
@@ -185,20 +211,25 @@ def run(args) -> list[Row]:
     N, d_in, d_sae, k, dtype = _size(device, quick)
     x, W_enc, *_, W_dec = _inputs(N, d_in, d_sae, k, dtype, device)
     shape, dname = enc_g.info["shape"], enc_g.info["dtype"]
-    enc = [b for b in enc_g.impls if b not in ("torch", "gemm_floor")]
-    dec = [b for b in dec_g.impls if b != "torch_dense"]
+    enc = [b for b in enc_g.impls if b not in ("torch", "torch_compile", "gemm_floor")]
+    dec = [b for b in dec_g.impls if b not in ("torch_dense", "torch_compile")]
     rows: list[Row] = []
 
     fns, t = enc_g.time(device)
     gemm_bytes = (x.numel() + W_enc.numel()) * x.element_size()
     rows.append(Row("topk_encode", shape, dname, "torch sub+matmul+add+topk+relu", t["torch"],
                     roofline_seconds=t["gemm_floor"], peak_bytes=peak_memory(fns["torch"], device)))
+    rows.append(Row("topk_encode", shape, dname, "torch.compile: sub+matmul+add+topk+relu",
+                    t["torch_compile"], baseline="torch", baseline_seconds=t["torch"],
+                    roofline_seconds=t["gemm_floor"],
+                    peak_bytes=peak_memory(fns["torch_compile"], device)))
     rows.append(Row("topk_encode", shape, dname, "bare GEMM x @ W_enc (floor)", t["gemm_floor"],
                     baseline="torch", baseline_seconds=t["torch"], roofline_seconds=t["gemm_floor"]))
     for b in enc:
         rows.append(Row("topk_encode", shape, dname, f"pyinterp [{b}]", t[b], bytes_moved=gemm_bytes,
                         baseline="torch", baseline_seconds=t["torch"],
-                        roofline_seconds=t["gemm_floor"], peak_bytes=peak_memory(fns[b], device)))
+                        roofline_seconds=t["gemm_floor"], peak_bytes=peak_memory(fns[b], device),
+                        extra={"x_compile": t["torch_compile"] / t[b]}))
 
     fns, t = dec_g.time(device)
     values, indices = _code(_size(device, quick), device)
@@ -210,21 +241,26 @@ def run(args) -> list[Row]:
     dec_min_bytes = uniq * d_in * esz + values.numel() * (esz + 8) + N * d_in * esz
     rows.append(Row("sparse_decode fwd", shape, dname, "torch dense code @ W_dec", t["torch_dense"],
                     peak_bytes=peak_memory(fns["torch_dense"], device)))
+    rows.append(Row("sparse_decode fwd", shape, dname, "torch.compile: dense code @ W_dec",
+                    t["torch_compile"], baseline="torch dense", baseline_seconds=t["torch_dense"],
+                    peak_bytes=peak_memory(fns["torch_compile"], device)))
     for b in dec:
         rows.append(Row("sparse_decode fwd", shape, dname, f"pyinterp [{b}]", t[b],
                         bytes_moved=dec_bytes, baseline="torch dense",
                         baseline_seconds=t["torch_dense"], peak_bytes=peak_memory(fns[b], device),
-                        extra={"min_bytes_unique_rows": dec_min_bytes}))
+                        extra={"min_bytes_unique_rows": dec_min_bytes,
+                               "x_compile": t["torch_compile"] / t[b]}))
 
-    _, t = fb_g.time(device)
-    rows.append(Row("sparse_decode fwd+bwd", shape, dname, "torch dense code @ W_dec", t["torch_dense"]))
-    for b in dec:
-        rows.append(Row("sparse_decode fwd+bwd", shape, dname, f"pyinterp [{b}]", t[b],
+    for group, op, label, ours in (
+            (fb_g, "sparse_decode fwd+bwd", "dense code @ W_dec", "pyinterp"),
+            (step_g, "topk_sae_train_step", "dense (same maths)", "pyinterp ops")):
+        _, t = group.time(device)
+        comp = "dense loss, torch Adam" if group is step_g else label
+        rows.append(Row(op, shape, dname, f"torch {label}", t["torch_dense"]))
+        rows.append(Row(op, shape, dname, f"torch.compile: {comp}", t["torch_compile"],
                         baseline="torch dense", baseline_seconds=t["torch_dense"]))
-
-    _, t = step_g.time(device)
-    rows.append(Row("topk_sae_train_step", shape, dname, "torch dense (same maths)", t["torch_dense"]))
-    for b in dec:
-        rows.append(Row("topk_sae_train_step", shape, dname, f"pyinterp ops [{b}]", t[b],
-                        baseline="torch dense", baseline_seconds=t["torch_dense"]))
+        for b in dec:
+            rows.append(Row(op, shape, dname, f"{ours} [{b}]", t[b], baseline="torch dense",
+                            baseline_seconds=t["torch_dense"],
+                            extra={"x_compile": t["torch_compile"] / t[b]}))
     return rows
