@@ -14,7 +14,7 @@ from pyinterp.bench.backends import timed_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ["solu", "sae", "sae_train", "attention", "persona", "models", "dispatch", "dictionaries",
-            "integrations"]
+            "integrations", "circuits"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -119,3 +119,16 @@ def test_compiled_dense_sae_loss_has_the_eager_gradients():
         loss = loss_fn(x, 3, *params)
         results.append((loss, *torch.autograd.grad(loss, params)))
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+def test_circuits_groups_build_the_benchmarked_calls():
+    """The asv calls attribute the prompt the table measures, and ours keeps the dense
+    reference's nodes (the table's own check, on the smallest group)."""
+    from pyinterp.bench import cases_circuits
+
+    group = cases_circuits.groups(torch.device("cpu"), quick=True)[0]
+    fns = group.make()
+    with group.context():
+        ours, gather, dense = fns["pyinterp"](), fns["pyinterp_gather"](), fns["dense_reference"]()
+    assert ours.node_mask.tolist() == dense["node_mask"].tolist() == gather.node_mask.tolist()
+    torch.testing.assert_close(ours.influence.float(), dense["influence"].float(), rtol=1e-4, atol=1e-5)

@@ -18,6 +18,10 @@ dense, ...). Both must give the same graph (kept nodes; influence to float32 rou
 
     pyinterp bench circuits [--quick] [--threads N]
     python -m pyinterp.bench.cases_circuits --child ours --T 2048 --threads 2   # one measurement
+
+The asv suite (benchmarks/benchmarks/circuits.py) is generated from :func:`groups`: the same
+model, CLT and prompts, timed in asv's own processes (its peakmem is asv's whole-process peak,
+so the table above, with one fresh process per measurement, is the memory figure to quote).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import tempfile
 
 import torch
 
+from pyinterp.bench.suite import Group
 from pyinterp.bench.timing import Row, peak_memory
 
 SHAPE = dict(n_layers=2, d_model=64, n_heads=4, d_mlp=256, d_vocab=1024, n_ctx=64)
@@ -55,6 +60,30 @@ def build(T: int, seed: int = 0):
         clt.b_enc.copy_(0.05 * torch.randn(clt.b_enc.shape, generator=torch.Generator().manual_seed(seed)))
     tokens = torch.randint(0, SHAPE["d_vocab"], (T,), generator=torch.Generator().manual_seed(seed + 1))
     return model, clt, tokens
+
+
+def _calls(T: int, impls: tuple[str, ...]) -> dict:
+    from pyinterp import circuits
+    from pyinterp.circuits.reference import dense_attribution
+
+    model, clt, tokens = build(T)
+    dic = circuits.as_dictionary(clt)
+    calls = {"pyinterp": lambda: circuits.attribute(model, dic, tokens),
+             "pyinterp_gather": lambda: circuits.attribute(model, dic, tokens, readout="gather"),
+             "dense_reference": lambda: dense_attribution(model, dic, tokens, dtype=torch.float32)}
+    return {impl: calls[impl] for impl in impls}
+
+
+def groups(device, quick=False) -> list[Group]:
+    """Attribution of one T-token prompt: against the dense reference where it fits a
+    repeated benchmark (T=64), then ours alone as T grows. CPU only."""
+    sizes = {64: ("dense_reference", "pyinterp", "pyinterp_gather"),
+             256: ("pyinterp", "pyinterp_gather"), 1024: ("pyinterp",)}
+    if quick:
+        sizes = {64: sizes[64]}
+    return [Group(f"AttributeT{T}", impls, lambda T=T, impls=impls: _calls(T, impls), grad=True,
+                  peakmem=True, repeat=3, timeout=900, info={"T": T})
+            for T, impls in sizes.items()]
 
 
 def child(impl: str, T: int, threads: int, out: str) -> None:
