@@ -139,8 +139,10 @@ EOF
   step tests 110 "$PYTEST $XDIST $(per_test 60) -m 'not slow' tests/test_solu.py tests/test_sae_ops.py tests/test_attention_ops.py tests/test_persona_ops.py tests/test_properties.py tests/test_dispatch.py --junitxml=$OUT/junit-tests.xml"
 
   # benchmarks: the families the issue sets targets for first, full size; the rest --quick
-  for fam in solu sae attention persona; do
-    step "bench-$fam" 60 "$PY benchmarks/compare.py $fam --device cuda --json $TMP/bench-$fam.json"
+  # (solu and sae also compile their torch.compile baselines, a few seconds per graph cold)
+  for fam_limit in solu:90 sae:120 attention:60 persona:60; do
+    fam=${fam_limit%%:*}
+    step "bench-$fam" "${fam_limit##*:}" "$PY benchmarks/compare.py $fam --device cuda --json $TMP/bench-$fam.json"
   done
   for fam in sae_train models; do
     step "bench-$fam" 30 "$PY benchmarks/compare.py $fam --device cuda --quick --json $TMP/bench-$fam.json"

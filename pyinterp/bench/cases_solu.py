@@ -4,9 +4,11 @@ plain copy of x (``y.copy_(x)``: the memory roofline), all measured in the same 
 
 Issue targets: CPU (2 threads), solu_ln (8192, 2048) float32 forward >= 3x torch eager and
 forward+backward >= 2x; GPU forward >= 80% of DRAM bandwidth (x roofline <= 1.25) and >= 3x
-torch eager. Every case is also timed against ``torch.compile`` of the eager code, forward and
+torch eager. Each case is also timed against ``torch.compile`` of the eager code, forward and
 forward+backward (``dynamic=False``, compiled in the warm-up round; Inductor's fused kernel,
-C++ on the CPU and Triton on the GPU, is the strongest torch baseline).
+C++ on the CPU and Triton on the GPU, is the strongest torch baseline). On the GPU only the
+bf16 case (the one with targets) is compiled: a cold Inductor compile costs seconds per graph,
+and the one-call GPU check (tools/gpu_check.sh) has minutes for every family.
 
 GB/s counts the bytes an ideal kernel moves: forward reads x and writes y (2 tensors),
 forward+backward adds reading x and the upstream gradient and writing dx (5 tensors).
@@ -50,17 +52,18 @@ def _compiled(op):
     return torch.compile(lambda x, w, b: _eager(op, x, w, b), dynamic=False)
 
 
-def _forward_calls(op, shape, dtype, device, backends):
+def _forward_calls(op, shape, dtype, device, backends, compiled):
     x, w, b, _ = _inputs(shape, dtype, device)
     y = torch.empty_like(x)
-    compiled = _compiled(op)
-    fns = {"copy": lambda: y.copy_(x), "torch_eager": lambda: _eager(op, x, w, b),
-           "torch_compile": lambda: compiled(x, w, b)}
+    fns = {"copy": lambda: y.copy_(x), "torch_eager": lambda: _eager(op, x, w, b)}
+    if compiled:
+        fn = _compiled(op)
+        fns["torch_compile"] = lambda: fn(x, w, b)
     fns.update({be: (lambda be=be: _ours(op, x, w, b, be)) for be in backends})
     return fns
 
 
-def _backward_calls(op, shape, dtype, device, backends):
+def _backward_calls(op, shape, dtype, device, backends, compiled):
     x, w, b, gy = _inputs(shape, dtype, device)
     xg, wg, bg = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
 
@@ -69,9 +72,10 @@ def _backward_calls(op, shape, dtype, device, backends):
             xg.grad = wg.grad = bg.grad = None
             fn().backward(gy)
         return call
-    compiled = _compiled(op)
-    fns = {"torch_eager": step(lambda: _eager(op, xg, wg, bg)),
-           "torch_compile": step(lambda: compiled(xg, wg, bg))}
+    fns = {"torch_eager": step(lambda: _eager(op, xg, wg, bg))}
+    if compiled:
+        fn = _compiled(op)
+        fns["torch_compile"] = step(lambda: fn(xg, wg, bg))
     fns.update({be: step(lambda be=be: _ours(op, xg, wg, bg, be)) for be in backends})
     return fns
 
@@ -92,13 +96,16 @@ def groups(device, quick=False) -> list[Group]:
         nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
         info = {"shape": "x".join(map(str, shape)), "dtype": str(dtype).replace("torch.", ""),
                 "nbytes": nbytes}
+        compiled = device.type != "cuda" or dtype == torch.bfloat16
+        comp = ("torch_compile",) if compiled else ()
         for op, cls in (("solu", "SoLU"), ("solu_ln", "SoLULN")):
-            out.append(Group(f"{cls}Forward", ("copy", "torch_eager", "torch_compile", *backends),
-                             lambda op=op, s=shape, dt=dtype:
-                             _forward_calls(op, s, dt, device, backends),
+            out.append(Group(f"{cls}Forward", ("copy", "torch_eager", *comp, *backends),
+                             lambda op=op, s=shape, dt=dtype, c=compiled:
+                             _forward_calls(op, s, dt, device, backends, c),
                              peakmem=True, repeat=repeat, warmup=2, info=dict(info, op=op)))
-            out.append(Group(f"{cls}ForwardBackward", ("torch_eager", "torch_compile", *backends),
-                             lambda op=op, s=shape, dt=dtype: _backward_calls(op, s, dt, device, backends),
+            out.append(Group(f"{cls}ForwardBackward", ("torch_eager", *comp, *backends),
+                             lambda op=op, s=shape, dt=dtype, c=compiled:
+                             _backward_calls(op, s, dt, device, backends, c),
                              grad=True, repeat=max(3, repeat // 2), info=dict(info, op=op)))
     return out
 
@@ -125,12 +132,13 @@ def run(args) -> list[Row]:
         rows.append(Row(f"{op} {label}", shape_s, dname, f"torch eager: {EAGER_NAMES[op]}",
                         t["torch_eager"], bytes_moved=moved, roofline_seconds=copy,
                         peak_bytes=mem(fns["torch_eager"])))
-        rows.append(Row(f"{op} {label}", shape_s, dname, f"torch.compile: {EAGER_NAMES[op]}",
-                        t["torch_compile"], bytes_moved=moved, baseline="torch eager",
-                        baseline_seconds=t["torch_eager"], roofline_seconds=copy,
-                        peak_bytes=mem(fns["torch_compile"])))
+        if "torch_compile" in t:
+            rows.append(Row(f"{op} {label}", shape_s, dname, f"torch.compile: {EAGER_NAMES[op]}",
+                            t["torch_compile"], bytes_moved=moved, baseline="torch eager",
+                            baseline_seconds=t["torch_eager"], roofline_seconds=copy,
+                            peak_bytes=mem(fns["torch_compile"])))
         for be in backends:
-            extra = {"x_compile": t["torch_compile"] / t[be]}
+            extra = {"x_compile": t["torch_compile"] / t[be]} if "torch_compile" in t else {}
             rows.append(Row(f"{op} {label}", shape_s, dname, f"pyinterp [{be}]", t[be],
                             bytes_moved=moved, baseline="torch eager",
                             baseline_seconds=t["torch_eager"], roofline_seconds=copy,
