@@ -33,6 +33,7 @@ from pyinterp.sae.dictionary import SparseDictionary
 from pyinterp.sae.feature_dashboards import dashboards
 from pyinterp.sae.hub import from_pretrained
 from pyinterp.sae.io import load, save
+from pyinterp.sae.io_circuit_tracer import load_circuit_tracer
 from pyinterp.sae.io_peers import load_gemma_scope, load_sparsify
 from pyinterp.sae.modules import (
     BatchTopKSAE,
@@ -55,7 +56,7 @@ __all__ = [
     "JumpReLUSAE", "MatryoshkaBatchTopKSAE", "MatryoshkaTopKSAE", "NonFiniteError",
     "ReLUSAE", "SAEConfig", "SAELoss", "SAETrainer", "SparseAutoencoder", "SparseDictionary",
     "TopKSAE", "TrainConfig", "Transcoder", "accelerate", "architectures", "build", "collect",
-    "dashboards", "from_pretrained", "get_sae_class", "load", "load_gemma_scope",
+    "dashboards", "from_pretrained", "get_sae_class", "load", "load_circuit_tracer", "load_gemma_scope",
     "load_sparsify", "metrics", "needed_hooks",
     "register_sae_class", "restore", "save", "stream", "train",
 ]

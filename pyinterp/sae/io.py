@@ -194,10 +194,13 @@ def load(path: Union[str, Path], *, device="cpu", dtype=None):
         raise NotADirectoryError(f"{path} is not an SAE directory (cfg.json + sae_weights.safetensors)")
     cfg_file = path / CFG_FILENAME
     weights_file = path / WEIGHTS_FILENAME
-    from pyinterp.sae import io_dictionaries, io_peers
+    from pyinterp.sae import io_circuit_tracer, io_dictionaries, io_peers
 
     if not cfg_file.exists() and io_peers.is_gemma_scope(path):
         return io_peers.load_gemma_scope(path, device=device, dtype=dtype)
+    if io_circuit_tracer.is_circuit_tracer(path):  # a set is a list, not one dictionary
+        raise ValueError(f"{path} holds circuit-tracer transcoders: read them with "
+                         "pyinterp.sae.load_circuit_tracer(path)")
     raw = read_json(cfg_file, "SAE config")
     if isinstance(raw, dict) and io_peers.is_sparsify(path, raw):
         return io_peers.load_sparsify(path, device=device, dtype=dtype)
