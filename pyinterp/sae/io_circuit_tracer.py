@@ -57,8 +57,8 @@ def _read_config(file: Path) -> dict:
     try:
         import yaml
     except ImportError:
-        raise ImportError(f"reading {file} needs PyYAML: pip install pyyaml (it comes with the "
-                          "'hf' extra)") from None
+        raise ImportError(f"reading {file} needs PyYAML, from the 'hf' extra: "
+                          "pip install 'pyinterp[hf]' (or pyyaml)") from None
     try:
         cfg = yaml.safe_load(file.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
